@@ -1,0 +1,1988 @@
+"""queuectl: a job queue for shell commands that lives in a folder.
+
+Enqueue shell commands as JSON jobs, start workers, and the workers run the
+commands in parallel, retry failures with exponential backoff, and park jobs
+that keep failing in a Dead Letter Queue (DLQ). All state is plain JSON in the
+data folder (``--home``, else ``$QUEUECTL_HOME``, else the current folder)::
+
+    queuectl enqueue --id hello --command "echo hello"
+    queuectl worker start --count 4 --burst
+    queuectl status
+
+The file reads top to bottom: constants and errors, the job model, storage
+(the only code that touches state files), execution of one command, the
+worker, and the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+__version__ = "0.1.0"
+
+# --------------------------------------------------------------------------
+# 1. Constants, defaults, errors
+# --------------------------------------------------------------------------
+
+QUEUE_FILE = "queue.json"
+PROCESSED_FILE = "processed.json"
+FAILED_FILE = "failed.json"
+CONFIG_FILE = "config.json"
+STOP_FILE = "stop.flag"
+LOCK_FILE = "queuectl.lock"
+LOGS_DIR = "logs"
+WORKERS_DIR = "workers"
+
+ACTIVE_STATES = ("pending", "processing", "failed")
+STATES = ("pending", "processing", "failed", "completed", "dead")
+STATE_SYNONYMS = {"processed": "completed", "dlq": "dead"}
+HISTORY_FILE_OF = {"completed": PROCESSED_FILE, "dead": FAILED_FILE}
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "max_retries": 3,
+    "backoff_base": 2,
+    "max_backoff": 3600,
+    "job_timeout": 0,
+    "lease_timeout": 30,
+    "poll_interval": 0.5,
+    "failure_rate": 0.0,
+}
+
+LOCK_TIMEOUT = 30.0
+OUTPUT_TAIL_BYTES = 4096
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+IS_WINDOWS = sys.platform == "win32"
+HOST = socket.gethostname()
+
+
+class QueueError(Exception):
+    """An error the user can fix: printed as one sentence, exit code 1."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CorruptFileError(QueueError):
+    """A state file that does not parse; it is never overwritten."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"{path} is not valid queuectl state ({detail}); nothing was changed. "
+            "Fix or move the file away (keep a copy), then run the command again."
+        )
+
+
+# --------------------------------------------------------------------------
+# 2. The job model: validation, normalisation, parsing of job input
+# --------------------------------------------------------------------------
+
+# Fields a user may give, and fields queuectl keeps itself (accepted on input
+# so a full record from the original specification can be enqueued again).
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout")
+RECORD_FIELDS = ("state", "attempts", "created_at", "updated_at")
+INT_FIELDS = ("max_retries", "priority")
+
+
+def now_ts() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    """UTC ISO-8601 with milliseconds and a Z, e.g. 2026-11-28T07:45:59.123Z."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_time(text: str) -> float:
+    """ISO-8601 to epoch seconds; without an offset it means local time."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise QueueError(
+            f"run_at {text!r} is not an ISO-8601 time; use e.g. 2026-12-01T09:00:00Z "
+            "or 2026-12-01 09:00 (local time)."
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.timestamp()
+
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: Any, what: str = "delay") -> float:
+    """'90', '90s', '5m', '2h', '1d' (or a number) to seconds."""
+    if isinstance(text, bool):
+        raise QueueError(f"{what} must be a duration like 90, 90s, 5m or 2h.")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
+        if not match:
+            raise QueueError(f"{what} {text!r} is not a duration; use e.g. 90, 90s, 5m or 2h.")
+        seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise QueueError(f"{what} must be a duration of zero or more seconds.")
+    return seconds
+
+
+def _check_int(job_label: str, name: str, value: Any, minimum: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        else:
+            raise QueueError(f"{job_label}: {name} must be a whole number, not {value!r}.")
+    if minimum is not None and value < minimum:
+        raise QueueError(f"{job_label}: {name} must be {minimum} or more, not {value}.")
+    if abs(value) > 10**9:
+        raise QueueError(f"{job_label}: {name} {value} is out of range.")
+    return value
+
+
+def new_job_id() -> str:
+    return f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+
+
+def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: float | None = None) -> dict[str, Any]:
+    """Validate user input and return a new pending job record.
+
+    Unknown fields are errors (a typo like ``comand`` must not vanish), and the
+    record fields of the original specification are accepted but reset.
+    """
+    if not isinstance(raw, dict):
+        raise QueueError(f"{label}: a job must be a JSON object like "
+                         '{"id": "job1", "command": "echo hi"}.')
+    unknown = [k for k in raw if k not in INPUT_FIELDS and k not in RECORD_FIELDS]
+    if unknown:
+        raise QueueError(f"{label}: unknown field {', '.join(map(repr, unknown))}; "
+                         f"known fields are {', '.join(INPUT_FIELDS)}.")
+    if "state" in raw and raw["state"] not in (None, "pending"):
+        raise QueueError(f"{label}: a new job's state can only be 'pending', not {raw['state']!r}.")
+    now = now_ts() if now is None else now
+    job_id = raw.get("id")
+    if job_id is None:
+        job_id = new_job_id()
+    if not isinstance(job_id, str) or not ID_PATTERN.match(job_id):
+        raise QueueError(f"{label}: id {job_id!r} is not valid; use 1-64 letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit.")
+    command = raw.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise QueueError(f"{label}: command is required and must be a non-empty string.")
+    if "\x00" in command:
+        raise QueueError(f"{label}: command must not contain a NUL character.")
+    max_retries = raw.get("max_retries")
+    max_retries = config["max_retries"] if max_retries is None else _check_int(label, "max_retries", max_retries, 0)
+    priority = raw.get("priority")
+    priority = 0 if priority is None else _check_int(label, "priority", priority, None)
+    timeout = raw.get("timeout")
+    if timeout is not None:
+        timeout = parse_duration(timeout, f"{label}: timeout")
+        if timeout == 0:
+            timeout = None
+    if raw.get("run_at") is not None and raw.get("delay") is not None:
+        raise QueueError(f"{label}: give run_at or delay, not both.")
+    run_at = None
+    if raw.get("run_at") is not None:
+        if not isinstance(raw["run_at"], str):
+            raise QueueError(f"{label}: run_at must be an ISO-8601 string.")
+        run_at = parse_time(raw["run_at"])
+    elif raw.get("delay") is not None:
+        run_at = now + parse_duration(raw["delay"], f"{label}: delay")
+    job: dict[str, Any] = {
+        "id": job_id,
+        "command": command,
+        "state": "pending",
+        "attempts": 0,
+        "max_retries": max_retries,
+        "priority": priority,
+        "created_at": iso(now),
+        "updated_at": iso(now),
+    }
+    if run_at is not None and run_at > now:
+        job["run_at"] = iso(run_at)
+    if timeout is not None:
+        job["timeout"] = timeout
+    return job
+
+
+def decode_input(data: bytes, source: str) -> str:
+    """Bytes from a file or stdin: UTF-16 with a BOM (PowerShell 5.1), else UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise QueueError(f"{source} is not UTF-8 or UTF-16 text; save it as UTF-8.") from None
+
+
+def parse_job_documents(text: str, source: str) -> list[tuple[str, Any]]:
+    """An object, an array of objects, or one object per line -> [(label, object)]."""
+    text = text.strip()
+    if not text:
+        raise QueueError(f"{source} is empty; expected a JSON object, an array, or one object per line.")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise QueueError(f"{source} is nested too deeply to be a job.") from None
+    except ValueError as whole_error:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) < 2:
+            raise QueueError(f"{source} is not valid JSON: {whole_error}.") from None
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"{source} line {number}", json.loads(line)))
+            except (ValueError, RecursionError) as error:
+                raise QueueError(f"{source} line {number} is not valid JSON: {error}.") from None
+        return items
+    if isinstance(value, list):
+        return [(f"{source} item {n}", item) for n, item in enumerate(value, 1)]
+    return [(source, value)]
+
+
+def repair_shell_json(text: str) -> tuple[Any, str] | None:
+    """Undo what shells are known to do to JSON quotes, or None.
+
+    Tried only after strict JSON failed: doubled quotes ("" from cmd or
+    PowerShell idioms), backslash-escaped quotes that reached us literally
+    (the Windows PowerShell 5.1 idiom run under pwsh 7.3+), and the
+    quote-stripped form {id:job1,command:sleep 2} that Windows PowerShell 5.1
+    produces, accepted only when every key is a known job field.
+    """
+    candidates = []
+    if '""' in text:
+        candidates.append((text.replace('""', '"'), 'doubled quotes ("") were collapsed'))
+    if '\\"' in text:
+        candidates.append((text.replace('\\"', '"'), 'backslash-escaped quotes (\\") were unescaped'))
+    for fixed, what in candidates:
+        try:
+            return json.loads(fixed), what
+        except (ValueError, RecursionError):
+            continue
+    stripped = text.strip()
+    if stripped.startswith("{") and stripped.endswith("}") and '"' not in stripped:
+        known = INPUT_FIELDS + RECORD_FIELDS
+        body = stripped[1:-1].strip()
+        pattern = re.compile(r"(?:^|,)\s*(" + "|".join(known) + r")\s*:")
+        marks = list(pattern.finditer(body))
+        if not marks or marks[0].start() != 0:
+            return None
+        job: dict[str, Any] = {}
+        for mark, following in zip(marks, marks[1:] + [None]):
+            end = following.start() if following else len(body)
+            value: Any = body[mark.end():end].strip()
+            if mark.group(1) in INT_FIELDS + ("attempts",) and re.fullmatch(r"-?\d+", value):
+                value = int(value)
+            elif value == "null":
+                value = None
+            job[mark.group(1)] = value
+        return job, "the quotes PowerShell stripped were restored"
+    return None
+
+
+QUOTING_ADVICE = (
+    "Quoting that works in every shell: --id ID --command \"...\", or --file jobs.json, "
+    "or pipe the JSON to 'queuectl enqueue --file -'. In bash and pwsh 7.3+: "
+    "--json '{\"id\":\"job1\",\"command\":\"sleep 2\"}'."
+)
+
+
+def parse_json_argument(text: str, warn: Callable[[str], None]) -> list[tuple[str, Any]]:
+    """Strict JSON first; then the known shell repairs, each reported on stderr."""
+    try:
+        return parse_job_documents(text, "the JSON argument")
+    except QueueError as strict_error:
+        repaired = repair_shell_json(text.strip())
+        if repaired is None:
+            shown = text if len(text) <= 200 else text[:200] + "..."
+            raise QueueError(f"{strict_error} Received: {shown!r}. {QUOTING_ADVICE}") from None
+        value, what = repaired
+        warn(f"note: the JSON argument was repaired ({what}); it was read as "
+             f"{json.dumps(value, ensure_ascii=False)}")
+        return [("the JSON argument", value)]
+
+
+# --------------------------------------------------------------------------
+# 3. Storage: atomic writes, the lock, and the Store
+# --------------------------------------------------------------------------
+
+
+def _fsync_dir(path: str, platform: str = sys.platform) -> None:
+    """Make a rename durable (POSIX only: Windows cannot open a directory)."""
+    if platform == "win32":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_with_retry(src: str, dst: str, platform: str = sys.platform,
+                       replace: Callable[[str, str], None] = os.replace,
+                       deadline_s: float = 2.0) -> None:
+    """os.replace; on Windows retry sharing violations (an editor, antivirus)."""
+    if platform != "win32":
+        replace(src, dst)
+        return
+    give_up = time.monotonic() + deadline_s
+    delay = 0.01
+    while True:
+        try:
+            replace(src, dst)
+            return
+        except PermissionError:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write a temp file in the same folder, fsync, replace: never a torn file."""
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        replace_with_retry(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def dump_line(job: dict[str, Any]) -> str:
+    """One job per line, id first, so an id can be found without parsing."""
+    return json.dumps(job, ensure_ascii=False, separators=(",", ":"))
+
+
+def render_array(lines: Iterable[str]) -> bytes:
+    body = ",\n".join(lines)
+    return ("[\n" + body + "\n]\n" if body else "[\n]\n").encode("utf-8")
+
+
+def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list[str], bool]:
+    """Parse a one-job-per-line JSON array: (jobs, lines, repaired).
+
+    A tail torn by a crash during an append (no closing bracket, a partial
+    last line) is dropped and reported; any other damage is a CorruptFileError.
+    A file a person reformatted (valid JSON, other layout) is accepted.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptFileError(path, "not UTF-8 text") from None
+    raw_lines = text.split("\n")
+    while raw_lines and not raw_lines[-1].strip():
+        raw_lines.pop()
+    if not raw_lines:
+        raise CorruptFileError(path, "the file is empty")
+    jobs: list[dict[str, Any]] = []
+    lines: list[str] = []
+    closed = raw_lines[-1].strip() == "]"
+    if raw_lines[0].strip() == "[":
+        body = raw_lines[1:-1] if closed else raw_lines[1:]
+        ok = True
+        for index, line in enumerate(body):
+            line = line.strip()
+            if line.endswith(","):
+                line = line[:-1]
+            try:
+                job = json.loads(line)
+            except (ValueError, RecursionError):
+                job = None
+            if not isinstance(job, dict):
+                if not closed and index == len(body) - 1:
+                    return jobs, lines, True  # the torn tail of an append
+                ok = False
+                break
+            jobs.append(job)
+            lines.append(line)
+        if ok and closed:
+            return jobs, lines, False
+        if ok:
+            return jobs, lines, True
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise CorruptFileError(path, f"{error}") from None
+    if not isinstance(value, list) or not all(isinstance(j, dict) for j in value):
+        raise CorruptFileError(path, "expected a JSON array of job objects")
+    return value, [dump_line(j) for j in value], True
+
+
+def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """A job read from a file must be one queuectl can act on."""
+    if not isinstance(job.get("id"), str) or not isinstance(job.get("command"), str):
+        raise CorruptFileError(path, f"a job without a string id and command: {dump_line(job)[:120]}")
+    if job.get("state") not in allowed:
+        raise CorruptFileError(path, f"job {job['id']!r} has state {job.get('state')!r}, "
+                                     f"expected one of {', '.join(allowed)}")
+    if isinstance(job.get("attempts"), bool) or not isinstance(job.get("attempts", 0), int):
+        raise CorruptFileError(path, f"job {job['id']!r} has a non-integer attempts field")
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next attempt: base ** attempts, capped."""
+    try:
+        return min(float(base) ** attempts, float(cap))
+    except OverflowError:
+        return float(cap)
+
+
+def pid_alive(pid: int, platform: str = sys.platform) -> bool:
+    """Is this process running? Never os.kill(pid, 0) on Windows (it is not a probe there)."""
+    if pid <= 0:
+        return False
+    if platform == "win32":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes  # Windows only
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    synchronize, wait_timeout = 0x00100000, 0x00000102
+    handle = kernel32.OpenProcess(synchronize, False, pid)
+    if not handle:
+        return ctypes.get_last_error() == 5  # access denied: it exists
+    try:
+        return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+class Outcome:
+    """What one attempt of a job came to, as reported by a worker thread."""
+
+    __slots__ = ("job_id", "exit_code", "error", "output_tail", "aborted", "duration")
+
+    def __init__(self, job_id: str, exit_code: int | None, error: str | None,
+                 output_tail: str, aborted: bool = False, duration: float = 0.0) -> None:
+        self.job_id = job_id
+        self.exit_code = exit_code
+        self.error = error
+        self.output_tail = output_tail
+        self.aborted = aborted
+        self.duration = duration
+
+
+class Store:
+    """Every read and write of the state files, in queue verbs.
+
+    queue.json holds active jobs (pending, processing, failed) and is replaced
+    atomically; processed.json (completed) and failed.json (dead, the DLQ) are
+    append-only histories written one job per line. A process keeps what it
+    parsed and the line of every job, so it neither re-parses a file that has
+    not changed since it wrote it nor re-serialises jobs that did not change.
+    """
+
+    _process_locks: dict[str, Any] = {}
+    _process_locks_guard = threading.Lock()
+
+    def __init__(self, home: str) -> None:
+        self.home = os.path.abspath(home)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._lines: dict[str, str] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
+        self._ready: list[tuple[int, int, str]] = []
+        self._scheduled: list[tuple[float, str]] = []
+        self._config: dict[str, Any] | None = None
+        self._config_signature: tuple[int, int, int] | None = None
+        self.warnings: list[str] = []
+
+    # -- paths, lock and files --------------------------------------------
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.home, name)
+
+    def ensure_home(self) -> None:
+        if not os.path.isdir(self.home):
+            try:
+                os.makedirs(self.home, mode=0o700, exist_ok=True)
+            except OSError as error:
+                raise QueueError(f"cannot create the data folder {self.home}: {error.strerror}.") from None
+
+    def _file_lock(self) -> Any:
+        from filelock import FileLock
+
+        path = self.path(LOCK_FILE)
+        with Store._process_locks_guard:
+            lock = Store._process_locks.get(path)
+            if lock is None:
+                lock = FileLock(path, timeout=LOCK_TIMEOUT, mode=0o600)
+                Store._process_locks[path] = lock
+            return lock
+
+    def locked(self) -> "_Locked":
+        """Threads first, then the file lock: one writer across all processes."""
+        return _Locked(self)
+
+    @staticmethod
+    def _signature_of(path: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            with open(self.path(name), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise QueueError(f"cannot read {self.path(name)}: {error.strerror}.") from None
+
+    def _write(self, name: str, data: bytes) -> None:
+        self.ensure_home()
+        try:
+            atomic_write(self.path(name), data)
+        except OSError as error:
+            raise QueueError(f"cannot write {self.path(name)}: {error.strerror}; "
+                             "the previous file is unchanged.") from None
+
+    def _append(self, name: str, lines: list[str]) -> None:
+        """Append jobs to a history array in one write that replaces its closing bracket."""
+        if not lines:
+            return
+        self.ensure_home()
+        path = self.path(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+        except OSError as error:
+            raise QueueError(f"cannot write {path}: {error.strerror}.") from None
+        try:
+            size = os.fstat(fd).st_size
+            tail = b""
+            if size:
+                os.lseek(fd, max(0, size - 3), os.SEEK_SET)
+                tail = os.read(fd, 3)
+            if size == 0:
+                offset, data = 0, "[\n" + ",\n".join(lines) + "\n]\n"
+            elif tail == b"\n]\n" and size == 4:  # "[\n]\n": empty array
+                offset, data = 1, "\n" + ",\n".join(lines) + "\n]\n"
+            elif tail == b"\n]\n":
+                offset, data = size - 3, ",\n" + ",\n".join(lines) + "\n]\n"
+            else:
+                os.close(fd)
+                fd = -1
+                self._repair_history(name)
+                self._append(name, lines)
+                return
+            os.lseek(fd, offset, os.SEEK_SET)
+            payload = data.encode("utf-8")
+            written = os.write(fd, payload)
+            while written < len(payload):
+                written += os.write(fd, payload[written:])
+            os.fsync(fd)
+        except OSError as error:
+            raise QueueError(f"cannot write {path}: {error.strerror}.") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _repair_history(self, name: str) -> list[dict[str, Any]]:
+        """Load a history file, rewriting it if a crash tore its tail."""
+        data = self._read(name)
+        if data is None:
+            return []
+        jobs, lines, repaired = parse_array_file(self.path(name), data)
+        state = "completed" if name == PROCESSED_FILE else "dead"
+        for job in jobs:
+            check_record(self.path(name), job, (state,))
+        if repaired:
+            self._write(name, render_array(lines))
+            self.warnings.append(f"note: repaired {self.path(name)} (a write had been cut short).")
+        return jobs
+
+    def history(self, state: str) -> list[dict[str, Any]]:
+        with self.locked():
+            return self._repair_history(HISTORY_FILE_OF[state])
+
+    def history_count(self, state: str) -> int:
+        """Jobs in a history file, counted by lines without parsing them."""
+        data = self._read(HISTORY_FILE_OF[state])
+        if not data:
+            return 0
+        return data.count(b"\n{") + (1 if data.startswith(b"[{") else 0)
+
+    def find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+        """Look an id up in processed.json and failed.json without parsing them."""
+        needle = ('"id":' + json.dumps(job_id)).encode()
+        for state, name in HISTORY_FILE_OF.items():
+            data = self._read(name)
+            if not data or needle not in data:
+                continue
+            for job in self._repair_history(name):
+                if job.get("id") == job_id:
+                    return state, job
+        return None
+
+    # -- queue.json, cached ------------------------------------------------
+
+    def _load_queue(self) -> None:
+        """Bring the cache up to date with queue.json (call with the lock held)."""
+        path = self.path(QUEUE_FILE)
+        signature = self._signature_of(path)
+        if signature == self._signature and signature is not None:
+            return
+        if signature is None:
+            self._reset_cache({}, {})
+            self._signature = None
+            return
+        old = self._signature
+        if old and signature[0] == old[0] and signature[1] > old[1] and self._load_appended(old[1]):
+            self._signature = self._signature_of(path)
+            return
+        data = self._read(QUEUE_FILE) or b""
+        jobs, lines, repaired = parse_array_file(path, data)
+        by_id: dict[str, dict[str, Any]] = {}
+        line_of: dict[str, str] = {}
+        for job, line in zip(jobs, lines):
+            check_record(path, job, ACTIVE_STATES)
+            if job["id"] in by_id:
+                raise CorruptFileError(path, f"job {job['id']!r} appears twice")
+            by_id[job["id"]] = job
+            line_of[job["id"]] = line
+        self._reset_cache(by_id, line_of)
+        if repaired:
+            self._save_queue()
+            self.warnings.append(f"note: repaired {path} (a write had been cut short).")
+        self._signature = self._signature_of(path)
+
+    def _load_appended(self, old_size: int) -> bool:
+        """Parse only the jobs another process appended since our last write."""
+        try:
+            with open(self.path(QUEUE_FILE), "rb") as handle:
+                handle.seek(old_size - 3)
+                tail = handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return False
+        if not tail.startswith(",\n") or not tail.endswith("\n]\n"):
+            return False
+        added = []
+        for line in tail[2:-3].split("\n"):
+            line = line.rstrip(",")
+            try:
+                job = json.loads(line)
+            except ValueError:
+                return False
+            if not isinstance(job, dict) or job.get("id") in self._jobs:
+                return False
+            check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
+            added.append((job, line))
+        for job, line in added:
+            self._add_to_cache(job, line)
+        return True
+
+    def _reset_cache(self, jobs: dict[str, dict[str, Any]], lines: dict[str, str]) -> None:
+        self._jobs, self._lines = jobs, lines
+        self._seq, self._next_seq = {}, 0
+        self._ready, self._scheduled = [], []
+        for job_id, job in jobs.items():
+            self._seq[job_id] = self._next_seq
+            self._next_seq += 1
+            self._index(job)
+        heapq.heapify(self._ready)
+        heapq.heapify(self._scheduled)
+
+    def _add_to_cache(self, job: dict[str, Any], line: str | None = None) -> None:
+        self._jobs[job["id"]] = job
+        self._lines[job["id"]] = line if line is not None else dump_line(job)
+        self._seq[job["id"]] = self._next_seq
+        self._next_seq += 1
+        self._index(job, push=True)
+
+    def _index(self, job: dict[str, Any], push: bool = False) -> None:
+        """File a claimable job under 'due now' or 'due later'."""
+        if job["state"] == "processing":
+            return
+        run_at = job.get("run_at")
+        due = _epoch(run_at) if run_at else 0.0
+        entry_ready = (-int(job.get("priority", 0)), self._seq[job["id"]], job["id"])
+        if due <= now_ts():
+            (heapq.heappush(self._ready, entry_ready) if push else self._ready.append(entry_ready))
+        else:
+            entry = (due, job["id"])
+            (heapq.heappush(self._scheduled, entry) if push else self._scheduled.append(entry))
+
+    def _update(self, job: dict[str, Any]) -> None:
+        self._jobs[job["id"]] = job
+        self._lines[job["id"]] = dump_line(job)
+
+    def _remove(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._lines.pop(job_id, None)
+        self._seq.pop(job_id, None)
+
+    def _save_queue(self) -> None:
+        self._write(QUEUE_FILE, render_array(self._lines.values()))
+        self._signature = self._signature_of(self.path(QUEUE_FILE))
+
+    def _append_queue(self, jobs: list[dict[str, Any]]) -> None:
+        """Add new jobs to queue.json in place (durable, no rewrite of the others)."""
+        lines = [dump_line(job) for job in jobs]
+        self._append(QUEUE_FILE, lines)
+        for job, line in zip(jobs, lines):
+            self._add_to_cache(job, line)
+        self._signature = self._signature_of(self.path(QUEUE_FILE))
+
+    # -- config -------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        path = self.path(CONFIG_FILE)
+        signature = self._signature_of(path)
+        if self._config is not None and signature == self._config_signature:
+            return self._config
+        config = dict(DEFAULT_CONFIG)
+        data = self._read(CONFIG_FILE)
+        if data is not None:
+            try:
+                stored = json.loads(decode_input(data, path))
+            except (ValueError, QueueError, RecursionError) as error:
+                raise CorruptFileError(path, str(error)) from None
+            if not isinstance(stored, dict):
+                raise CorruptFileError(path, "expected a JSON object of settings")
+            for key, value in stored.items():
+                name = config_key(key, path)
+                try:
+                    config[name] = validate_config_value(name, value)
+                except QueueError as error:
+                    raise CorruptFileError(path, str(error)) from None
+        self._config, self._config_signature = config, signature
+        return config
+
+    def set_config(self, key: str, value: Any) -> None:
+        with self.locked():
+            current = self.config()
+            stored = {k: v for k, v in current.items() if k in DEFAULT_CONFIG}
+            stored[key] = value
+            self._write(CONFIG_FILE, (json.dumps(stored, indent=2) + "\n").encode())
+            self._config = None
+
+    # -- queue verbs --------------------------------------------------------
+
+    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
+        """Add jobs, all or nothing; an id that exists anywhere is refused."""
+        seen: set[str] = set()
+        for job in jobs:
+            if job["id"] in seen:
+                raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
+            seen.add(job["id"])
+        with self.locked():
+            self._load_queue()
+            for job in jobs:
+                existing = self._jobs.get(job["id"])
+                if existing:
+                    raise QueueError(f"job {job['id']!r} already exists ({existing['state']}, in "
+                                     f"{QUEUE_FILE}); nothing was enqueued.")
+            for job in jobs:
+                found = self.find_in_history(job["id"])
+                if found:
+                    raise QueueError(f"job {job['id']!r} already exists ({found[0]}, in "
+                                     f"{HISTORY_FILE_OF[found[0]]}); nothing was enqueued.")
+            self._append_queue(jobs)
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Jobs in one state, or all of them (active first, then history)."""
+        with self.locked():
+            self._load_queue()
+            active = list(self._jobs.values())
+            if state in ACTIVE_STATES:
+                return [job for job in active if job["state"] == state]
+            result = [] if state else active
+            active_ids = set(self._jobs)
+            for history_state in (("completed", "dead") if state is None else (state,)):
+                result.extend(j for j in self._repair_history(HISTORY_FILE_OF[history_state])
+                              if j["id"] not in active_ids)
+            return result
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self.locked():
+            self._load_queue()
+            if job_id in self._jobs:
+                return dict(self._jobs[job_id])
+            found = self.find_in_history(job_id)
+            return found[1] if found else None
+
+    def counts(self) -> dict[str, int]:
+        with self.locked():
+            self._load_queue()
+            counts = dict.fromkeys(STATES, 0)
+            counts["scheduled"] = 0
+            now = now_ts()
+            for job in self._jobs.values():
+                counts[job["state"]] += 1
+                if job["state"] == "pending" and job.get("run_at") and _epoch(job["run_at"]) > now:
+                    counts["scheduled"] += 1
+            for state in HISTORY_FILE_OF:
+                counts[state] = self.history_count(state)
+            return counts
+
+    def checkpoint(self, outcomes: list[Outcome], idle: list[str], worker: "WorkerIdentity",
+                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]]]:
+        """One locked round for a worker process: record finished attempts,
+        recover jobs of dead workers, and claim a due job for each idle thread.
+
+        Returns ([(job, what happened)], [claimed jobs]).
+        """
+        with self.locked():
+            self._load_queue()
+            config = self.config()
+            now = now_ts()
+            recorded = self._record(outcomes, config, now)
+            if recover:
+                recorded.extend((job, "recovered") for job in self._recover(config, now, worker))
+            claimed = self._claim(idle, worker, now)
+            if recorded or claimed:
+                self._save_queue()
+            return recorded, claimed
+
+    def _record(self, outcomes: list[Outcome], config: dict[str, Any],
+                now: float) -> list[tuple[dict[str, Any], str]]:
+        done: list[tuple[dict[str, Any], str]] = []
+        to_processed: list[dict[str, Any]] = []
+        to_failed: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            job = self._jobs.get(outcome.job_id)
+            if job is None or job["state"] != "processing":
+                continue  # recovered by another process meanwhile; its record wins
+            job = dict(job)
+            job.update(updated_at=iso(now), exit_code=outcome.exit_code, error=outcome.error,
+                       output=outcome.output_tail)
+            for key in ("worker", "pid", "host"):
+                job.pop(key, None)
+            if outcome.aborted:
+                job["attempts"] = max(0, job["attempts"] - 1)
+                job.update(state="pending", error="interrupted by Ctrl+C; not counted as an attempt")
+                job.pop("run_at", None)
+                self._update(job)
+                self._index(job, push=True)
+                done.append((job, "interrupted"))
+                continue
+            success = outcome.exit_code == 0 and outcome.error is None
+            if success and config["failure_rate"] and random.random() < config["failure_rate"]:
+                success = False
+                job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
+            if success:
+                job.update(state="completed", finished_at=iso(now))
+                job.pop("run_at", None)
+                to_processed.append(job)
+                done.append((job, "completed"))
+            elif job["attempts"] >= max(1, job.get("max_retries", 1)):
+                job.update(state="dead", finished_at=iso(now))
+                job.pop("run_at", None)
+                to_failed.append(job)
+                done.append((job, "dead"))
+            else:
+                delay = backoff_delay(job["attempts"], config["backoff_base"], config["max_backoff"])
+                job.update(state="failed", run_at=iso(now + delay))
+                self._update(job)
+                self._index(job, push=True)
+                done.append((job, "failed"))
+        # Destination first: a crash between the two writes leaves the job in
+        # both files, and the history copy (its latest state) wins on recovery.
+        self._append(PROCESSED_FILE, [dump_line(job) for job in to_processed])
+        self._append(FAILED_FILE, [dump_line(job) for job in to_failed])
+        for job in to_processed + to_failed:
+            self._remove(job["id"])
+        return done
+
+    def _claim(self, idle: list[str], worker: "WorkerIdentity", now: float) -> list[dict[str, Any]]:
+        """Highest priority first, then the oldest, among the jobs that are due."""
+        while self._scheduled and self._scheduled[0][0] <= now:
+            _, job_id = heapq.heappop(self._scheduled)
+            job = self._jobs.get(job_id)
+            if job and job["state"] != "processing":
+                heapq.heappush(self._ready, (-int(job.get("priority", 0)), self._seq[job_id], job_id))
+        claimed = []
+        while len(claimed) < len(idle) and self._ready:
+            _, seq, job_id = heapq.heappop(self._ready)
+            job = self._jobs.get(job_id)
+            if job is None or job["state"] == "processing" or self._seq.get(job_id) != seq:
+                continue
+            if job.get("run_at") and _epoch(job["run_at"]) > now:
+                continue  # re-filed under 'due later' when it failed
+            job = dict(job)
+            job.update(state="processing", attempts=job["attempts"] + 1, worker=idle[len(claimed)],
+                       pid=worker.pid, host=worker.host, started_at=iso(now), updated_at=iso(now))
+            job.pop("run_at", None)
+            self._update(job)
+            claimed.append(job)
+        return claimed
+
+    def next_due(self) -> float | None:
+        """When the next claimable job is due, from the cache (a hint, no lock)."""
+        if self._ready:
+            return 0.0
+        return self._scheduled[0][0] if self._scheduled else None
+
+    def has_retries_waiting(self) -> bool:
+        return any(job["state"] == "failed" for job in self._jobs.values())
+
+    def queue_changed(self) -> bool:
+        return self._signature_of(self.path(QUEUE_FILE)) != self._signature
+
+    def recover_orphans(self) -> list[dict[str, Any]]:
+        """Return jobs of dead workers to the queue (any command may do it)."""
+        with self.locked():
+            self._load_queue()
+            recovered = self._recover(self.config(), now_ts(), None)
+            if recovered:
+                self._save_queue()
+            return recovered
+
+    def _recover(self, config: dict[str, Any], now: float,
+                 me: "WorkerIdentity | None") -> list[dict[str, Any]]:
+        processing = [job for job in self._jobs.values() if job["state"] == "processing"]
+        if not processing:
+            return []
+        beats = self.worker_heartbeats()
+        recovered = []
+        to_failed = []
+        for job in processing:
+            host, pid = job.get("host"), job.get("pid")
+            if me is not None and host == me.host and pid == me.pid:
+                continue
+            beat = beats.get((host, pid))
+            fresh = beat is not None and now - beat <= config["lease_timeout"]
+            if host == HOST:
+                alive = isinstance(pid, int) and pid_alive(pid) and (beat is None or fresh)
+                if isinstance(pid, int) and pid_alive(pid) and beat is None:
+                    # a worker that has not written its first heartbeat yet
+                    alive = now - _epoch(job.get("started_at")) <= config["lease_timeout"]
+            else:
+                alive = fresh
+            if alive:
+                continue
+            if self.find_in_history(job["id"]):
+                self._remove(job["id"])  # it had finished; the crash came between two writes
+                continue
+            job = dict(job)
+            reason = (f"worker {job.get('worker')} (pid {pid} on {host}) died during attempt "
+                      f"{job['attempts']}")
+            for key in ("worker", "pid", "host"):
+                job.pop(key, None)
+            job.update(error=reason, exit_code=None, updated_at=iso(now))
+            if job["attempts"] >= max(1, job.get("max_retries", 1)):
+                job.update(state="dead", finished_at=iso(now))
+                to_failed.append(job)
+            else:
+                job["state"] = "pending"
+                self._update(job)
+                self._index(job, push=True)
+            recovered.append(job)
+        self._append(FAILED_FILE, [dump_line(job) for job in to_failed])
+        for job in to_failed:
+            self._remove(job["id"])
+        return recovered
+
+    def dlq_retry(self, ids: list[str] | None) -> list[str]:
+        """Move dead jobs back to pending with attempts reset to 0."""
+        with self.locked():
+            self._load_queue()
+            dead = self._repair_history(FAILED_FILE)
+            dead = [job for job in dead if job["id"] not in self._jobs]
+            by_id = {job["id"]: job for job in dead}
+            if ids is None:
+                ids = list(by_id)
+            for job_id in ids:
+                if job_id not in by_id:
+                    where = self._jobs.get(job_id, {}).get("state")
+                    if where is None:
+                        found = self.find_in_history(job_id)
+                        where = found[0] if found else None
+                    raise QueueError(f"job {job_id!r} is not in the DLQ"
+                                     + (f" (it is {where})." if where else " (no such job)."))
+            if not ids:
+                return []
+            now = iso(now_ts())
+            requeued = []
+            for job_id in dict.fromkeys(ids):
+                job = {k: v for k, v in by_id[job_id].items()
+                       if k not in ("finished_at", "started_at", "exit_code")}
+                job.update(state="pending", attempts=0, updated_at=now)
+                requeued.append(job)
+            # Destination first (queue.json), then the DLQ without them.
+            self._append_queue(requeued)
+            keep = [dump_line(job) for job in dead if job["id"] not in set(ids)]
+            self._write(FAILED_FILE, render_array(keep))
+            return [job["id"] for job in requeued]
+
+    # -- workers and the stop flag -----------------------------------------
+
+    def worker_file(self, host: str, pid: int) -> str:
+        safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64]
+        return os.path.join(self.home, WORKERS_DIR, f"{safe_host}-{pid}.json")
+
+    def write_heartbeat(self, info: dict[str, Any]) -> None:
+        os.makedirs(self.path(WORKERS_DIR), mode=0o700, exist_ok=True)
+        atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode())
+
+    def remove_heartbeat(self, host: str, pid: int) -> None:
+        try:
+            os.unlink(self.worker_file(host, pid))
+        except FileNotFoundError:
+            pass
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker processes with their last heartbeat, and whether they look alive."""
+        folder = self.path(WORKERS_DIR)
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+        lease = self.config()["lease_timeout"]
+        now = now_ts()
+        result = []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(folder, name), "rb") as handle:
+                    info = json.loads(handle.read())
+                beat = _epoch(info["heartbeat_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            fresh = now - beat <= lease
+            if info.get("host") == HOST:
+                info["alive"] = pid_alive(int(info.get("pid", 0))) and fresh
+            else:
+                info["alive"] = fresh
+            result.append(info)
+        return result
+
+    def worker_heartbeats(self) -> dict[tuple[str, int], float]:
+        return {(w["host"], w["pid"]): _epoch(w["heartbeat_at"]) for w in self.workers()
+                if isinstance(w.get("pid"), int)}
+
+    def request_stop(self) -> None:
+        self.ensure_home()
+        atomic_write(self.path(STOP_FILE),
+                     (json.dumps({"requested_at": iso(now_ts()), "epoch": now_ts()}) + "\n").encode())
+
+    def stop_requested_at(self) -> float | None:
+        data = self._read(STOP_FILE)
+        if data is None:
+            return None
+        try:
+            return float(json.loads(data)["epoch"])
+        except (ValueError, KeyError, TypeError):
+            try:
+                return os.stat(self.path(STOP_FILE)).st_mtime
+            except OSError:
+                return None
+
+    def clear_stop(self) -> None:
+        try:
+            os.unlink(self.path(STOP_FILE))
+        except FileNotFoundError:
+            pass
+
+
+class _Locked:
+    """Re-entrant context: the thread lock, then (outermost only) the file lock."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Store:
+        store = self.store
+        store._thread_lock.acquire()
+        if store._depth == 0:
+            store.ensure_home()
+            try:
+                store._file_lock().acquire()
+            except Exception as error:
+                store._thread_lock.release()
+                if type(error).__name__ == "Timeout":
+                    raise QueueError(f"the queue in {store.home} is locked by another queuectl process "
+                                     f"for more than {LOCK_TIMEOUT:.0f} s; try again.") from None
+                if isinstance(error, OSError):
+                    raise QueueError(f"cannot lock {store.path(LOCK_FILE)}: {error.strerror}.") from None
+                raise
+        store._depth += 1
+        return store
+
+    def __exit__(self, *exc: object) -> None:
+        store = self.store
+        store._depth -= 1
+        if store._depth == 0:
+            store._file_lock().release()
+        store._thread_lock.release()
+
+
+_EPOCH_CACHE: dict[str, float] = {}
+
+
+def _epoch(text: str | None) -> float:
+    """Epoch seconds of a stored timestamp (cached: the same strings recur)."""
+    if not text:
+        return 0.0
+    value = _EPOCH_CACHE.get(text)
+    if value is None:
+        try:
+            value = parse_time(text)
+        except QueueError:
+            value = 0.0
+        if len(_EPOCH_CACHE) > 100_000:
+            _EPOCH_CACHE.clear()
+        _EPOCH_CACHE[text] = value
+    return value
+
+
+# --------------------------------------------------------------------------
+# 4. Execution: running one command
+# --------------------------------------------------------------------------
+
+
+def safe_log_name(job_id: str) -> str:
+    """A file name for any valid id, on every platform (CON, NUL... on Windows)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:64].rstrip(". ") or "_"
+    if stem.split(".")[0].upper() in WINDOWS_RESERVED:
+        stem = "_" + stem
+    return stem + ".log"
+
+
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
+
+
+def popen_options(platform: str = sys.platform) -> dict[str, Any]:
+    """Start each job in its own process group, so a tree kill reaches its children
+    and the terminal's Ctrl+C does not."""
+    if platform == "win32":
+        return {"creationflags": 0x00000200}  # CREATE_NEW_PROCESS_GROUP
+    return {"start_new_session": True}
+
+
+def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | None:
+    """The command that kills a whole process tree on Windows (None: use killpg)."""
+    if platform == "win32":
+        return ["taskkill", "/T", "/F", "/PID", str(pid)]
+    return None
+
+
+def kill_tree(proc: subprocess.Popen, platform: str = sys.platform) -> None:
+    command = tree_kill_command(proc.pid, platform)
+    try:
+        if command:
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        proc.kill()
+    except OSError:
+        pass
+
+
+class Runner:
+    """Runs one attempt of a job: output to its log file, timeout, tree kill."""
+
+    def __init__(self, home: str) -> None:
+        self.logs = os.path.join(home, LOGS_DIR)
+        self.running: dict[str, subprocess.Popen] = {}
+        self.abort = threading.Event()
+        self._lock = threading.Lock()
+
+    def log_path(self, job_id: str) -> str:
+        return os.path.join(self.logs, safe_log_name(job_id))
+
+    def run(self, job: dict[str, Any], timeout: float | None) -> Outcome:
+        os.makedirs(self.logs, mode=0o700, exist_ok=True)
+        path = self.log_path(job["id"])
+        started = time.monotonic()
+        with open(path, "ab") as log:
+            if os.name == "posix":
+                os.chmod(path, 0o600)
+            log.write(f"=== attempt {job['attempts']} started {job.get('started_at')} "
+                      f"by {job.get('worker')} (pid {job.get('pid')} on {job.get('host')})\n".encode())
+            log.flush()
+            start_offset = log.tell()
+            try:
+                proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, **popen_options())
+            except OSError as error:
+                log.write(f"=== could not start: {error}\n".encode())
+                return Outcome(job["id"], None, f"could not start the command: {error.strerror}", "")
+            with self._lock:
+                self.running[job["id"]] = proc
+            error = None
+            try:
+                exit_code = self._wait(proc, timeout)
+                if exit_code is None:
+                    error = f"timed out after {timeout:g} s; the command's process tree was killed"
+                    exit_code = proc.returncode
+            finally:
+                with self._lock:
+                    self.running.pop(job["id"], None)
+            aborted = self.abort.is_set() and error is None and exit_code != 0
+            if error is None and exit_code != 0 and not aborted:
+                error = (f"command not found (exit code {exit_code})" if exit_code == 127
+                         else f"exit code {exit_code}")
+            footer = error or "exit code 0"
+            log.write(f"=== attempt {job['attempts']} ended: {'interrupted' if aborted else footer}\n".encode())
+        tail = read_tail(path, start_offset)
+        return Outcome(job["id"], None if error and exit_code is None else exit_code,
+                       error, tail, aborted, time.monotonic() - started)
+
+    def _wait(self, proc: subprocess.Popen, timeout: float | None) -> int | None:
+        """Wait for the command; None when the timeout killed it."""
+        deadline = None if not timeout else time.monotonic() + timeout
+        while True:
+            remaining = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if remaining <= 0:
+                kill_tree(proc)
+                proc.wait()
+                return None
+            try:
+                return proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                continue
+
+    def kill_all(self) -> None:
+        """Second Ctrl+C: kill every running command's process tree."""
+        self.abort.set()
+        with self._lock:
+            procs = list(self.running.values())
+        for proc in procs:
+            kill_tree(proc)
+
+
+def read_tail(path: str, start: int, limit: int = OUTPUT_TAIL_BYTES) -> str:
+    """The last `limit` bytes of one attempt's output, without the footer line."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            end = handle.tell()
+            begin = max(start, end - limit - 200)
+            handle.seek(begin)
+            data = handle.read()
+    except OSError:
+        return ""
+    cut = data.rfind(b"=== attempt ")
+    if cut >= 0:
+        data = data[:cut]
+    if len(data) > limit:
+        data = data[-limit:]
+    return data.decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------
+# 5. The worker: thread pool, heartbeat, stop flag, signals, recovery
+# --------------------------------------------------------------------------
+
+
+class WorkerIdentity:
+    """Who claims: this process (pid, host); jobs name the thread that runs them."""
+
+    def __init__(self, threads: int) -> None:
+        self.pid = os.getpid()
+        self.host = HOST
+        self.threads = threads
+
+
+class Printer:
+    """One line per call, under a lock, so parallel jobs stay readable."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> None:
+        stream = self.stream or sys.stdout
+        with self._lock:
+            try:
+                stream.write(text if text.endswith("\n") else text + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+class WorkerPool:
+    """N threads in one process. The main thread does all the bookkeeping in
+    locked rounds (record finished attempts, claim jobs for idle threads), so
+    several results are written in one round; threads only run commands."""
+
+    def __init__(self, store: Store, count: int, burst: bool, say: Printer) -> None:
+        self.store = store
+        self.count = count
+        self.burst = burst
+        self.say = say
+        self.identity = WorkerIdentity(count)
+        self.runner = Runner(store.home)
+        self.inboxes: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+        self.idle = list(range(count))
+        self.results: list[tuple[int, Outcome]] = []
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.interrupts = 0
+        self.started_at = now_ts()
+        self.heartbeat_stop = threading.Event()
+        self.totals = {"completed": 0, "failed": 0, "dead": 0}
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def run(self) -> int:
+        self.store.ensure_home()
+        self.store.config()  # a corrupt config fails before any thread starts
+        self._heartbeat_once()
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        threads = []
+        for index in range(self.count):
+            thread = threading.Thread(target=self._thread_main, args=(index,), name=f"Worker-{index + 1}",
+                                      daemon=True)
+            thread.start()
+            threads.append(thread)
+            self.say(f"Worker-{index + 1} started.")
+        self.say(f"Started {self.count} worker(s).")
+        previous = self._install_signals()
+        try:
+            self._main_loop()
+        finally:
+            with self.cond:
+                self.stopping = True
+                for inbox in self.inboxes:
+                    inbox.append({})  # tells the thread to exit
+                self.cond.notify_all()
+            for thread in threads:
+                thread.join(timeout=5)
+            self.heartbeat_stop.set()
+            self._restore_signals(previous)
+            self.store.remove_heartbeat(self.identity.host, self.identity.pid)
+            self._clear_stop_flag_if_last()
+        self.say("All workers stopped gracefully." if self.interrupts < 2 else
+                 "Workers stopped; interrupted jobs were returned to pending.")
+        return 130 if self.interrupts >= 2 else 0
+
+    def _main_loop(self) -> None:
+        poll = float(self.store.config()["poll_interval"])
+        last_recover = 0.0
+        busy = 0
+        while True:
+            if self._stop_flag_seen():
+                self.stopping = True
+            with self.cond:
+                outcomes = self.results
+                self.results = []
+                idle = list(self.idle)
+            want = [] if self.stopping else [f"Worker-{i + 1}" for i in idle]
+            recover = time.monotonic() - last_recover >= 1.0
+            due = self.store.next_due()
+            worth_a_round = outcomes or recover or (want and (
+                (due is not None and due <= now_ts()) or self.store.queue_changed()))
+            claimed: list[dict[str, Any]] = []
+            if worth_a_round:
+                if recover:
+                    last_recover = time.monotonic()
+                recorded, claimed = self.store.checkpoint([o for _, o in outcomes], want,
+                                                          self.identity, recover)
+                self._report(recorded, dict((o.job_id, i) for i, o in outcomes))
+                self._dispatch(claimed, idle)
+            busy = self.count - len(self.idle)
+            if self.stopping and busy == 0:
+                return
+            if self.burst and busy == 0 and not claimed and not self.store.has_retries_waiting():
+                due = self.store.next_due()
+                if due is None or due > now_ts():
+                    return
+            self._wait_for_work(poll, bool(claimed))
+
+    def _wait_for_work(self, poll: float, just_claimed: bool) -> None:
+        with self.cond:
+            if self.results:
+                return
+            if just_claimed and self.idle and not self.stopping:
+                return  # more idle threads: try to claim again at once
+            due = self.store.next_due()
+            timeout = poll
+            if due is not None and due > 0:
+                timeout = max(0.01, min(poll, due - now_ts()))
+            self.cond.wait(timeout=min(timeout, 0.2) if self.stopping else timeout)
+
+    def _dispatch(self, jobs: list[dict[str, Any]], idle: list[int]) -> None:
+        with self.cond:
+            for job, index in zip(jobs, idle):
+                self.idle.remove(index)
+                self.inboxes[index].append(job)
+            self.cond.notify_all()
+
+    def _thread_main(self, index: int) -> None:
+        name = f"Worker-{index + 1}"
+        config = self.store.config
+        while True:
+            with self.cond:
+                while not self.inboxes[index]:
+                    self.cond.wait(timeout=1.0)
+                job = self.inboxes[index].pop(0)
+            if not job:
+                return
+            self.say(f"{name} executing: {job['command']} (attempt {job['attempts']})")
+            timeout = job.get("timeout") or config()["job_timeout"] or None
+            try:
+                outcome = self.runner.run(job, timeout)
+            except Exception as error:  # never lose the job because of a bug here
+                outcome = Outcome(job["id"], None, f"worker error: {error}", "")
+            if outcome.output_tail:
+                self.say(outcome.output_tail.rstrip("\n"))
+            with self.cond:
+                self.results.append((index, outcome))
+                self.idle.append(index)
+                self.cond.notify_all()
+
+    def _report(self, recorded: list[tuple[dict[str, Any], str]], thread_of: dict[str, int]) -> None:
+        for job, what in recorded:
+            name = f"Worker-{thread_of[job['id']] + 1}" if job["id"] in thread_of else "Recovery"
+            if what == "completed":
+                self.totals["completed"] += 1
+                self.say(f"{name} finished: {job['id']}")
+            elif what == "failed":
+                self.totals["failed"] += 1
+                wait = max(0.0, _epoch(job["run_at"]) - now_ts())
+                self.say(f"{name} failed: {job['id']} ({job['error']}); attempt {job['attempts']} of "
+                         f"{max(1, job['max_retries'])}, retrying in {wait:.0f} s")
+            elif what == "dead":
+                self.totals["failed"] += 1
+                self.totals["dead"] += 1
+                self.say(f"{name} failed: {job['id']} ({job['error']}); moved to the DLQ after "
+                         f"{job['attempts']} attempt(s)")
+            elif what == "interrupted":
+                self.say(f"{name} interrupted: {job['id']} returned to pending")
+            elif what == "recovered":
+                self.say(f"Recovered job {job['id']} from a dead worker -> {job['state']}")
+
+    # -- heartbeat and stop -------------------------------------------------
+
+    def _heartbeat_once(self) -> None:
+        info = {"pid": self.identity.pid, "host": self.identity.host, "threads": self.count,
+                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()),
+                "home": self.store.home}
+        try:
+            self.store.write_heartbeat(info)
+        except OSError:
+            pass
+
+    def _heartbeat_loop(self) -> None:
+        while not self.heartbeat_stop.wait(self._heartbeat_interval()):
+            self._heartbeat_once()
+
+    def _heartbeat_interval(self) -> float:
+        try:
+            return max(0.5, min(5.0, float(self.store.config()["lease_timeout"]) / 3))
+        except QueueError:
+            return 5.0
+
+    def _stop_flag_seen(self) -> bool:
+        requested = self.store.stop_requested_at()
+        return requested is not None and requested >= self.started_at - 0.001
+
+    def _clear_stop_flag_if_last(self) -> None:
+        others = [w for w in self.store.workers() if w["alive"] and w["pid"] != self.identity.pid]
+        requested = self.store.stop_requested_at()
+        if requested is not None and not any(_epoch(w["started_at"]) <= requested for w in others):
+            self.store.clear_stop()
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+            number = getattr(signal, name, None)
+            if number is not None:
+                try:
+                    previous[number] = signal.signal(number, self._on_signal)
+                except (OSError, ValueError):
+                    pass
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        for number, handler in previous.items():
+            try:
+                signal.signal(number, handler)
+            except (OSError, ValueError):
+                pass
+
+    def _on_signal(self, number: int, frame: Any) -> None:
+        # Only set flags here: printing from a handler can raise a reentrancy error.
+        if number == signal.SIGINT:
+            self.interrupts += 1
+        self.stopping = True
+        if self.interrupts >= 2:
+            self.runner.kill_all()
+
+
+# --------------------------------------------------------------------------
+# 6. The command line
+# --------------------------------------------------------------------------
+
+
+def config_key(key: str, source: str = "") -> str:
+    name = key.strip().replace("-", "_").lower()
+    if name not in DEFAULT_CONFIG:
+        where = f" in {source}" if source else ""
+        raise QueueError(f"unknown config key {key!r}{where}; known keys: "
+                         f"{', '.join(DEFAULT_CONFIG)}.")
+    return name
+
+
+CONFIG_RULES: dict[str, tuple[type, float, float | None]] = {
+    # key: (type, minimum, maximum)
+    "max_retries": (int, 0, 1000),
+    "backoff_base": (float, 1, 1000),
+    "max_backoff": (float, 0, None),
+    "job_timeout": (float, 0, None),
+    "lease_timeout": (float, 1, None),
+    "poll_interval": (float, 0.01, 60),
+    "failure_rate": (float, 0, 1),
+}
+
+
+def validate_config_value(name: str, value: Any) -> Any:
+    kind, low, high = CONFIG_RULES[name]
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind is int else float(text)
+        except ValueError:
+            raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, "
+                             f"not {text!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}.")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise QueueError(f"{name} must be a finite number.")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"{low:g} or more"
+        raise QueueError(f"{name} must be {bounds}, not {value:g}.")
+    if kind is float and float(value).is_integer():
+        return int(value)
+    return value
+
+
+def home_dir(args: argparse.Namespace) -> str:
+    return args.home or os.environ.get("QUEUECTL_HOME") or os.getcwd()
+
+
+def normalize_state(text: str) -> str:
+    state = STATE_SYNONYMS.get(text.lower(), text.lower())
+    if state not in STATES:
+        raise argparse.ArgumentTypeError(
+            f"unknown state {text!r}; valid states: {', '.join(STATES)} (or processed, dlq)")
+    return state
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def flush_warnings(store: Store) -> None:
+    for warning in store.warnings:
+        print(warning, file=sys.stderr)
+    store.warnings.clear()
+
+
+# -- enqueue --------------------------------------------------------------
+
+
+def read_input_file(path: str) -> tuple[str, str]:
+    if path == "-":
+        return decode_input(sys.stdin.buffer.read(), "standard input"), "standard input"
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise QueueError(f"cannot read {path}: {error.strerror}.") from None
+    return decode_input(data, path), path
+
+
+def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
+    sources = [s for s in (args.job, args.json, args.file) if s is not None]
+    flags = args.id is not None or args.command is not None
+    if len(sources) > 1 or (sources and flags and args.command is not None):
+        raise QueueError("give the job one way: positional JSON, --json, --file, or --id/--command.")
+    if args.file is not None:
+        text, source = read_input_file(args.file)
+        items = parse_job_documents(text, source)
+    elif sources:
+        text = sources[0]
+        if text == "-":
+            text, source = read_input_file("-")
+            items = parse_job_documents(text, source)
+        else:
+            items = parse_json_argument(text, lambda m: print(m, file=sys.stderr))
+    elif args.command is not None:
+        items = [("the job", {"id": args.id, "command": args.command})]
+    else:
+        raise QueueError('nothing to enqueue; e.g. queuectl enqueue --id job1 --command "echo hi".')
+    overrides = {"max_retries": args.max_retries, "priority": args.priority, "run_at": args.run_at,
+                 "delay": args.delay, "timeout": args.timeout}
+    if args.id is not None and args.command is None:
+        if len(items) != 1:
+            raise QueueError("--id can only name a single job.")
+        overrides["id"] = args.id
+    if not items:
+        raise QueueError("the input holds no jobs.")
+    config = store.config()
+    now = now_ts()
+    jobs = []
+    for label, raw in items:
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            for key, value in overrides.items():
+                if value is not None:
+                    raw[key] = value
+                    if key in ("run_at", "delay"):
+                        raw.pop("delay" if key == "run_at" else "run_at", None)
+        jobs.append(normalize_job(raw, config, label, now))
+    store.enqueue(jobs)
+    for job in jobs:
+        print(f"Enqueued job: {job['id']}")
+    return 0
+
+
+# -- worker ---------------------------------------------------------------
+
+
+def cmd_worker_start(args: argparse.Namespace, store: Store) -> int:
+    if args.count < 1 or args.count > 256:
+        raise QueueError("--count must be between 1 and 256.")
+    return WorkerPool(store, args.count, args.burst, Printer()).run()
+
+
+def cmd_worker_stop(args: argparse.Namespace, store: Store) -> int:
+    alive = [w for w in store.workers() if w["alive"]]
+    if not alive:
+        print("No workers are running.")
+        return 0
+    store.request_stop()
+    print(f"Asked {len(alive)} worker process(es) to stop after their current jobs.")
+    if args.wait:
+        pids = {(w["host"], w["pid"]) for w in alive}
+        while any((w["host"], w["pid"]) in pids and w["alive"] for w in store.workers()):
+            time.sleep(0.1)
+        print("All workers have stopped.")
+    return 0
+
+
+# -- status, list, show ---------------------------------------------------
+
+
+def status_data(store: Store) -> dict[str, Any]:
+    store.recover_orphans()
+    counts = store.counts()
+    workers = [w for w in store.workers() if w["alive"]]
+    return {
+        "home": store.home,
+        "counts": {state: counts[state] for state in STATES},
+        "scheduled": counts["scheduled"],
+        "workers": [{k: w.get(k) for k in ("pid", "host", "threads", "started_at", "heartbeat_at")}
+                    for w in workers],
+    }
+
+
+def cmd_status(args: argparse.Namespace, store: Store) -> int:
+    data = status_data(store)
+    if args.json:
+        print_json(data)
+        return 0
+    c = data["counts"]
+    workers = data["workers"]
+    threads = sum(int(w.get("threads") or 0) for w in workers)
+    scheduled = f"   ({data['scheduled']} scheduled)" if data["scheduled"] else ""
+    waiting = "   (waiting to retry)" if c["failed"] else ""
+    state = (f"Running ({len(workers)} process{'es' if len(workers) != 1 else ''}, {threads} threads)"
+             if workers else "Stopped")
+    print(f"Pending Jobs   : {c['pending']}{scheduled}")
+    print(f"Processing Jobs: {c['processing']}")
+    print(f"Completed Jobs : {c['completed']}")
+    print(f"Failed Jobs    : {c['failed']}{waiting}")
+    print(f"Dead Jobs (DLQ): {c['dead']}")
+    print(f"Worker State   : {state}")
+    print(f"Data folder    : {data['home']}")
+    return 0
+
+
+def job_time_column(job: dict[str, Any]) -> str:
+    stamp = job.get("finished_at") if job["state"] in ("completed", "dead") else (
+        job.get("started_at") if job["state"] == "processing" else job.get("run_at"))
+    if not stamp:
+        return "now" if job["state"] == "pending" else "-"
+    return stamp[:19].replace("T", " ")
+
+
+def format_table(rows: list[list[str]], headers: list[str], width: int) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    fixed = sum(widths[:-1]) + 2 * (len(headers) - 1)
+    widths[-1] = max(10, min(widths[-1], width - fixed))
+    out = []
+    for row in [headers] + rows:
+        cells = [cell if len(cell) <= w else cell[: w - 3] + "..." for cell, w in zip(row, widths)]
+        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(out)
+
+
+def cmd_list(args: argparse.Namespace, store: Store) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise QueueError("--limit must be 0 or more.")
+    jobs = store.jobs(args.state)
+    if args.state is None:
+        jobs = [j for j in jobs if j["state"] in ACTIVE_STATES] + [j for j in jobs if j["state"] not in ACTIVE_STATES]
+    if args.limit is not None:
+        jobs = jobs[: args.limit]
+    if args.json:
+        print_json(jobs)
+        return 0
+    if not jobs:
+        hint = ""
+        if args.state == "failed" and store.history_count("dead"):
+            hint = " (jobs that used up their attempts are in the DLQ: queuectl list --state dead)"
+        print(f"No {args.state + ' ' if args.state else ''}jobs.{hint}")
+        return 0
+    rows = [[j["id"], j["state"], str(j.get("attempts", 0)), str(j.get("priority", 0)),
+             job_time_column(j), j["command"].replace("\n", " ")] for j in jobs]
+    width = _terminal_width()
+    print(format_table(rows, ["ID", "STATE", "ATTEMPTS", "PRIORITY", "NEXT RUN / FINISHED", "COMMAND"], width))
+    return 0
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
+
+
+def cmd_show(args: argparse.Namespace, store: Store) -> int:
+    job = store.get(args.id)
+    if job is None:
+        raise QueueError(f"no job with id {args.id!r}.")
+    if args.json:
+        print_json(job)
+        return 0
+    order = ["id", "state", "command", "attempts", "max_retries", "priority", "timeout", "run_at",
+             "created_at", "updated_at", "started_at", "finished_at", "worker", "pid", "host",
+             "exit_code", "error"]
+    keys = [k for k in order if k in job] + [k for k in job if k not in order and k != "output"]
+    for key in keys:
+        print(f"{key:<12}: {'-' if job[key] is None else job[key]}")
+    print(f"{'log':<12}: {os.path.join(store.home, LOGS_DIR, safe_log_name(job['id']))}")
+    if job.get("output"):
+        print("output (last part):")
+        print(job["output"].rstrip("\n"))
+    return 0
+
+
+# -- dlq, config ----------------------------------------------------------
+
+
+def cmd_dlq_list(args: argparse.Namespace, store: Store) -> int:
+    args.state, args.limit = "dead", None
+    return cmd_list(args, store)
+
+
+def cmd_dlq_retry(args: argparse.Namespace, store: Store) -> int:
+    if args.all == bool(args.ids):
+        raise QueueError("give job ids or --all, e.g. queuectl dlq retry job1.")
+    requeued = store.dlq_retry(None if args.all else args.ids)
+    if not requeued:
+        print("The DLQ is empty.")
+    for job_id in requeued:
+        print(f"Requeued job: {job_id}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace, store: Store) -> int:
+    config = store.config()
+    if args.json:
+        print_json(config)
+        return 0
+    for key, value in config.items():
+        print(f"{key:<14}= {value}")
+    return 0
+
+
+def cmd_config_get(args: argparse.Namespace, store: Store) -> int:
+    print(store.config()[config_key(args.key)])
+    return 0
+
+
+def cmd_config_set(args: argparse.Namespace, store: Store) -> int:
+    key = config_key(args.key)
+    value = validate_config_value(key, args.value)
+    store.set_config(key, value)
+    print(f"{key} = {value}")
+    return 0
+
+
+# -- argparse tree ----------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with examples kept verbatim in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="queuectl", description="A job queue for shell commands that lives in a folder.",
+                    epilog="Example:\n  queuectl enqueue --id hello --command \"echo hello\"\n"
+                           "  queuectl worker start --count 2 --burst")
+    parser.add_argument("--version", action="version", version=f"queuectl {__version__}")
+    parser.add_argument("--home", metavar="DIR",
+                        help="data folder (default: $QUEUECTL_HOME, else the current folder)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, handler: Callable, help_text: str, example: str,
+            into: Any = sub) -> argparse.ArgumentParser:
+        p = into.add_parser(name, help=help_text, description=help_text,
+                            epilog="Example:\n  " + example.replace("\n", "\n  "))
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("enqueue", cmd_enqueue, "add one or more jobs",
+            "queuectl enqueue --id job1 --command \"sleep 2\"\n"
+            "queuectl enqueue '{\"id\":\"job1\",\"command\":\"sleep 2\"}'\n"
+            "queuectl enqueue --file jobs.json        (an object, an array, or one object per line)")
+    p.add_argument("job", nargs="?", help="the job as JSON (or - for stdin)")
+    p.add_argument("--json", metavar="TEXT", help="the job(s) as JSON (or - for stdin)")
+    p.add_argument("--file", metavar="PATH", help="read jobs from a file (- for stdin)")
+    p.add_argument("--id", help="job id (1-64 letters, digits, . _ -)")
+    p.add_argument("--command", help="the shell command to run")
+    p.add_argument("--max-retries", type=str, metavar="N", help="attempts before the DLQ (default: config)")
+    p.add_argument("--priority", type=str, metavar="N", help="higher runs first (default 0)")
+    p.add_argument("--run-at", metavar="TIME", help="ISO-8601 time; without an offset it is local time")
+    p.add_argument("--delay", metavar="DURATION", help="run after 90, 90s, 5m, 2h")
+    p.add_argument("--timeout", metavar="SECONDS", help="kill the command after this long")
+
+    worker = add("worker", None, "start or stop workers", "queuectl worker start --count 4")
+    wsub = worker.add_subparsers(dest="action", metavar="ACTION")
+    wsub.required = True
+    p = add("start", cmd_worker_start, "run workers in the foreground until stopped",
+            "queuectl worker start --count 4\nqueuectl worker start --burst     (exit when nothing is due)",
+            wsub)
+    p.add_argument("--count", type=int, default=1, metavar="N", help="threads in this process (default 1)")
+    p.add_argument("--burst", action="store_true", help="exit when nothing is due or running")
+    p = add("stop", cmd_worker_stop, "ask every worker on this folder to finish its job and exit",
+            "queuectl worker stop --wait", wsub)
+    p.add_argument("--wait", action="store_true", help="return once they have exited")
+
+    p = add("status", cmd_status, "counts per state and the workers", "queuectl status --json")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+
+    p = add("list", cmd_list, "list jobs", "queuectl list --state pending --limit 20")
+    p.add_argument("--state", type=normalize_state,
+                   help="pending, processing, failed, completed, dead (or processed, dlq)")
+    p.add_argument("--limit", type=int, metavar="N", help="show at most N jobs")
+    p.add_argument("--json", action="store_true", help="print a JSON array only")
+
+    p = add("show", cmd_show, "one job in full", "queuectl show job1 --json")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+
+    dlq = add("dlq", None, "the Dead Letter Queue", "queuectl dlq retry --all")
+    dsub = dlq.add_subparsers(dest="action", metavar="ACTION")
+    dsub.required = True
+    p = add("list", cmd_dlq_list, "jobs in the DLQ", "queuectl dlq list --json", dsub)
+    p.add_argument("--json", action="store_true", help="print a JSON array only")
+    p = add("retry", cmd_dlq_retry, "move dead jobs back to pending (attempts reset to 0)",
+            "queuectl dlq retry job1 job2\nqueuectl dlq retry --all", dsub)
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="every job in the DLQ")
+
+    config = add("config", None, "show or change settings", "queuectl config set max-retries 5")
+    csub = config.add_subparsers(dest="action", metavar="ACTION")
+    csub.required = True
+    p = add("show", cmd_config_show, "every setting", "queuectl config show --json", csub)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p = add("get", cmd_config_get, "one setting", "queuectl config get max_retries", csub)
+    p.add_argument("key")
+    p = add("set", cmd_config_set, "change a setting (saved in config.json)",
+            "queuectl config set backoff-base 3", csub)
+    p.add_argument("key")
+    p.add_argument("value")
+    return parser
+
+
+# --------------------------------------------------------------------------
+# 7. main
+# --------------------------------------------------------------------------
+
+
+def configure_console() -> None:
+    """No job output may crash the printer (UnicodeEncodeError on Windows pipes)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace", line_buffering=True)  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_console()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    store = Store(home_dir(args))
+    try:
+        return args.handler(args, store)
+    except QueueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    finally:
+        flush_warnings(store)
+
+
+def main_entry() -> None:
+    """The console script installed by pip."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()
