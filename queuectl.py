@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import os
 import random
 import re
@@ -29,7 +30,8 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -139,7 +141,7 @@ def parse_duration(text: Any, what: str = "delay") -> float:
         if not match:
             raise QueueError(f"{what} {text!r} is not a duration; use e.g. 90, 90s, 5m or 2h.")
         seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
-    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
         raise QueueError(f"{what} must be a duration of zero or more seconds.")
     return seconds
 
@@ -358,7 +360,7 @@ def replace_with_retry(src: str, dst: str, platform: str = sys.platform,
             delay = min(delay * 2, 0.25)
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
     """Write a temp file in the same folder, fsync, replace: never a torn file."""
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
@@ -374,7 +376,8 @@ def atomic_write(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(os.path.dirname(path) or ".")
+    if durable:
+        _fsync_dir(os.path.dirname(path) or ".")
 
 
 def dump_line(job: dict[str, Any]) -> str:
@@ -486,17 +489,25 @@ def _windows_pid_alive(pid: int) -> bool:
 
 
 class Outcome:
-    """What one attempt of a job came to, as reported by a worker thread."""
+    """What became of one claimed job in a worker process.
 
-    __slots__ = ("job_id", "exit_code", "error", "output_tail", "aborted", "duration")
+    kind is "ran" (the command ran: exit_code/error say how it went),
+    "interrupted" (killed by a second Ctrl+C: not counted as an attempt) or
+    "released" (claimed ahead but never started, handed back at a stop).
+    """
 
-    def __init__(self, job_id: str, exit_code: int | None, error: str | None,
-                 output_tail: str, aborted: bool = False, duration: float = 0.0) -> None:
+    __slots__ = ("job_id", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration")
+
+    def __init__(self, job_id: str, kind: str = "ran", exit_code: int | None = None, error: str | None = None,
+                 output_tail: str = "", worker: str | None = None, started: float | None = None,
+                 duration: float | None = None) -> None:
         self.job_id = job_id
+        self.kind = kind
         self.exit_code = exit_code
         self.error = error
         self.output_tail = output_tail
-        self.aborted = aborted
+        self.worker = worker
+        self.started = started
         self.duration = duration
 
 
@@ -524,9 +535,12 @@ class Store:
         self._next_seq = 0
         self._ready: list[tuple[int, int, str]] = []
         self._scheduled: list[tuple[float, str]] = []
+        self._processing: set[str] = set()
+        self._failed: set[str] = set()
         self._config: dict[str, Any] | None = None
         self._config_signature: tuple[int, int, int] | None = None
         self.warnings: list[str] = []
+        self._home_ready = False
 
     # -- paths, lock and files --------------------------------------------
 
@@ -534,11 +548,14 @@ class Store:
         return os.path.join(self.home, name)
 
     def ensure_home(self) -> None:
+        if self._home_ready:
+            return
         if not os.path.isdir(self.home):
             try:
                 os.makedirs(self.home, mode=0o700, exist_ok=True)
             except OSError as error:
                 raise QueueError(f"cannot create the data folder {self.home}: {error.strerror}.") from None
+        self._home_ready = True
 
     def _file_lock(self) -> Any:
         from filelock import FileLock
@@ -551,7 +568,7 @@ class Store:
                 Store._process_locks[path] = lock
             return lock
 
-    def locked(self) -> "_Locked":
+    def locked(self) -> _Locked:
         """Threads first, then the file lock: one writer across all processes."""
         return _Locked(self)
 
@@ -572,10 +589,10 @@ class Store:
         except OSError as error:
             raise QueueError(f"cannot read {self.path(name)}: {error.strerror}.") from None
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes, durable: bool = True) -> None:
         self.ensure_home()
         try:
-            atomic_write(self.path(name), data)
+            atomic_write(self.path(name), data, durable)
         except OSError as error:
             raise QueueError(f"cannot write {self.path(name)}: {error.strerror}; "
                              "the previous file is unchanged.") from None
@@ -718,9 +735,11 @@ class Store:
         self._jobs, self._lines = jobs, lines
         self._seq, self._next_seq = {}, 0
         self._ready, self._scheduled = [], []
+        self._processing, self._failed = set(), set()
         for job_id, job in jobs.items():
             self._seq[job_id] = self._next_seq
             self._next_seq += 1
+            self._track(job)
             self._index(job)
         heapq.heapify(self._ready)
         heapq.heapify(self._scheduled)
@@ -730,6 +749,7 @@ class Store:
         self._lines[job["id"]] = line if line is not None else dump_line(job)
         self._seq[job["id"]] = self._next_seq
         self._next_seq += 1
+        self._track(job)
         self._index(job, push=True)
 
     def _index(self, job: dict[str, Any], push: bool = False) -> None:
@@ -748,14 +768,26 @@ class Store:
     def _update(self, job: dict[str, Any]) -> None:
         self._jobs[job["id"]] = job
         self._lines[job["id"]] = dump_line(job)
+        self._track(job)
+
+    def _track(self, job: dict[str, Any]) -> None:
+        """Keep the ids of processing and failed jobs at hand (no scans)."""
+        job_id, state = job["id"], job["state"]
+        (self._processing.add if state == "processing" else self._processing.discard)(job_id)
+        (self._failed.add if state == "failed" else self._failed.discard)(job_id)
 
     def _remove(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._lines.pop(job_id, None)
         self._seq.pop(job_id, None)
+        self._processing.discard(job_id)
+        self._failed.discard(job_id)
 
-    def _save_queue(self) -> None:
-        self._write(QUEUE_FILE, render_array(self._lines.values()))
+    def _save_queue(self, durable: bool = True) -> None:
+        """Rewrite queue.json. A worker's rounds skip the folder fsync: if a power
+        cut loses the rename, the older queue.json is still whole, and the
+        history file (fsynced first) says which of its jobs had finished."""
+        self._write(QUEUE_FILE, render_array(self._lines.values()), durable)
         self._signature = self._signature_of(self.path(QUEUE_FILE))
 
     def _append_queue(self, jobs: list[dict[str, Any]]) -> None:
@@ -858,10 +890,10 @@ class Store:
                 counts[state] = self.history_count(state)
             return counts
 
-    def checkpoint(self, outcomes: list[Outcome], idle: list[str], worker: "WorkerIdentity",
+    def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
                    recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]]]:
-        """One locked round for a worker process: record finished attempts,
-        recover jobs of dead workers, and claim a due job for each idle thread.
+        """One locked round for a worker process: record what its threads
+        finished, recover jobs of dead workers, and claim up to `want` due jobs.
 
         Returns ([(job, what happened)], [claimed jobs]).
         """
@@ -872,9 +904,9 @@ class Store:
             recorded = self._record(outcomes, config, now)
             if recover:
                 recorded.extend((job, "recovered") for job in self._recover(config, now, worker))
-            claimed = self._claim(idle, worker, now)
+            claimed = self._claim(want, worker, now)
             if recorded or claimed:
-                self._save_queue()
+                self._save_queue(durable=False)
             return recorded, claimed
 
     def _record(self, outcomes: list[Outcome], config: dict[str, Any],
@@ -887,30 +919,33 @@ class Store:
             if job is None or job["state"] != "processing":
                 continue  # recovered by another process meanwhile; its record wins
             job = dict(job)
-            job.update(updated_at=iso(now), exit_code=outcome.exit_code, error=outcome.error,
-                       output=outcome.output_tail)
-            for key in ("worker", "pid", "host"):
+            for key in ("pid", "host"):
                 job.pop(key, None)
-            if outcome.aborted:
-                job["attempts"] = max(0, job["attempts"] - 1)
-                job.update(state="pending", error="interrupted by Ctrl+C; not counted as an attempt")
-                job.pop("run_at", None)
+            job["updated_at"] = iso(now)
+            if outcome.kind != "ran":
+                # Never started, or killed by a second Ctrl+C: not an attempt.
+                job.update(state="pending", attempts=max(0, job["attempts"] - 1))
+                job.pop("started_at", None)
+                if outcome.kind == "interrupted":
+                    job["error"] = "interrupted by Ctrl+C; not counted as an attempt"
                 self._update(job)
                 self._index(job, push=True)
-                done.append((job, "interrupted"))
+                done.append((job, outcome.kind))
                 continue
+            job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
+                       error=outcome.error, output=outcome.output_tail)
+            if outcome.duration is not None:
+                job["duration"] = round(outcome.duration, 3)
             success = outcome.exit_code == 0 and outcome.error is None
             if success and config["failure_rate"] and random.random() < config["failure_rate"]:
                 success = False
                 job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
             if success:
                 job.update(state="completed", finished_at=iso(now))
-                job.pop("run_at", None)
                 to_processed.append(job)
                 done.append((job, "completed"))
             elif job["attempts"] >= max(1, job.get("max_retries", 1)):
                 job.update(state="dead", finished_at=iso(now))
-                job.pop("run_at", None)
                 to_failed.append(job)
                 done.append((job, "dead"))
             else:
@@ -927,7 +962,7 @@ class Store:
             self._remove(job["id"])
         return done
 
-    def _claim(self, idle: list[str], worker: "WorkerIdentity", now: float) -> list[dict[str, Any]]:
+    def _claim(self, want: int, worker: WorkerIdentity, now: float) -> list[dict[str, Any]]:
         """Highest priority first, then the oldest, among the jobs that are due."""
         while self._scheduled and self._scheduled[0][0] <= now:
             _, job_id = heapq.heappop(self._scheduled)
@@ -935,7 +970,8 @@ class Store:
             if job and job["state"] != "processing":
                 heapq.heappush(self._ready, (-int(job.get("priority", 0)), self._seq[job_id], job_id))
         claimed = []
-        while len(claimed) < len(idle) and self._ready:
+        stamp = iso(now)
+        while len(claimed) < want and self._ready:
             _, seq, job_id = heapq.heappop(self._ready)
             job = self._jobs.get(job_id)
             if job is None or job["state"] == "processing" or self._seq.get(job_id) != seq:
@@ -943,8 +979,8 @@ class Store:
             if job.get("run_at") and _epoch(job["run_at"]) > now:
                 continue  # re-filed under 'due later' when it failed
             job = dict(job)
-            job.update(state="processing", attempts=job["attempts"] + 1, worker=idle[len(claimed)],
-                       pid=worker.pid, host=worker.host, started_at=iso(now), updated_at=iso(now))
+            job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
+                       started_at=stamp, updated_at=stamp)
             job.pop("run_at", None)
             self._update(job)
             claimed.append(job)
@@ -957,7 +993,7 @@ class Store:
         return self._scheduled[0][0] if self._scheduled else None
 
     def has_retries_waiting(self) -> bool:
-        return any(job["state"] == "failed" for job in self._jobs.values())
+        return bool(self._failed)
 
     def queue_changed(self) -> bool:
         return self._signature_of(self.path(QUEUE_FILE)) != self._signature
@@ -972,8 +1008,8 @@ class Store:
             return recovered
 
     def _recover(self, config: dict[str, Any], now: float,
-                 me: "WorkerIdentity | None") -> list[dict[str, Any]]:
-        processing = [job for job in self._jobs.values() if job["state"] == "processing"]
+                 me: WorkerIdentity | None) -> list[dict[str, Any]]:
+        processing = [self._jobs[job_id] for job_id in self._processing]
         if not processing:
             return []
         beats = self.worker_heartbeats()
@@ -983,26 +1019,26 @@ class Store:
             host, pid = job.get("host"), job.get("pid")
             if me is not None and host == me.host and pid == me.pid:
                 continue
-            beat = beats.get((host, pid))
-            fresh = beat is not None and now - beat <= config["lease_timeout"]
-            if host == HOST:
-                alive = isinstance(pid, int) and pid_alive(pid) and (beat is None or fresh)
-                if isinstance(pid, int) and pid_alive(pid) and beat is None:
-                    # a worker that has not written its first heartbeat yet
-                    alive = now - _epoch(job.get("started_at")) <= config["lease_timeout"]
-            else:
-                alive = fresh
-            if alive:
+            if worker_alive(host, pid, beats.get((host, pid)), _epoch(job.get("started_at")),
+                            config["lease_timeout"], now):
                 continue
             if self.find_in_history(job["id"]):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
                 continue
             job = dict(job)
-            reason = (f"worker {job.get('worker')} (pid {pid} on {host}) died during attempt "
-                      f"{job['attempts']}")
-            for key in ("worker", "pid", "host"):
+            for key in ("pid", "host"):
                 job.pop(key, None)
-            job.update(error=reason, exit_code=None, updated_at=iso(now))
+            job["updated_at"] = iso(now)
+            if not attempt_started(os.path.join(self.home, LOGS_DIR, safe_log_name(job["id"])), job["attempts"]):
+                # Claimed ahead but never started: not an attempt.
+                job.update(state="pending", attempts=job["attempts"] - 1)
+                job.pop("started_at", None)
+                self._update(job)
+                self._index(job, push=True)
+                recovered.append(job)
+                continue
+            job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
+                       exit_code=None)
             if job["attempts"] >= max(1, job.get("max_retries", 1)):
                 job.update(state="dead", finished_at=iso(now))
                 to_failed.append(job)
@@ -1119,6 +1155,22 @@ class Store:
             pass
 
 
+def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
+                 lease: float, now: float, this_host: str = HOST) -> bool:
+    """May the worker that claimed a job still be running it?
+
+    On this host a vanished pid is dead at once; anywhere, a heartbeat older
+    than the lease is dead (that also covers a reused pid). A worker that has
+    not written its first heartbeat yet gets the lease from its claim.
+    """
+    if heartbeat is None:
+        heartbeat = claimed_at
+    fresh = now - heartbeat <= lease
+    if host == this_host:
+        return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid) and fresh
+    return fresh
+
+
 class _Locked:
     """Re-entrant context: the thread lock, then (outermost only) the file lock."""
 
@@ -1224,61 +1276,65 @@ class Runner:
         self.running: dict[str, subprocess.Popen] = {}
         self.abort = threading.Event()
         self._lock = threading.Lock()
+        os.makedirs(self.logs, mode=0o700, exist_ok=True)
 
     def log_path(self, job_id: str) -> str:
         return os.path.join(self.logs, safe_log_name(job_id))
 
-    def run(self, job: dict[str, Any], timeout: float | None) -> Outcome:
-        os.makedirs(self.logs, mode=0o700, exist_ok=True)
+    def run(self, job: dict[str, Any], worker: str, timeout: float | None) -> Outcome:
         path = self.log_path(job["id"])
-        started = time.monotonic()
-        with open(path, "ab") as log:
-            if os.name == "posix":
-                os.chmod(path, 0o600)
-            log.write(f"=== attempt {job['attempts']} started {job.get('started_at')} "
-                      f"by {job.get('worker')} (pid {job.get('pid')} on {job.get('host')})\n".encode())
+        started = now_ts()
+        clock = time.monotonic()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(fd, "ab") as log:
+            log.write(f"=== attempt {job['attempts']} started {iso(started)} by {worker} "
+                      f"(pid {os.getpid()} on {HOST})\n".encode())
             log.flush()
             start_offset = log.tell()
+            result = Outcome(job["id"], worker=worker, started=started)
             try:
                 proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, **popen_options())
             except OSError as error:
-                log.write(f"=== could not start: {error}\n".encode())
-                return Outcome(job["id"], None, f"could not start the command: {error.strerror}", "")
+                result.error = f"could not start the command: {error.strerror}"
+                log.write(f"=== attempt {job['attempts']} ended: {result.error}\n".encode())
+                return result
             with self._lock:
                 self.running[job["id"]] = proc
-            error = None
             try:
-                exit_code = self._wait(proc, timeout)
-                if exit_code is None:
-                    error = f"timed out after {timeout:g} s; the command's process tree was killed"
-                    exit_code = proc.returncode
+                finished = self._wait(proc, timeout)
             finally:
                 with self._lock:
                     self.running.pop(job["id"], None)
-            aborted = self.abort.is_set() and error is None and exit_code != 0
-            if error is None and exit_code != 0 and not aborted:
-                error = (f"command not found (exit code {exit_code})" if exit_code == 127
-                         else f"exit code {exit_code}")
-            footer = error or "exit code 0"
-            log.write(f"=== attempt {job['attempts']} ended: {'interrupted' if aborted else footer}\n".encode())
-        tail = read_tail(path, start_offset)
-        return Outcome(job["id"], None if error and exit_code is None else exit_code,
-                       error, tail, aborted, time.monotonic() - started)
+            result.exit_code = proc.returncode
+            if self.abort.is_set() and proc.returncode != 0:
+                result.kind = "interrupted"
+                result.exit_code = None
+            elif not finished:
+                result.exit_code = None
+                result.error = f"timed out after {timeout:g} s; the command's process tree was killed"
+            elif proc.returncode == 127:
+                result.error = "command not found (exit code 127)"
+            elif proc.returncode != 0:
+                result.error = f"exit code {proc.returncode}"
+            ending = "interrupted" if result.kind == "interrupted" else (result.error or "exit code 0")
+            log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())
+        result.duration = time.monotonic() - clock
+        result.output_tail = read_tail(path, start_offset)
+        return result
 
-    def _wait(self, proc: subprocess.Popen, timeout: float | None) -> int | None:
-        """Wait for the command; None when the timeout killed it."""
-        deadline = None if not timeout else time.monotonic() + timeout
-        while True:
-            remaining = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
-            if remaining <= 0:
-                kill_tree(proc)
-                proc.wait()
-                return None
-            try:
-                return proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                continue
+    def _wait(self, proc: subprocess.Popen, timeout: float | None) -> bool:
+        """Wait for the command; False when the timeout killed its tree."""
+        if not timeout:
+            proc.wait()
+            return True
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            kill_tree(proc)
+            proc.wait()
+            return False
 
     def kill_all(self) -> None:
         """Second Ctrl+C: kill every running command's process tree."""
@@ -1293,19 +1349,37 @@ def read_tail(path: str, start: int, limit: int = OUTPUT_TAIL_BYTES) -> str:
     """The last `limit` bytes of one attempt's output, without the footer line."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            end = handle.tell()
-            begin = max(start, end - limit - 200)
-            handle.seek(begin)
+            end = handle.seek(0, os.SEEK_END)
+            handle.seek(max(start, end - limit - 300))
             data = handle.read()
     except OSError:
         return ""
     cut = data.rfind(b"=== attempt ")
     if cut >= 0:
         data = data[:cut]
-    if len(data) > limit:
-        data = data[-limit:]
-    return data.decode("utf-8", errors="replace")
+    return data[-limit:].decode("utf-8", errors="replace")
+
+
+def attempt_started(path: str, attempt: int) -> bool:
+    """Did attempt N write its header to the log? (A claimed job may not have started.)"""
+    marker = f"=== attempt {attempt} started ".encode()
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            position = end
+            carry = b""
+            while position > 0:
+                step = min(1 << 16, position)
+                position -= step
+                handle.seek(position)
+                chunk = handle.read(step) + carry
+                index = chunk.rfind(b"=== attempt ")
+                if index >= 0 and (index == 0 or chunk[index - 1:index] == b"\n"):
+                    return chunk[index:].startswith(marker)
+                carry = chunk[:64]
+    except OSError:
+        return False
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -1314,7 +1388,7 @@ def read_tail(path: str, start: int, limit: int = OUTPUT_TAIL_BYTES) -> str:
 
 
 class WorkerIdentity:
-    """Who claims: this process (pid, host); jobs name the thread that runs them."""
+    """Who claims: this worker process (pid, host)."""
 
     def __init__(self, threads: int) -> None:
         self.pid = os.getpid()
@@ -1334,15 +1408,20 @@ class Printer:
         with self._lock:
             try:
                 stream.write(text if text.endswith("\n") else text + "\n")
-                stream.flush()
             except (OSError, ValueError):
                 pass
 
 
+# A worker claims jobs ahead of its threads only while jobs are this short, so
+# a second worker process is never kept waiting behind more than this much work.
+PREFETCH_WORK_S = 0.05
+PREFETCH_MAX_PER_THREAD = 16
+
+
 class WorkerPool:
-    """N threads in one process. The main thread does all the bookkeeping in
-    locked rounds (record finished attempts, claim jobs for idle threads), so
-    several results are written in one round; threads only run commands."""
+    """N threads in one process. Threads only run commands; the main thread
+    does the bookkeeping in locked rounds (record finished jobs, recover dead
+    workers' jobs, claim), so one file write serves many jobs."""
 
     def __init__(self, store: Store, count: int, burst: bool, say: Printer) -> None:
         self.store = store
@@ -1351,12 +1430,16 @@ class WorkerPool:
         self.say = say
         self.identity = WorkerIdentity(count)
         self.runner = Runner(store.home)
-        self.inboxes: list[list[dict[str, Any]]] = [[] for _ in range(count)]
-        self.idle = list(range(count))
-        self.results: list[tuple[int, Outcome]] = []
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.work_ready = threading.Condition(self.lock)
+        self.result_ready = threading.Condition(self.lock)
+        self.backlog: list[dict[str, Any]] = []  # claimed, not started (oldest last)
+        self.results: list[Outcome] = []
+        self.running = 0
+        self.closing = False
         self.stopping = False
         self.interrupts = 0
+        self.mean_duration: float | None = None
         self.started_at = now_ts()
         self.heartbeat_stop = threading.Event()
         self.totals = {"completed": 0, "failed": 0, "dead": 0}
@@ -1364,15 +1447,13 @@ class WorkerPool:
     # -- lifecycle ----------------------------------------------------------
 
     def run(self) -> int:
-        self.store.ensure_home()
         self.store.config()  # a corrupt config fails before any thread starts
         self._heartbeat_once()
-        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        beat.start()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threads = []
         for index in range(self.count):
-            thread = threading.Thread(target=self._thread_main, args=(index,), name=f"Worker-{index + 1}",
-                                      daemon=True)
+            thread = threading.Thread(target=self._thread_main, args=(f"Worker-{index + 1}",),
+                                      name=f"Worker-{index + 1}", daemon=True)
             thread.start()
             threads.append(thread)
             self.say(f"Worker-{index + 1} started.")
@@ -1381,99 +1462,145 @@ class WorkerPool:
         try:
             self._main_loop()
         finally:
-            with self.cond:
-                self.stopping = True
-                for inbox in self.inboxes:
-                    inbox.append({})  # tells the thread to exit
-                self.cond.notify_all()
+            with self.lock:
+                self.closing = True
+                self.work_ready.notify_all()
             for thread in threads:
                 thread.join(timeout=5)
+            self._flush_leftovers()
             self.heartbeat_stop.set()
             self._restore_signals(previous)
             self.store.remove_heartbeat(self.identity.host, self.identity.pid)
             self._clear_stop_flag_if_last()
-        self.say("All workers stopped gracefully." if self.interrupts < 2 else
-                 "Workers stopped; interrupted jobs were returned to pending.")
-        return 130 if self.interrupts >= 2 else 0
+        if self.interrupts >= 2:
+            self.say("Workers stopped; interrupted jobs were returned to pending.")
+            return 130
+        self.say("All workers stopped gracefully.")
+        return 0
 
     def _main_loop(self) -> None:
         poll = float(self.store.config()["poll_interval"])
-        last_recover = 0.0
-        busy = 0
+        last_recover = last_round = 0.0
+        next_flag_check = 0.0
         while True:
-            if self._stop_flag_seen():
-                self.stopping = True
-            with self.cond:
-                outcomes = self.results
-                self.results = []
-                idle = list(self.idle)
-            want = [] if self.stopping else [f"Worker-{i + 1}" for i in idle]
-            recover = time.monotonic() - last_recover >= 1.0
+            clock = time.monotonic()
+            if clock >= next_flag_check:
+                next_flag_check = clock + 0.1
+                if self._stop_flag_seen():
+                    self.stopping = True
+            with self.lock:
+                outcomes, self.results = self.results, []
+                if self.stopping and self.backlog:
+                    outcomes += [Outcome(job["id"], "released") for job in self.backlog]
+                    self.backlog = []
+                held = self.running + len(self.backlog)
+                backlog = len(self.backlog)
+            want = 0 if self.stopping else max(0, self._target() - held)
+            recover = clock - last_recover >= 1.0
             due = self.store.next_due()
-            worth_a_round = outcomes or recover or (want and (
-                (due is not None and due <= now_ts()) or self.store.queue_changed()))
+            fetch = want > 0 and ((due is not None and due <= now_ts()) or self.store.queue_changed())
+            # Batch: while threads have work queued, let results gather a little.
+            record = outcomes and (backlog < self.count or len(outcomes) >= self.count
+                                   or clock - last_round >= 0.05 or self.stopping)
             claimed: list[dict[str, Any]] = []
-            if worth_a_round:
+            if record or recover or fetch:
+                if not record:
+                    with self.lock:
+                        self.results[:0] = outcomes
+                    outcomes = []
+                last_round = clock
                 if recover:
-                    last_recover = time.monotonic()
-                recorded, claimed = self.store.checkpoint([o for _, o in outcomes], want,
-                                                          self.identity, recover)
-                self._report(recorded, dict((o.job_id, i) for i, o in outcomes))
-                self._dispatch(claimed, idle)
-            busy = self.count - len(self.idle)
-            if self.stopping and busy == 0:
+                    last_recover = clock
+                self._learn(outcomes)
+                recorded, claimed = self.store.checkpoint(outcomes, want, self.identity, recover)
+                self._report(recorded)
+                if claimed:
+                    with self.lock:
+                        self.backlog[:0] = reversed(claimed)
+                        self.work_ready.notify(len(claimed))
+            elif outcomes:
+                with self.lock:
+                    self.results[:0] = outcomes
+            if self._all_idle() and (self.stopping or (
+                    self.burst and not claimed and not self._due_or_retrying())):
                 return
-            if self.burst and busy == 0 and not claimed and not self.store.has_retries_waiting():
-                due = self.store.next_due()
-                if due is None or due > now_ts():
-                    return
-            self._wait_for_work(poll, bool(claimed))
+            self._wait_for_work(poll, bool(claimed) or (want > 0 and fetch))
 
-    def _wait_for_work(self, poll: float, just_claimed: bool) -> None:
-        with self.cond:
-            if self.results:
+    def _target(self) -> int:
+        """Jobs to hold (running + claimed ahead): one per thread, more for very short jobs."""
+        if self.mean_duration is None or self.mean_duration >= PREFETCH_WORK_S:
+            return self.count
+        ahead = min(PREFETCH_MAX_PER_THREAD, int(PREFETCH_WORK_S / max(self.mean_duration, 1e-4)))
+        return self.count * (1 + ahead)
+
+    def _learn(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.duration is not None:
+                previous = self.mean_duration
+                self.mean_duration = outcome.duration if previous is None else 0.8 * previous + 0.2 * outcome.duration
+
+    def _all_idle(self) -> bool:
+        """No thread is running a job and no result waits to be recorded."""
+        with self.lock:
+            return not self.results and not self.backlog and self.running == 0
+
+    def _due_or_retrying(self) -> bool:
+        """Burst mode keeps going while a job is due now or a failed job awaits its retry."""
+        due = self.store.next_due()
+        return (due is not None and due <= now_ts()) or self.store.has_retries_waiting()
+
+    def _wait_for_work(self, poll: float, busy_round: bool) -> None:
+        with self.lock:
+            if self.results and (len(self.backlog) < self.count or self.stopping):
                 return
-            if just_claimed and self.idle and not self.stopping:
-                return  # more idle threads: try to claim again at once
+            if busy_round and self.running + len(self.backlog) < self._target():
+                return  # claim again at once: there may be more due jobs
             due = self.store.next_due()
             timeout = poll
             if due is not None and due > 0:
                 timeout = max(0.01, min(poll, due - now_ts()))
-            self.cond.wait(timeout=min(timeout, 0.2) if self.stopping else timeout)
+            if self.results:
+                timeout = min(timeout, 0.05)
+            self.result_ready.wait(timeout=min(timeout, 0.2))
 
-    def _dispatch(self, jobs: list[dict[str, Any]], idle: list[int]) -> None:
-        with self.cond:
-            for job, index in zip(jobs, idle):
-                self.idle.remove(index)
-                self.inboxes[index].append(job)
-            self.cond.notify_all()
+    def _flush_leftovers(self) -> None:
+        """At exit, record whatever is left (released or finished jobs)."""
+        with self.lock:
+            outcomes = self.results + [Outcome(job["id"], "released") for job in self.backlog]
+            self.results, self.backlog = [], []
+        if outcomes:
+            try:
+                recorded, _ = self.store.checkpoint(outcomes, 0, self.identity)
+                self._report(recorded)
+            except QueueError as error:
+                self.say(f"error: {error}")
 
-    def _thread_main(self, index: int) -> None:
-        name = f"Worker-{index + 1}"
+    def _thread_main(self, name: str) -> None:
         config = self.store.config
         while True:
-            with self.cond:
-                while not self.inboxes[index]:
-                    self.cond.wait(timeout=1.0)
-                job = self.inboxes[index].pop(0)
-            if not job:
-                return
+            with self.lock:
+                while not self.backlog and not self.closing:
+                    self.work_ready.wait()
+                if not self.backlog:
+                    return
+                job = self.backlog.pop()
+                self.running += 1
             self.say(f"{name} executing: {job['command']} (attempt {job['attempts']})")
             timeout = job.get("timeout") or config()["job_timeout"] or None
             try:
-                outcome = self.runner.run(job, timeout)
+                outcome = self.runner.run(job, name, timeout)
             except Exception as error:  # never lose the job because of a bug here
-                outcome = Outcome(job["id"], None, f"worker error: {error}", "")
+                outcome = Outcome(job["id"], error=f"worker error: {error}", worker=name, started=now_ts())
             if outcome.output_tail:
                 self.say(outcome.output_tail.rstrip("\n"))
-            with self.cond:
-                self.results.append((index, outcome))
-                self.idle.append(index)
-                self.cond.notify_all()
+            with self.lock:
+                self.results.append(outcome)
+                self.running -= 1
+                self.result_ready.notify()
 
-    def _report(self, recorded: list[tuple[dict[str, Any], str]], thread_of: dict[str, int]) -> None:
+    def _report(self, recorded: list[tuple[dict[str, Any], str]]) -> None:
         for job, what in recorded:
-            name = f"Worker-{thread_of[job['id']] + 1}" if job["id"] in thread_of else "Recovery"
+            name = job.get("worker") or "Worker"
             if what == "completed":
                 self.totals["completed"] += 1
                 self.say(f"{name} finished: {job['id']}")
@@ -1490,7 +1617,7 @@ class WorkerPool:
             elif what == "interrupted":
                 self.say(f"{name} interrupted: {job['id']} returned to pending")
             elif what == "recovered":
-                self.say(f"Recovered job {job['id']} from a dead worker -> {job['state']}")
+                self.say(f"Recovered job {job['id']} from a dead worker: now {job['state']}")
 
     # -- heartbeat and stop -------------------------------------------------
 
@@ -1524,7 +1651,7 @@ class WorkerPool:
             self.store.clear_stop()
 
     def _install_signals(self) -> dict[int, Any]:
-        previous = {}
+        previous: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             return previous
         for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
@@ -1589,7 +1716,7 @@ def validate_config_value(name: str, value: Any) -> Any:
                              f"not {text!r}.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}.")
-    if value != value or value in (float("inf"), float("-inf")):
+    if math.isnan(value) or math.isinf(value):
         raise QueueError(f"{name} must be a finite number.")
     if value < low or (high is not None and value > high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"{low:g} or more"

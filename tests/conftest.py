@@ -1,0 +1,102 @@
+"""Shared helpers: run queuectl as a real process in a temporary data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "queuectl.py")
+sys.path.insert(0, str(ROOT))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    """Poll until predicate() is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Queue:
+    """A data folder plus ways to drive queuectl against it."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.procs: list[subprocess.Popen] = []
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["QUEUECTL_HOME"] = str(self.home)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("NO_COLOR", None)
+        return env
+
+    def run(self, *args: str, input: str | bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run one queuectl command to completion; returns text stdout/stderr."""
+        data = input.encode() if isinstance(input, str) else input
+        proc = subprocess.run([sys.executable, SCRIPT, *args], input=data, capture_output=True,
+                              env=self.env(), cwd=str(self.home), timeout=timeout)
+        proc.stdout = proc.stdout.decode("utf-8", "replace")
+        proc.stderr = proc.stderr.decode("utf-8", "replace")
+        return proc
+
+    def ok(self, *args: str, **kwargs: Any) -> str:
+        proc = self.run(*args, **kwargs)
+        assert proc.returncode == 0, f"queuectl {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
+        return proc.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def start_worker(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        """Start `worker start ARGS` in the background; killed at teardown if still alive."""
+        out = open(log, "wb") if log else subprocess.DEVNULL
+        proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start", *args], env=self.env(),
+                                cwd=str(self.home), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def file(self, name: str) -> Any:
+        path = self.home / name
+        return json.loads(path.read_text("utf-8")) if path.exists() else []
+
+    def states(self) -> dict[str, str]:
+        """id -> state over all three state files."""
+        result = {}
+        for name in ("queue.json", "processed.json", "failed.json"):
+            for job in self.file(name):
+                result[job["id"]] = job["state"]
+        return result
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def queue(tmp_path: Path):
+    q = Queue(tmp_path / "data")
+    q.home.mkdir()
+    yield q
+    q.cleanup()
