@@ -541,6 +541,7 @@ class Store:
         self._config_signature: tuple[int, int, int] | None = None
         self.warnings: list[str] = []
         self._home_ready = False
+        self._pinned: int | None = None
 
     # -- paths, lock and files --------------------------------------------
 
@@ -662,6 +663,27 @@ class Store:
             return 0
         return data.count(b"\n{") + (1 if data.startswith(b"[{") else 0)
 
+    def ids_in_history(self, ids: list[str]) -> dict[str, str]:
+        """Which of these ids the history holds, by state, without parsing it.
+
+        A few ids are searched for as text; many at once are checked against
+        the set of ids read off the start of each line.
+        """
+        found: dict[str, str] = {}
+        for state, name in HISTORY_FILE_OF.items():
+            data = self._read(name)
+            if not data:
+                continue
+            if len(ids) <= 16:
+                hits = [i for i in ids if ('"id":' + json.dumps(i)).encode() in data]
+                for job_id in hits:  # confirm: the text may sit inside a command
+                    if self.find_in_history(job_id):
+                        found.setdefault(job_id, state)
+            else:
+                present = set(re.findall(rb'^\{"id":"([^"\\]*)"', data, re.M))
+                found.update((i, state) for i in ids if i.encode() in present and i not in found)
+        return found
+
     def find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         """Look an id up in processed.json and failed.json without parsing them."""
         needle = ('"id":' + json.dumps(job_id)).encode()
@@ -688,7 +710,7 @@ class Store:
             return
         old = self._signature
         if old and signature[0] == old[0] and signature[1] > old[1] and self._load_appended(old[1]):
-            self._signature = self._signature_of(path)
+            self._remember_queue_file()
             return
         data = self._read(QUEUE_FILE) or b""
         jobs, lines, repaired = parse_array_file(path, data)
@@ -704,7 +726,7 @@ class Store:
         if repaired:
             self._save_queue()
             self.warnings.append(f"note: repaired {path} (a write had been cut short).")
-        self._signature = self._signature_of(path)
+        self._remember_queue_file()
 
     def _load_appended(self, old_size: int) -> bool:
         """Parse only the jobs another process appended since our last write."""
@@ -788,7 +810,23 @@ class Store:
         cut loses the rename, the older queue.json is still whole, and the
         history file (fsynced first) says which of its jobs had finished."""
         self._write(QUEUE_FILE, render_array(self._lines.values()), durable)
-        self._signature = self._signature_of(self.path(QUEUE_FILE))
+        self._remember_queue_file()
+
+    def _remember_queue_file(self, platform: str = sys.platform) -> None:
+        """Note the signature of the queue.json this process knows. On POSIX keep
+        it open too, so its inode number cannot be reused by a later file and
+        (inode, size, mtime) really identifies what we parsed. (On Windows an
+        open handle would block other processes' os.replace.)"""
+        path = self.path(QUEUE_FILE)
+        if platform != "win32":
+            if self._pinned is not None:
+                os.close(self._pinned)
+                self._pinned = None
+            try:
+                self._pinned = os.open(path, os.O_RDONLY)
+            except OSError:
+                pass
+        self._signature = self._signature_of(path)
 
     def _append_queue(self, jobs: list[dict[str, Any]]) -> None:
         """Add new jobs to queue.json in place (durable, no rewrite of the others)."""
@@ -796,7 +834,7 @@ class Store:
         self._append(QUEUE_FILE, lines)
         for job, line in zip(jobs, lines):
             self._add_to_cache(job, line)
-        self._signature = self._signature_of(self.path(QUEUE_FILE))
+        self._remember_queue_file()
 
     # -- config -------------------------------------------------------------
 
@@ -847,11 +885,11 @@ class Store:
                 if existing:
                     raise QueueError(f"job {job['id']!r} already exists ({existing['state']}, in "
                                      f"{QUEUE_FILE}); nothing was enqueued.")
-            for job in jobs:
-                found = self.find_in_history(job["id"])
-                if found:
-                    raise QueueError(f"job {job['id']!r} already exists ({found[0]}, in "
-                                     f"{HISTORY_FILE_OF[found[0]]}); nothing was enqueued.")
+            taken = self.ids_in_history([job["id"] for job in jobs])
+            if taken:
+                job_id, state = next(iter(taken.items()))
+                raise QueueError(f"job {job_id!r} already exists ({state}, in "
+                                 f"{HISTORY_FILE_OF[state]}); nothing was enqueued.")
             self._append_queue(jobs)
 
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
@@ -1874,7 +1912,7 @@ def job_time_column(job: dict[str, Any]) -> str:
         job.get("started_at") if job["state"] == "processing" else job.get("run_at"))
     if not stamp:
         return "now" if job["state"] == "pending" else "-"
-    return stamp[:19].replace("T", " ")
+    return datetime.fromtimestamp(_epoch(stamp)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def format_table(rows: list[list[str]], headers: list[str], width: int) -> str:
