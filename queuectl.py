@@ -21,17 +21,18 @@ import heapq
 import json
 import math
 import os
-import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess, signal, socket, datetime and random are imported where they are
+# used: a one-shot command such as `enqueue` should not pay for the worker's.
 
 __version__ = "0.1.0"
 
@@ -66,8 +67,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
 LOCK_TIMEOUT = 30.0
 OUTPUT_TAIL_BYTES = 4096
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-IS_WINDOWS = sys.platform == "win32"
-HOST = socket.gethostname()
+
+
+def this_host(platform: str = sys.platform) -> str:
+    """The host name workers record (os.uname is free; socket costs an import)."""
+    if platform != "win32":
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
+HOST = this_host()
 
 
 class QueueError(Exception):
@@ -107,11 +118,34 @@ def iso(ts: float | None) -> str | None:
     """UTC ISO-8601 with milliseconds and a Z, e.g. 2026-11-28T07:45:59.123Z."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    millis = int(round(ts * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+
+
+_ISO_UTC = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z\Z")
+
+
+def _utc_epoch(text: str) -> float | None:
+    """Epoch seconds of the timestamps queuectl writes, without datetime (hot path)."""
+    match = _ISO_UTC.match(text)
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction = match.group(7) or "0"
+    # days since 1970-01-01 from the civil date (Howard Hinnant's algorithm)
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second + int(fraction) / 10 ** len(fraction)
 
 
 def parse_time(text: str) -> float:
     """ISO-8601 to epoch seconds; without an offset it means local time."""
+    from datetime import datetime
+
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
@@ -285,9 +319,10 @@ def repair_shell_json(text: str) -> tuple[Any, str] | None:
     if stripped.startswith("{") and stripped.endswith("}") and '"' not in stripped:
         known = INPUT_FIELDS + RECORD_FIELDS
         body = stripped[1:-1].strip()
-        pattern = re.compile(r"(?:^|,)\s*(" + "|".join(known) + r")\s*:")
-        marks = list(pattern.finditer(body))
-        if not marks or marks[0].start() != 0:
+        # Every "name:" after a comma counts as a key; one that is not a job
+        # field makes the text ambiguous, and it is refused rather than guessed.
+        marks = list(re.finditer(r"(?:^|,)\s*([A-Za-z_][A-Za-z0-9_-]*)\s*:", body))
+        if not marks or marks[0].start() != 0 or any(m.group(1) not in known for m in marks):
             return None
         job: dict[str, Any] = {}
         for mark, following in zip(marks, marks[1:] + [None]):
@@ -451,6 +486,11 @@ def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> No
         raise CorruptFileError(path, f"job {job['id']!r} has a non-integer attempts field")
 
 
+def _chance() -> float:
+    """A uniform number in [0, 1) (failure_rate's dice; no import of random)."""
+    return int.from_bytes(os.urandom(7), "big") / 2**56
+
+
 def backoff_delay(attempts: int, base: float, cap: float) -> float:
     """Seconds before the next attempt: base ** attempts, capped."""
     try:
@@ -569,9 +609,10 @@ class Store:
                 Store._process_locks[path] = lock
             return lock
 
-    def locked(self) -> _Locked:
-        """Threads first, then the file lock: one writer across all processes."""
-        return _Locked(self)
+    def locked(self, write: bool = True) -> _Locked:
+        """Threads first, then the file lock: one writer across all processes.
+        A reader does not create the data folder (nothing to read there yet)."""
+        return _Locked(self, write)
 
     @staticmethod
     def _signature_of(path: str) -> tuple[int, int, int] | None:
@@ -621,9 +662,11 @@ class Store:
             elif tail == b"\n]\n":
                 offset, data = size - 3, ",\n" + ",\n".join(lines) + "\n]\n"
             else:
+                # Not in the layout queuectl writes (edited by hand, or torn):
+                # rewrite it in that layout once, then append.
                 os.close(fd)
                 fd = -1
-                self._repair_history(name)
+                self._canonicalize(name)
                 self._append(name, lines)
                 return
             os.lseek(fd, offset, os.SEEK_SET)
@@ -637,6 +680,15 @@ class Store:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _canonicalize(self, name: str) -> None:
+        data = self._read(name)
+        _, lines, _ = parse_array_file(self.path(name), data or b"[\n]\n")
+        rendered = render_array(lines)
+        if rendered.endswith(b"\n]\n") and rendered != data:
+            self._write(name, rendered)
+        else:
+            raise QueueError(f"cannot append to {self.path(name)}; it does not end with ']'.")
 
     def _repair_history(self, name: str) -> list[dict[str, Any]]:
         """Load a history file, rewriting it if a crash tore its tail."""
@@ -658,43 +710,84 @@ class Store:
 
     def history_count(self, state: str) -> int:
         """Jobs in a history file, counted by lines without parsing them."""
-        data = self._read(HISTORY_FILE_OF[state])
-        if not data:
-            return 0
-        return data.count(b"\n{") + (1 if data.startswith(b"[{") else 0)
+        return self._scan_history(HISTORY_FILE_OF[state])[0]
+
+    def check_files(self) -> None:
+        """Fail early on a damaged state file (history files by their shape)."""
+        with self.locked(write=False):
+            self._load_queue()
+            for state in HISTORY_FILE_OF:
+                self.history_count(state)
 
     def ids_in_history(self, ids: list[str]) -> dict[str, str]:
-        """Which of these ids the history holds, by state, without parsing it.
-
-        A few ids are searched for as text; many at once are checked against
-        the set of ids read off the start of each line.
-        """
+        """Which of these ids the history holds, by state, without parsing it."""
         found: dict[str, str] = {}
         for state, name in HISTORY_FILE_OF.items():
-            data = self._read(name)
-            if not data:
-                continue
-            if len(ids) <= 16:
-                hits = [i for i in ids if ('"id":' + json.dumps(i)).encode() in data]
-                for job_id in hits:  # confirm: the text may sit inside a command
-                    if self.find_in_history(job_id):
-                        found.setdefault(job_id, state)
-            else:
-                present = set(re.findall(rb'^\{"id":"([^"\\]*)"', data, re.M))
-                found.update((i, state) for i in ids if i.encode() in present and i not in found)
+            for job_id in self._scan_history(name, ids)[1]:
+                found.setdefault(job_id, state)
         return found
 
     def find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
-        """Look an id up in processed.json and failed.json without parsing them."""
-        needle = ('"id":' + json.dumps(job_id)).encode()
+        """The history record of one job, or None (parses only a file that has it)."""
         for state, name in HISTORY_FILE_OF.items():
-            data = self._read(name)
-            if not data or needle not in data:
-                continue
-            for job in self._repair_history(name):
-                if job.get("id") == job_id:
-                    return state, job
+            if self._scan_history(name, [job_id])[1]:
+                for job in self._repair_history(name):
+                    if job.get("id") == job_id:
+                        return state, job
         return None
+
+    def _scan_history(self, name: str, ids: Iterable[str] = ()) -> tuple[int, set[str]]:
+        """Count the jobs of a history file and find which of `ids` it holds,
+        a megabyte at a time, without parsing it.
+
+        It also checks the file's shape: '[', then lines that each hold one
+        object ('{...},' and a last '{...}'), then ']'. A file of any other
+        shape goes through the full parser, which mends a tail torn by a crash
+        or reports the damage.
+        """
+        wanted = set(ids)
+        path = self.path(name)
+        starts = ends = 0
+        found: set[str] = set()
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return 0, found
+        except OSError as error:
+            raise QueueError(f"cannot read {path}: {error.strerror}.") from None
+        first = b""
+        last = b""
+        with handle:
+            leftover = b""
+            while True:
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                block = leftover + chunk
+                cut = block.rfind(b"\n") + 1
+                region, leftover = block[:cut], block[cut:]
+                if not region:
+                    continue
+                if not first:
+                    first = region[:2]
+                last = (last + region)[-4:]
+                starts += region.count(b"\n{") + region.startswith(b"{")
+                ends += region.count(b"},\n")
+                if wanted and len(wanted) <= 16:
+                    for job_id in wanted:
+                        if (b'{"id":' + json.dumps(job_id).encode()) in region:
+                            found.add(job_id)
+                elif wanted:
+                    present = re.findall(rb'^\{"id":"([^"\\]*)"', region, re.M)
+                    found.update(i.decode() for i in present if i.decode() in wanted)
+        empty = first == b"[\n" and last == b"[\n]\n" and starts == 0
+        shaped = first == b"[\n" and not leftover.strip() and (empty or (last == b"}\n]\n" and ends == starts - 1))
+        if not shaped:
+            if not first and not leftover.strip():
+                raise CorruptFileError(path, "the file is empty")
+            jobs = self._repair_history(name)
+            return len(jobs), {job["id"] for job in jobs if job["id"] in wanted}
+        return starts, found
 
     # -- queue.json, cached ------------------------------------------------
 
@@ -831,10 +924,12 @@ class Store:
     def _append_queue(self, jobs: list[dict[str, Any]]) -> None:
         """Add new jobs to queue.json in place (durable, no rewrite of the others)."""
         lines = [dump_line(job) for job in jobs]
+        cache_current = self._signature is not None and self._signature == self._signature_of(self.path(QUEUE_FILE))
         self._append(QUEUE_FILE, lines)
-        for job, line in zip(jobs, lines):
-            self._add_to_cache(job, line)
-        self._remember_queue_file()
+        if cache_current:
+            for job, line in zip(jobs, lines):
+                self._add_to_cache(job, line)
+            self._remember_queue_file()
 
     # -- config -------------------------------------------------------------
 
@@ -879,54 +974,112 @@ class Store:
                 raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
             seen.add(job["id"])
         with self.locked():
-            self._load_queue()
+            active = {job["id"]: job["state"] for job in self._active(ids=seen)}
             for job in jobs:
-                existing = self._jobs.get(job["id"])
-                if existing:
-                    raise QueueError(f"job {job['id']!r} already exists ({existing['state']}, in "
+                if job["id"] in active:
+                    raise QueueError(f"job {job['id']!r} already exists ({active[job['id']]}, in "
                                      f"{QUEUE_FILE}); nothing was enqueued.")
-            taken = self.ids_in_history([job["id"] for job in jobs])
+            taken = self.ids_in_history(list(seen))
             if taken:
                 job_id, state = next(iter(taken.items()))
                 raise QueueError(f"job {job_id!r} already exists ({state}, in "
                                  f"{HISTORY_FILE_OF[state]}); nothing was enqueued.")
             self._append_queue(jobs)
 
-    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Jobs in one state, or all of them (active first, then history)."""
-        with self.locked():
-            self._load_queue()
-            active = list(self._jobs.values())
+        with self.locked(write=False):
             if state in ACTIVE_STATES:
-                return [job for job in active if job["state"] == state]
-            result = [] if state else active
-            active_ids = set(self._jobs)
+                return self._active(state, limit)
+            result = [] if state else self._active()
+            active_ids = {job["id"] for job in result}
             for history_state in (("completed", "dead") if state is None else (state,)):
                 result.extend(j for j in self._repair_history(HISTORY_FILE_OF[history_state])
                               if j["id"] not in active_ids)
-            return result
+            return result[:limit] if limit is not None else result
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        with self.locked():
-            self._load_queue()
-            if job_id in self._jobs:
-                return dict(self._jobs[job_id])
-            found = self.find_in_history(job_id)
-            return found[1] if found else None
+        with self.locked(write=False):
+            found = self._active(ids={job_id})
+            if found:
+                return found[0]
+            history = self.find_in_history(job_id)
+            return history[1] if history else None
 
     def counts(self) -> dict[str, int]:
-        with self.locked():
-            self._load_queue()
+        with self.locked(write=False):
             counts = dict.fromkeys(STATES, 0)
             counts["scheduled"] = 0
             now = now_ts()
-            for job in self._jobs.values():
+            for job in self._active(fields_only=True):
                 counts[job["state"]] += 1
                 if job["state"] == "pending" and job.get("run_at") and _epoch(job["run_at"]) > now:
                     counts["scheduled"] += 1
             for state in HISTORY_FILE_OF:
                 counts[state] = self.history_count(state)
             return counts
+
+    def _active(self, state: str | None = None, limit: int | None = None, ids: set[str] | None = None,
+                fields_only: bool = False, parse_all: bool = False) -> list[dict[str, Any]]:
+        """Active jobs from queue.json, parsing only the lines asked for.
+
+        With fields_only, each job is just {id, state, run_at} read off its
+        line. A file that is not in the layout queuectl writes is parsed in
+        full (which reports damage or mends a torn tail).
+        """
+        lines = None if parse_all else self._queue_lines()
+        result: list[dict[str, Any]] = []
+        if lines is None:
+            self._load_queue()
+            for job in self._jobs.values():
+                if (state is None or job["state"] == state) and (ids is None or job["id"] in ids):
+                    result.append(dict(job))
+            return result[:limit] if limit is not None else result
+        for line in lines:
+            head = _LINE_HEAD.match(line)
+            if head is None or head.group(2) not in ACTIVE_STATES:
+                return self._active(state, limit, ids, fields_only, parse_all=True)  # names the damage
+            if (state is not None and head.group(2) != state) or (ids is not None and head.group(1) not in ids):
+                continue
+            if fields_only:
+                run_at = _RUN_AT_IN_LINE.search(line) if '"run_at":"' in line else None
+                result.append({"id": head.group(1), "state": head.group(2), "run_at": run_at and run_at.group(1)})
+            else:
+                try:
+                    job = json.loads(line)
+                except ValueError as error:
+                    raise CorruptFileError(self.path(QUEUE_FILE), str(error)) from None
+                check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
+                result.append(job)
+            if limit is not None and len(result) >= limit:
+                break
+        return result
+
+    def _queue_lines(self) -> list[str] | None:
+        """queue.json's job lines, unparsed, if it has the layout queuectl
+        writes (or this process's cache is current); None otherwise."""
+        path = self.path(QUEUE_FILE)
+        signature = self._signature_of(path)
+        if signature is None:
+            return []
+        if signature == self._signature:
+            return list(self._lines.values())
+        data = self._read(QUEUE_FILE) or b""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if text == "[\n]\n":
+            return []
+        if not (text.startswith("[\n{") and text.endswith("}\n]\n")):
+            return None
+        lines = text[2:-3].split("\n")
+        for index in range(len(lines) - 1):
+            line = lines[index]
+            if not line.endswith("},"):
+                return None
+            lines[index] = line[:-1]
+        return lines
 
     def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
                    recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]]]:
@@ -975,7 +1128,7 @@ class Store:
             if outcome.duration is not None:
                 job["duration"] = round(outcome.duration, 3)
             success = outcome.exit_code == 0 and outcome.error is None
-            if success and config["failure_rate"] and random.random() < config["failure_rate"]:
+            if success and config["failure_rate"] and _chance() < config["failure_rate"]:
                 success = False
                 job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
             if success:
@@ -1038,6 +1191,16 @@ class Store:
 
     def recover_orphans(self) -> list[dict[str, Any]]:
         """Return jobs of dead workers to the queue (any command may do it)."""
+        with self.locked(write=False):
+            processing = self._active("processing")
+            if not processing:
+                return []
+            beats = self.worker_heartbeats()
+            lease = self.config()["lease_timeout"]
+            now = now_ts()
+            if all(worker_alive(job.get("host"), job.get("pid"), beats.get((job.get("host"), job.get("pid"))),
+                                _epoch(job.get("started_at")), lease, now) for job in processing):
+                return []
         with self.locked():
             self._load_queue()
             recovered = self._recover(self.config(), now_ts(), None)
@@ -1194,7 +1357,7 @@ class Store:
 
 
 def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
-                 lease: float, now: float, this_host: str = HOST) -> bool:
+                 lease: float, now: float, local_host: str = HOST) -> bool:
     """May the worker that claimed a job still be running it?
 
     On this host a vanished pid is dead at once; anywhere, a heartbeat older
@@ -1204,7 +1367,7 @@ def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at
     if heartbeat is None:
         heartbeat = claimed_at
     fresh = now - heartbeat <= lease
-    if host == this_host:
+    if host == local_host:
         return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid) and fresh
     return fresh
 
@@ -1212,14 +1375,17 @@ def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at
 class _Locked:
     """Re-entrant context: the thread lock, then (outermost only) the file lock."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, write: bool) -> None:
         self.store = store
+        self.write = write
+        self.holds_file = False
 
     def __enter__(self) -> Store:
         store = self.store
         store._thread_lock.acquire()
-        if store._depth == 0:
+        if store._depth == 0 and (self.write or os.path.isdir(store.home)):
             store.ensure_home()
+            self.holds_file = True
             try:
                 store._file_lock().acquire()
             except Exception as error:
@@ -1236,10 +1402,15 @@ class _Locked:
     def __exit__(self, *exc: object) -> None:
         store = self.store
         store._depth -= 1
-        if store._depth == 0:
+        if self.holds_file:
             store._file_lock().release()
         store._thread_lock.release()
 
+
+# What a job line of queuectl's own layout starts with, and where its run_at is.
+# Inside a JSON string every quote is escaped, so these cannot match a command.
+_LINE_HEAD = re.compile(r'\{"id":"([^"\\]*)",.*?"state":"([a-z]+)"')
+_RUN_AT_IN_LINE = re.compile(r'"run_at":"([^"\\]*)"')
 
 _EPOCH_CACHE: dict[str, float] = {}
 
@@ -1249,6 +1420,8 @@ def _epoch(text: str | None) -> float:
     if not text:
         return 0.0
     value = _EPOCH_CACHE.get(text)
+    if value is None:
+        value = _utc_epoch(text)
     if value is None:
         try:
             value = parse_time(text)
@@ -1292,6 +1465,9 @@ def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | Non
 
 
 def kill_tree(proc: subprocess.Popen, platform: str = sys.platform) -> None:
+    import signal
+    import subprocess
+
     command = tree_kill_command(proc.pid, platform)
     try:
         if command:
@@ -1320,6 +1496,8 @@ class Runner:
         return os.path.join(self.logs, safe_log_name(job_id))
 
     def run(self, job: dict[str, Any], worker: str, timeout: float | None) -> Outcome:
+        import subprocess
+
         path = self.log_path(job["id"])
         started = now_ts()
         clock = time.monotonic()
@@ -1363,6 +1541,8 @@ class Runner:
 
     def _wait(self, proc: subprocess.Popen, timeout: float | None) -> bool:
         """Wait for the command; False when the timeout killed its tree."""
+        import subprocess
+
         if not timeout:
             proc.wait()
             return True
@@ -1467,6 +1647,7 @@ class WorkerPool:
         self.burst = burst
         self.say = say
         self.identity = WorkerIdentity(count)
+        store.ensure_home()
         self.runner = Runner(store.home)
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)
@@ -1485,7 +1666,7 @@ class WorkerPool:
     # -- lifecycle ----------------------------------------------------------
 
     def run(self) -> int:
-        self.store.config()  # a corrupt config fails before any thread starts
+        self.store.check_files()  # a damaged file fails before any job starts
         self._heartbeat_once()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threads = []
@@ -1689,6 +1870,8 @@ class WorkerPool:
             self.store.clear_stop()
 
     def _install_signals(self) -> dict[int, Any]:
+        import signal
+
         previous: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             return previous
@@ -1702,6 +1885,8 @@ class WorkerPool:
         return previous
 
     def _restore_signals(self, previous: dict[int, Any]) -> None:
+        import signal
+
         for number, handler in previous.items():
             try:
                 signal.signal(number, handler)
@@ -1710,7 +1895,7 @@ class WorkerPool:
 
     def _on_signal(self, number: int, frame: Any) -> None:
         # Only set flags here: printing from a handler can raise a reentrancy error.
-        if number == signal.SIGINT:
+        if number == 2:  # SIGINT on every platform
             self.interrupts += 1
         self.stopping = True
         if self.interrupts >= 2:
@@ -1759,6 +1944,8 @@ def validate_config_value(name: str, value: Any) -> Any:
     if value < low or (high is not None and value > high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"{low:g} or more"
         raise QueueError(f"{name} must be {bounds}, not {value:g}.")
+    if kind is float and isinstance(DEFAULT_CONFIG[name], float):
+        return float(value)
     if kind is float and float(value).is_integer():
         return int(value)
     return value
@@ -1819,6 +2006,8 @@ def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
         items = [("the job", {"id": args.id, "command": args.command})]
     else:
         raise QueueError('nothing to enqueue; e.g. queuectl enqueue --id job1 --command "echo hi".')
+    if args.run_at is not None and args.delay is not None:
+        raise QueueError("give run_at (--run-at) or delay (--delay), not both.")
     overrides = {"max_retries": args.max_retries, "priority": args.priority, "run_at": args.run_at,
                  "delay": args.delay, "timeout": args.timeout}
     if args.id is not None and args.command is None:
@@ -1912,7 +2101,7 @@ def job_time_column(job: dict[str, Any]) -> str:
         job.get("started_at") if job["state"] == "processing" else job.get("run_at"))
     if not stamp:
         return "now" if job["state"] == "pending" else "-"
-    return datetime.fromtimestamp(_epoch(stamp)).strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_epoch(stamp)))
 
 
 def format_table(rows: list[list[str]], headers: list[str], width: int) -> str:
@@ -2131,6 +2320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = Store(home_dir(args))
     try:
+        store.config()  # a damaged config.json stops every command, not only some
         return args.handler(args, store)
     except QueueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,610 @@
+"""Benchmark queuectl against the floor: the same commands run by a thread pool.
+
+Every scenario runs, in one process tree and one run, for queuectl and for its
+baseline, interleaved (for each repetition: baseline, then queuectl), and the
+table reports the median of the repetitions. Ratios, not absolute times, are
+the results: they compare queuectl with what any Python program needs anyway.
+
+* floor: ``concurrent.futures.ThreadPoolExecutor(P)`` calling
+  ``subprocess.run(cmd, shell=True)`` for the same commands;
+* one-shot baseline: ``python -c "import json, filelock"``, a Python start
+  that imports what queuectl imports, timed the same way.
+
+queuectl runs as ``sys.executable <repo>/queuectl.py --home DIR ...`` in a
+temporary folder that is removed at the end (also on Ctrl+C). After every
+drain the jobs are counted in processed.json and queue.json; a lost or left
+job makes the benchmark exit with code 1. Targets that are missed do not: the
+exit code is 0 and the last line is a summary.
+
+Peak memory is ru_maxrss of the worker, read with getrusage(RUSAGE_CHILDREN)
+in a small wrapper process whose only child is the worker (ru_maxrss of
+children is the largest of them, and the worker's own children are tiny
+shells), so the benchmark's own memory does not count.
+
+Standard library only:  python bench/bench.py [--quick] [--reps N] [--jobs N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "queuectl.py")
+PYTHON = sys.executable
+BASELINE = [PYTHON, "-c", "import json, filelock"]
+WORKERS = 4
+
+# Runs one command and prints {"rc": ..., "maxrss_kb": ...}: RUSAGE_CHILDREN then
+# covers that command (and its own children) only.
+MAXRSS_WRAPPER = (
+    "import json, resource, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode\n"
+    "kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "kb = kb // 1024 if sys.platform == 'darwin' else kb\n"
+    "print(json.dumps({'rc': rc, 'maxrss_kb': kb}))\n"
+)
+
+
+class BenchError(Exception):
+    """The benchmark itself went wrong (a command failed, a job was lost): exit 1."""
+
+
+# --------------------------------------------------------------------------
+# Child processes: tracked so that Ctrl+C kills every one of them
+# --------------------------------------------------------------------------
+
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+
+
+def run(argv: list[str], what: str, capture: bool = False, check: bool = True,
+        cwd: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Run argv to completion in its own session; (seconds, result)."""
+    stdout = subprocess.PIPE if capture else subprocess.DEVNULL
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                            cwd=cwd, start_new_session=True)
+    with _children_lock:
+        _children.add(proc)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        kill(proc)
+        raise
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+    elapsed = time.perf_counter() - start
+    result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        detail = err.decode("utf-8", "replace").strip()[-2000:]
+        raise BenchError(f"{what} exited with code {proc.returncode}: {detail}")
+    return elapsed, result
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a child started by run(), and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def kill_children() -> None:
+    with _children_lock:
+        procs = list(_children)
+    for proc in procs:
+        kill(proc)
+
+
+def remove_tree(path: str) -> None:
+    """Remove the temporary folder; retry while a killed worker's last writes settle."""
+    for attempt in range(20):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == 19:
+                raise
+            time.sleep(0.1)
+
+
+def queuectl(home: str, *args: str) -> list[str]:
+    return [PYTHON, SCRIPT, "--home", home, *args]
+
+
+def use_script(path: str) -> None:
+    global SCRIPT
+    SCRIPT = os.path.abspath(path)
+
+
+def floor(commands: list[str], workers: int = WORKERS) -> float:
+    """The floor: a thread pool running the same commands; seconds."""
+    pool = ThreadPoolExecutor(workers)
+    try:
+        start = time.perf_counter()
+        codes = list(pool.map(lambda cmd: subprocess.run(cmd, shell=True, check=False).returncode, commands))
+        elapsed = time.perf_counter() - start
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    bad = [code for code in codes if code != 0]
+    if bad:
+        raise BenchError(f"the floor: {len(bad)} of {len(commands)} commands failed")
+    return elapsed
+
+
+# --------------------------------------------------------------------------
+# Data folders
+# --------------------------------------------------------------------------
+
+
+class Workspace:
+    """The temporary folder: job files and data folders, all under one root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._n = 0
+
+    def new_home(self, label: str) -> str:
+        self._n += 1
+        return os.path.join(self.root, f"{label}-{self._n}")
+
+    def job_file(self, name: str, ids: list[str], delay: str | None = None,
+                 then: list[str] | None = None) -> str:
+        """A file of `true` jobs, one object per line; `delay` schedules `ids`, `then` follow due now."""
+        path = os.path.join(self.root, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            for job_id in ids:
+                job = {"id": job_id, "command": "true"}
+                if delay:
+                    job["delay"] = delay
+                handle.write(json.dumps(job) + "\n")
+            for job_id in then or []:
+                handle.write(json.dumps({"id": job_id, "command": "true"}) + "\n")
+        return path
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def history_bytes(count: int) -> bytes:
+    """processed.json as queuectl writes it: a JSON array, one compact completed job per line, id first."""
+    start = time.time() - 30 * 86400
+    lines = []
+    for n in range(count):
+        created = start + n * 2.0
+        began = created + 0.5
+        ended = began + 0.25
+        job = {"id": f"hist-{n:07d}", "command": f"echo done {n}", "state": "completed", "attempts": 1,
+               "max_retries": 3, "priority": 0, "created_at": iso(created), "updated_at": iso(ended),
+               "started_at": iso(began), "exit_code": 0, "error": None, "output": f"done {n}\n",
+               "finished_at": iso(ended)}
+        lines.append(json.dumps(job, ensure_ascii=False, separators=(",", ":")))
+    body = ",\n".join(lines)
+    return ("[\n" + body + "\n]\n" if body else "[\n]\n").encode("utf-8")
+
+
+def read_jobs(home: str, name: str) -> list[dict[str, Any]]:
+    path = os.path.join(home, name)
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as handle:
+        value = json.loads(handle.read())
+    if not isinstance(value, list):
+        raise BenchError(f"{path} is not a JSON array")
+    return value
+
+
+def check_jobs(home: str, what: str, completed: set[str], pending: int = 0,
+               other_completed: int = 0) -> dict[str, int]:
+    """Every job ran exactly once: `completed` are in processed.json (with
+    `other_completed` history jobs), and only `pending` jobs are left in queue.json."""
+    done = read_jobs(home, "processed.json")
+    left = read_jobs(home, "queue.json")
+    dead = read_jobs(home, "failed.json")
+    done_ids = [job["id"] for job in done]
+    new = [job_id for job_id in done_ids if job_id in completed]
+    problems = []
+    if len(set(new)) != len(completed):
+        problems.append(f"{len(completed) - len(set(new))} of {len(completed)} jobs are not in processed.json")
+    if len(new) != len(set(new)):
+        problems.append(f"{len(new) - len(set(new))} jobs are in processed.json twice")
+    if len(done) != len(completed) + other_completed:
+        problems.append(f"processed.json has {len(done)} jobs, expected {len(completed) + other_completed}")
+    if any(job.get("state") != "completed" or job.get("exit_code") != 0 for job in done if job["id"] in completed):
+        problems.append("some jobs did not complete with exit code 0")
+    if len(left) != pending or any(job.get("state") != "pending" or job["id"] in completed for job in left):
+        problems.append(f"queue.json has {len(left)} jobs, expected {pending} pending")
+    if dead:
+        problems.append(f"{len(dead)} jobs are in the DLQ")
+    if problems:
+        raise BenchError(f"{what}: jobs lost or left behind: " + "; ".join(problems))
+    return {"expected": len(completed), "completed": len(new), "pending_left": len(left)}
+
+
+# --------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_n(number: float) -> str:
+    return f"{number:,.0f}"
+
+
+class Row:
+    """One line of the table: a measured value against its target."""
+
+    def __init__(self, key: str, title: str, value: float, op: str, limit: float, unit: str,
+                 queuectl: str, baseline: str, shown: str, target: str, detail: dict[str, Any]) -> None:
+        self.key, self.title, self.value, self.op, self.limit, self.unit = key, title, value, op, limit, unit
+        self.queuectl, self.baseline, self.shown, self.target, self.detail = queuectl, baseline, shown, target, detail
+        self.passed = value >= limit if op == ">=" else value <= limit
+
+    def as_json(self) -> dict[str, Any]:
+        return {"key": self.key, "title": self.title, "value": self.value, "unit": self.unit,
+                "target": {"op": self.op, "limit": self.limit, "text": self.target},
+                "pass": self.passed, "queuectl": self.queuectl, "baseline": self.baseline, "detail": self.detail}
+
+
+class Bench:
+    def __init__(self, ws: Workspace, sizes: dict[str, int], reps: int, runs: int,
+                 say: Callable[[str], None]) -> None:
+        self.ws = ws
+        self.sizes = sizes
+        self.reps = reps
+        self.runs = runs
+        self.say = say
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.counted: dict[str, list[dict[str, int]]] = {}
+        self._loaded: str | None = None
+        self._history: bytes | None = None
+        self._seq = 0
+
+    def unique(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}-{self._seq:06d}"
+
+    def count(self, key: str, counts: dict[str, int]) -> None:
+        self.counted.setdefault(key, []).append(counts)
+
+    # -- building blocks ------------------------------------------------------
+
+    def history(self) -> bytes:
+        if self._history is None:
+            self._history = history_bytes(self.sizes["history"])
+        return self._history
+
+    def loaded_home(self, due: int = 0) -> tuple[str, list[str]]:
+        """A folder with `pending` jobs scheduled in 30 days (via enqueue --file), `due`
+        jobs due now, and `history` completed jobs in processed.json (written directly)."""
+        home = self.ws.new_home("loaded")
+        later = [self.unique("later") for _ in range(self.sizes["pending"])]
+        now = [self.unique("due") for _ in range(due)]
+        path = self.ws.job_file(os.path.basename(home) + ".jobs", later, delay="30d", then=now)
+        run(queuectl(home, "enqueue", "--file", path), "enqueue --file (setup)")
+        with open(os.path.join(home, "processed.json"), "wb") as handle:
+            handle.write(self.history())
+        return home, now
+
+    def shared_loaded_home(self) -> str:
+        if self._loaded is None:
+            self.say(f"  building a folder with {fmt_n(self.sizes['pending'])} pending and "
+                     f"{fmt_n(self.sizes['history'])} completed jobs")
+            self._loaded, _ = self.loaded_home()
+        return self._loaded
+
+    def drain(self, ids: list[str], label: str) -> tuple[float, str]:
+        """enqueue --file, then worker start --count 4 --burst, timed end to end."""
+        home = self.ws.new_home(label)
+        path = self.ws.job_file(os.path.basename(home) + ".jobs", ids)
+        t_enqueue, _ = run(queuectl(home, "enqueue", "--file", path), "enqueue --file")
+        t_worker, _ = run(queuectl(home, "worker", "start", "--count", str(WORKERS), "--burst"), "worker --burst")
+        return t_enqueue + t_worker, home
+
+    # -- scenarios --------------------------------------------------------------
+
+    def scenario_drain(self, key: str, jobs: int, target: float) -> None:
+        self.say(f"{key}: drain {fmt_n(jobs)} jobs")
+        floors, totals = [], []
+        for rep in range(self.reps):
+            ids = [self.unique("job") for _ in range(jobs)]
+            floors.append(floor(["true"] * jobs))
+            elapsed, home = self.drain(ids, key)
+            totals.append(elapsed)
+            self.count(key, check_jobs(home, f"{key} repetition {rep + 1}", set(ids)))
+            self.say(f"  rep {rep + 1}: floor {fmt_s(floors[-1])}, queuectl {fmt_s(elapsed)}")
+        f, q = median(floors), median(totals)
+        ratio = (jobs / q) / (jobs / f)
+        self.rows.append(Row(
+            key, f"drain {fmt_n(jobs)} jobs: enqueue --file + worker --burst", ratio, ">=",
+            target, "x floor", f"{fmt_s(q)}  {fmt_n(jobs / q)} jobs/s",
+            f"floor {fmt_s(f)}  {fmt_n(jobs / f)} jobs/s", f"{ratio:.2f}x", f">= {target}x floor",
+            {"jobs": jobs, "floor_s": floors, "queuectl_s": totals, "floor_jobs_per_s": jobs / f,
+             "queuectl_jobs_per_s": jobs / q}))
+
+    def scenario_overhead(self) -> None:
+        due, pending = self.sizes["due"], self.sizes["pending"]
+        key = "worker_overhead"
+        self.say(f"{key}: worker --burst on {due} due jobs, alone and with {fmt_n(pending - due)} more scheduled")
+        floors, small, large = [], [], []
+        for rep in range(self.reps):
+            ids_a = [self.unique("a") for _ in range(due)]
+            home_a = self.ws.new_home("overhead-a")
+            run(queuectl(home_a, "enqueue", "--file", self.ws.job_file("a.jobs", ids_a)), "enqueue (setup)")
+            ids_b = [self.unique("b") for _ in range(due)]
+            later = [self.unique("b-later") for _ in range(pending - due)]
+            home_b = self.ws.new_home("overhead-b")
+            run(queuectl(home_b, "enqueue", "--file", self.ws.job_file("b.jobs", later, "30d", ids_b)),
+                "enqueue (setup)")
+            worker = ("worker", "start", "--count", str(WORKERS), "--burst")
+            floors.append(floor(["true"] * due))
+            small.append(run(queuectl(home_a, *worker), "worker --burst")[0])
+            large.append(run(queuectl(home_b, *worker), "worker --burst")[0])
+            self.count(key, check_jobs(home_a, f"{key} A repetition {rep + 1}", set(ids_a)))
+            self.count(key, check_jobs(home_b, f"{key} B repetition {rep + 1}", set(ids_b), pending=len(later)))
+            self.say(f"  rep {rep + 1}: floor {fmt_s(floors[-1])}, {due} pending {fmt_s(small[-1])}, "
+                     f"{fmt_n(pending)} pending {fmt_s(large[-1])}")
+        f, a, b = median(floors), median(small), median(large)
+        per_f, per_a, per_b = f / due, a / due, b / due
+        ratio = per_b / per_a
+        self.rows.append(Row(
+            key, f"worker time per job: {fmt_n(pending)} pending vs {due}", ratio, "<=", 1.5,
+            "x", f"{per_b * 1000:.2f} ms/job vs {per_a * 1000:.2f} ms/job",
+            f"floor {per_f * 1000:.2f} ms/job", f"{ratio:.2f}x", "<= 1.5x",
+            {"due": due, "pending": pending, "floor_s": floors, "small_s": small, "large_s": large,
+             "overhead_ms_per_job_small": (per_a - per_f) * 1000, "overhead_ms_per_job_large": (per_b - per_f) * 1000}))
+        self.notes.append(f"worker overhead above the floor per job (includes the worker's start-up): "
+                          f"{(per_a - per_f) * 1000:.2f} ms with {due} pending, "
+                          f"{(per_b - per_f) * 1000:.2f} ms with {fmt_n(pending)} pending "
+                          f"(floor {per_f * 1000:.2f} ms/job for {due} jobs, P={WORKERS})")
+
+    def one_shot(self, key: str, title: str, make: Callable[[], list[str]], limit: float) -> None:
+        """`runs` alternating runs of the baseline and of the command per repetition; medians."""
+        self.say(f"{key}: {title}")
+        base_reps, q_reps = [], []
+        for rep in range(self.reps):
+            base, mine = [], []
+            for _ in range(self.runs):
+                base.append(run(BASELINE, "the baseline")[0])
+                argv = make()
+                mine.append(run(argv, " ".join(argv[3:]))[0])
+            base_reps.append(median(base))
+            q_reps.append(median(mine))
+            self.say(f"  rep {rep + 1}: baseline {fmt_s(base_reps[-1])}, queuectl {fmt_s(q_reps[-1])}")
+        b, q = median(base_reps), median(q_reps)
+        ratio = q / b
+        self.rows.append(Row(key, title, ratio, "<=", limit, "x baseline", fmt_s(q), f"import {fmt_s(b)}",
+                             f"{ratio:.2f}x", f"<= {limit}x baseline",
+                             {"runs_per_rep": self.runs, "baseline_s": base_reps, "queuectl_s": q_reps}))
+
+    def scenario_enqueue_one(self) -> None:
+        def into_empty() -> list[str]:
+            home = self.ws.new_home("empty")
+            os.makedirs(home)
+            return queuectl(home, "enqueue", "--id", self.unique("one"), "--command", "true")
+
+        self.one_shot("enqueue_one_empty", "enqueue --id X --command true, empty folder",
+                      into_empty, 1.5)
+        loaded = self.shared_loaded_home()
+        self.one_shot("enqueue_one_loaded", f"the same, {fmt_n(self.sizes['pending'])} pending + "
+                      f"{fmt_n(self.sizes['history'])} completed",
+                      lambda: queuectl(loaded, "enqueue", "--id", self.unique("one"), "--command", "true"), 1.5)
+
+    def scenario_enqueue_file(self) -> None:
+        key, jobs = "enqueue_file", self.sizes["large"]
+        self.say(f"{key}: enqueue --file of {fmt_n(jobs)} jobs into an empty folder")
+        times = []
+        for rep in range(self.reps):
+            ids = [self.unique("file") for _ in range(jobs)]
+            home = self.ws.new_home(key)
+            path = self.ws.job_file(os.path.basename(home) + ".jobs", ids)
+            times.append(run(queuectl(home, "enqueue", "--file", path), "enqueue --file")[0])
+            left = read_jobs(home, "queue.json")
+            if len(left) != jobs or {job["id"] for job in left} != set(ids):
+                raise BenchError(f"{key}: queue.json has {len(left)} jobs, expected {jobs}")
+            self.count(key, {"expected": jobs, "completed": 0, "pending_left": len(left)})
+            self.say(f"  rep {rep + 1}: {fmt_s(times[-1])}")
+        t = median(times)
+        self.rows.append(Row(key, f"enqueue --file of {fmt_n(jobs)} jobs", t, "<=", 1.0, "s",
+                             f"{fmt_s(t)}  {fmt_n(jobs / t)} jobs/s", "-", fmt_s(t), "<= 1 s",
+                             {"jobs": jobs, "queuectl_s": times}))
+
+    def scenario_read_commands(self) -> None:
+        loaded = self.shared_loaded_home()
+        where = f"{fmt_n(self.sizes['pending'])} pending + {fmt_n(self.sizes['history'])} completed"
+        self.one_shot("status_loaded", f"status, {where}", lambda: queuectl(loaded, "status"), 2.0)
+        self.one_shot("list_loaded", "list --state pending --limit 20, the same",
+                      lambda: queuectl(loaded, "list", "--state", "pending", "--limit", "20"), 2.0)
+
+    def scenario_memory(self) -> None:
+        key, due = "worker_peak_memory", self.sizes["due"]
+        self.say(f"{key}: worker --burst with {fmt_n(self.sizes['pending'])} scheduled, "
+                 f"{fmt_n(self.sizes['history'])} completed and {due} due jobs")
+        peaks = []
+        for rep in range(self.reps):
+            home, ids = self.loaded_home(due=due)
+            _, result = run([PYTHON, "-c", MAXRSS_WRAPPER,
+                             *queuectl(home, "worker", "start", "--count", str(WORKERS), "--burst")],
+                            "the ru_maxrss wrapper", capture=True)
+            report = json.loads(result.stdout)
+            if report["rc"] != 0:
+                raise BenchError(f"{key}: worker --burst exited with code {report['rc']}")
+            peaks.append(report["maxrss_kb"] / 1024)
+            self.count(key, check_jobs(home, f"{key} repetition {rep + 1}", set(ids), pending=self.sizes["pending"],
+                                       other_completed=self.sizes["history"]))
+            self.say(f"  rep {rep + 1}: {peaks[-1]:.1f} MB")
+        peak = median(peaks)
+        self.rows.append(Row(key, f"worker peak RSS, {fmt_n(self.sizes['pending'])} pending + "
+                             f"{fmt_n(self.sizes['history'])} completed", peak, "<=", 60.0, "MB",
+                             f"{peak:.1f} MB", "-", f"{peak:.1f} MB", "<= 60 MB",
+                             {"peaks_mb": peaks, "method": "getrusage(RUSAGE_CHILDREN).ru_maxrss in a wrapper"}))
+
+    def run_all(self) -> None:
+        self.scenario_drain("drain_small", self.sizes["small"], 0.8)
+        self.scenario_drain("drain_large", self.sizes["large"], 0.7)
+        self.scenario_overhead()
+        self.scenario_enqueue_one()
+        self.scenario_enqueue_file()
+        self.scenario_read_commands()
+        self.scenario_memory()
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    headers = ["scenario", "queuectl", "baseline", "result", "target", "status"]
+    cells = [[r.title, r.queuectl, r.baseline, r.shown, r.target, "PASS" if r.passed else "FAIL"] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = []
+    for row in [headers, ["-" * w for w in widths]] + cells:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def summary(rows: list[Row]) -> str:
+    failed = [r.key for r in rows if not r.passed]
+    text = f"SUMMARY: {len(rows) - len(failed)} of {len(rows)} targets met"
+    return text + (f"; FAIL: {', '.join(failed)}" if failed else "; all PASS")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description=__doc__.split("\n\n")[0],
+        epilog="Scenarios: drain of N/10 and N jobs, worker overhead with N pending vs 100, one enqueue "
+               "into an empty and a loaded folder, enqueue --file of N jobs, status and list on a loaded "
+               "folder, worker peak memory. N is 10,000 unless --jobs or --quick; a loaded folder has N "
+               "pending and 10 x N completed jobs. Exit code 0 whatever the targets; 1 if a job was lost.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (50/200 jobs, 200 pending, 1,000 completed), 1 repetition: every "
+                             "scenario, for the test suite")
+    parser.add_argument("--reps", type=int, metavar="N", help="repetitions (default 3, 1 with --quick)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="the large job count N (default 10,000); the small drain is N/10, the history 10 x N")
+    parser.add_argument("--runs", type=int, metavar="N",
+                        help="runs of each one-shot command per repetition (default 10, 3 with --quick)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON only (progress on stderr)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--script", metavar="PATH", default=SCRIPT,
+                        help="the queuectl.py to measure (default: the one next to bench/), e.g. an older copy")
+    args = parser.parse_args(argv)
+    for name in ("reps", "jobs", "runs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be 1 or more")
+    return args
+
+
+def sizes_for(args: argparse.Namespace) -> dict[str, int]:
+    if args.jobs is not None:
+        n = args.jobs
+        sizes = {"small": max(1, n // 10), "large": n, "pending": max(n, 2), "history": 10 * n}
+    elif args.quick:
+        sizes = {"small": 50, "large": 200, "pending": 200, "history": 1000}
+    else:
+        sizes = {"small": 1000, "large": 10_000, "pending": 10_000, "history": 100_000}
+    sizes["due"] = max(1, min(100, sizes["pending"] // 4))
+    return sizes
+
+
+def _interrupt(number: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name in ("SIGTERM", "SIGHUP"):  # clean up as on Ctrl+C
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _interrupt)
+    use_script(args.script)
+    sizes = sizes_for(args)
+    reps = args.reps or (1 if args.quick else 3)
+    runs = args.runs or (3 if args.quick else 10)
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    say(f"queuectl benchmark: {reps} repetition(s), sizes {sizes}, python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs")
+    started = time.perf_counter()
+    root = tempfile.mkdtemp(prefix="queuectl-bench-")
+    bench = Bench(Workspace(root), sizes, reps, runs, say)
+    try:
+        try:
+            bench.run_all()
+        finally:
+            # No second Ctrl+C while cleaning up: kill the children, then remove the folder.
+            handlers = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                kill_children()
+                remove_tree(root)
+            finally:
+                for number, handler in handlers.items():
+                    signal.signal(number, handler)
+    except BenchError as error:
+        print(f"bench.py: FAILED: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench.py: interrupted; child processes killed, temporary folder removed", file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({
+            "sizes": sizes, "reps": reps, "runs": runs, "workers": WORKERS, "python": platform.python_version(),
+            "cpus": os.cpu_count(), "seconds": elapsed, "rows": [r.as_json() for r in bench.rows],
+            "counted": bench.counted, "notes": bench.notes,
+            "all_pass": all(r.passed for r in bench.rows), "summary": summary(bench.rows)}, indent=2))
+        return 0
+    print(f"queuectl benchmark: median of {reps} interleaved repetition(s); floor = ThreadPoolExecutor({WORKERS}) "
+          f"+ subprocess.run(cmd, shell=True); baseline = python -c \"import json, filelock\" "
+          f"(median of {runs} runs)")
+    print(table(bench.rows))
+    for note in bench.notes:
+        print(f"note: {note}")
+    jobs = sum(c["expected"] for counts in bench.counted.values() for c in counts)
+    print(f"every job was counted ({fmt_n(jobs)} jobs in {sum(map(len, bench.counted.values()))} checks); "
+          f"took {elapsed:.0f} s")
+    print(summary(bench.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
