@@ -1211,9 +1211,12 @@ class Store:
     def _recover(self, config: dict[str, Any], now: float,
                  me: WorkerIdentity | None) -> list[dict[str, Any]]:
         processing = [self._jobs[job_id] for job_id in self._processing]
-        if not processing:
+        workers = self.workers()
+        dead_workers = [w for w in workers if not w["alive"]
+                        and not (me and (w.get("host"), w.get("pid")) == (me.host, me.pid))]
+        if not processing and not dead_workers:
             return []
-        beats = self.worker_heartbeats()
+        beats = {(w.get("host"), w.get("pid")): _epoch(w["heartbeat_at"]) for w in workers}
         recovered = []
         to_failed = []
         for job in processing:
@@ -1230,7 +1233,7 @@ class Store:
             for key in ("pid", "host"):
                 job.pop(key, None)
             job["updated_at"] = iso(now)
-            if not attempt_started(os.path.join(self.home, LOGS_DIR, safe_log_name(job["id"])), job["attempts"]):
+            if not self._salvage_output(job, host, pid):
                 # Claimed ahead but never started: not an attempt.
                 job.update(state="pending", attempts=job["attempts"] - 1)
                 job.pop("started_at", None)
@@ -1251,6 +1254,8 @@ class Store:
         self._append(FAILED_FILE, [dump_line(job) for job in to_failed])
         for job in to_failed:
             self._remove(job["id"])
+        for worker in dead_workers:  # their jobs are settled now
+            self.remove_worker_files(worker.get("host", ""), worker.get("pid", 0))
         return recovered
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
@@ -1287,19 +1292,57 @@ class Store:
 
     # -- workers and the stop flag -----------------------------------------
 
-    def worker_file(self, host: str, pid: int) -> str:
+    def worker_file(self, host: str, pid: int, suffix: str = ".json") -> str:
+        """workers/<host>-<pid>.json is a worker process's heartbeat; its threads'
+        scratch files sit beside it as <host>-<pid>.<thread>.out."""
         safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64]
-        return os.path.join(self.home, WORKERS_DIR, f"{safe_host}-{pid}.json")
+        return os.path.join(self.home, WORKERS_DIR, f"{safe_host}-{pid}{suffix}")
+
+    def scratch_file(self, host: str, pid: int, thread: str) -> str:
+        return self.worker_file(host, pid, f".{thread}.out")
+
+    def _scratch_files(self, host: str, pid: int) -> list[str]:
+        prefix = os.path.basename(self.worker_file(host, pid, "."))
+        folder = self.path(WORKERS_DIR)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return [os.path.join(folder, n) for n in names if n.startswith(prefix) and n.endswith(".out")]
+
+    def _salvage_output(self, job: dict[str, Any], host: str, pid: int) -> bool:
+        """Move a dead worker's partial output of this job's attempt into the
+        job's log. Returns whether that attempt had started at all."""
+        marker = f"=== {job['id']} attempt {job['attempts']} started ".encode()
+        for path in self._scratch_files(host, pid):
+            try:
+                with open(path, "rb") as scratch:
+                    if not scratch.readline(4096).startswith(marker):
+                        continue
+                    size = os.fstat(scratch.fileno()).st_size
+                    scratch.seek(0)
+                    os.makedirs(self.path(LOGS_DIR), mode=0o700, exist_ok=True)
+                    fd = os.open(os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"])),
+                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+                    with os.fdopen(fd, "ab") as log:
+                        copy_bytes(scratch, log, size)
+                        log.write(f"\n=== attempt {job['attempts']} ended: the worker died\n".encode())
+                os.unlink(path)
+            except OSError:
+                pass
+            return True
+        return False
+
+    def remove_worker_files(self, host: str, pid: int) -> None:
+        for path in self._scratch_files(host, pid) + [self.worker_file(host, pid)]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def write_heartbeat(self, info: dict[str, Any]) -> None:
         os.makedirs(self.path(WORKERS_DIR), mode=0o700, exist_ok=True)
         atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode())
-
-    def remove_heartbeat(self, host: str, pid: int) -> None:
-        try:
-            os.unlink(self.worker_file(host, pid))
-        except FileNotFoundError:
-            pass
 
     def workers(self) -> list[dict[str, Any]]:
         """Worker processes with their last heartbeat, and whether they look alive."""
@@ -1320,11 +1363,7 @@ class Store:
                 beat = _epoch(info["heartbeat_at"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            fresh = now - beat <= lease
-            if info.get("host") == HOST:
-                info["alive"] = pid_alive(int(info.get("pid", 0))) and fresh
-            else:
-                info["alive"] = fresh
+            info["alive"] = worker_alive(info.get("host"), info.get("pid"), beat, beat, lease, now)
             result.append(info)
         return result
 
@@ -1483,61 +1522,121 @@ def kill_tree(proc: subprocess.Popen, platform: str = sys.platform) -> None:
 
 
 class Runner:
-    """Runs one attempt of a job: output to its log file, timeout, tree kill."""
+    """Runs one attempt of a job: output capture, timeout, tree kill.
 
-    def __init__(self, home: str) -> None:
-        self.logs = os.path.join(home, LOGS_DIR)
+    Each thread's command writes into that thread's scratch file in workers/,
+    reused from job to job: creating a file costs more than running `true`.
+    After the attempt its output (if any) is appended to logs/<id>.log, with
+    a header and a footer line; a silent successful attempt leaves no log. A
+    worker that dies mid-job leaves the scratch file, and the job's recovery
+    moves that output into the job's log.
+    """
+
+    def __init__(self, store: Store, identity: WorkerIdentity) -> None:
+        self.logs = store.path(LOGS_DIR)
+        self.store = store
+        self.identity = identity
         self.running: dict[str, subprocess.Popen] = {}
         self.abort = threading.Event()
         self._lock = threading.Lock()
+        self._scratch: dict[str, Any] = {}
+        self._retired = 0
         os.makedirs(self.logs, mode=0o700, exist_ok=True)
+        os.makedirs(store.path(WORKERS_DIR), mode=0o700, exist_ok=True)
 
     def log_path(self, job_id: str) -> str:
         return os.path.join(self.logs, safe_log_name(job_id))
 
+    def _scratch_file(self, worker: str) -> Any:
+        handle = self._scratch.get(worker)
+        if handle is None:
+            path = self.store.scratch_file(self.identity.host, self.identity.pid, worker)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+            handle = self._scratch[worker] = os.fdopen(fd, "w+b")
+        handle.seek(0)
+        handle.truncate()
+        return handle
+
     def run(self, job: dict[str, Any], worker: str, timeout: float | None) -> Outcome:
         import subprocess
 
-        path = self.log_path(job["id"])
         started = now_ts()
         clock = time.monotonic()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-        with os.fdopen(fd, "ab") as log:
-            log.write(f"=== attempt {job['attempts']} started {iso(started)} by {worker} "
-                      f"(pid {os.getpid()} on {HOST})\n".encode())
-            log.flush()
-            start_offset = log.tell()
-            result = Outcome(job["id"], worker=worker, started=started)
-            try:
-                proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, **popen_options())
-            except OSError as error:
-                result.error = f"could not start the command: {error.strerror}"
-                log.write(f"=== attempt {job['attempts']} ended: {result.error}\n".encode())
-                return result
+        out = self._scratch_file(worker)
+        header = attempt_header(job["id"], job["attempts"], started, worker, self.identity)
+        out.write(header)
+        out.flush()
+        result = Outcome(job["id"], worker=worker, started=started)
+        try:
+            proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, **popen_options())
+        except OSError as error:
+            result.error = f"could not start the command: {error.strerror}"
+            self._keep_output(job, worker, out, len(header), result)
+            return result
+        with self._lock:
+            self.running[job["id"]] = proc
+        try:
+            finished = self._wait(proc, timeout)
+        finally:
             with self._lock:
-                self.running[job["id"]] = proc
-            try:
-                finished = self._wait(proc, timeout)
-            finally:
-                with self._lock:
-                    self.running.pop(job["id"], None)
-            result.exit_code = proc.returncode
-            if self.abort.is_set() and proc.returncode != 0:
-                result.kind = "interrupted"
-                result.exit_code = None
-            elif not finished:
-                result.exit_code = None
-                result.error = f"timed out after {timeout:g} s; the command's process tree was killed"
-            elif proc.returncode == 127:
-                result.error = "command not found (exit code 127)"
-            elif proc.returncode != 0:
-                result.error = f"exit code {proc.returncode}"
-            ending = "interrupted" if result.kind == "interrupted" else (result.error or "exit code 0")
-            log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())
+                self.running.pop(job["id"], None)
+        result.exit_code = proc.returncode
+        if self.abort.is_set() and proc.returncode != 0:
+            result.kind = "interrupted"
+            result.exit_code = None
+        elif not finished:
+            result.exit_code = None
+            result.error = f"timed out after {timeout:g} s; the command's process tree was killed"
+        elif proc.returncode == 127:
+            result.error = "command not found (exit code 127)"
+        elif proc.returncode != 0:
+            result.error = f"exit code {proc.returncode}"
         result.duration = time.monotonic() - clock
-        result.output_tail = read_tail(path, start_offset)
+        self._keep_output(job, worker, out, len(header), result)
+        if children_left(proc.pid):
+            self._retire(job, worker)
         return result
+
+    def _keep_output(self, job: dict[str, Any], worker: str, out: Any, start: int, result: Outcome) -> None:
+        """Append the attempt to the job's log (unless it succeeded silently) and keep its tail."""
+        end = os.fstat(out.fileno()).st_size
+        if end > start:
+            out.seek(max(start, end - OUTPUT_TAIL_BYTES))
+            result.output_tail = out.read(end - out.tell()).decode("utf-8", errors="replace")
+        if end == start and result.kind == "ran" and result.error is None:
+            return
+        ending = "interrupted" if result.kind == "interrupted" else (result.error or "exit code 0")
+        fd = os.open(self.log_path(job["id"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0),
+                     0o600)
+        with os.fdopen(fd, "ab") as log:
+            out.seek(0)
+            copy_bytes(out, log, end)
+            if end > start and not _ends_with_newline(out, end):
+                log.write(b"\n")
+            log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())
+
+    def _retire(self, job: dict[str, Any], worker: str) -> None:
+        """Processes the command left behind still hold the scratch file: hand it
+        to them (renamed into logs/) and start the next job on a fresh one."""
+        handle = self._scratch.pop(worker)
+        handle.close()
+        self._retired += 1
+        late = os.path.join(self.logs, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.late.log")
+        try:
+            os.replace(self.store.scratch_file(self.identity.host, self.identity.pid, worker), late)
+        except OSError:
+            pass  # Windows: the leftover processes keep it open; the sweep removes it later
+
+    def close(self) -> None:
+        """At exit: close and remove this process's scratch files."""
+        for worker, handle in list(self._scratch.items()):
+            handle.close()
+            try:
+                os.unlink(self.store.scratch_file(self.identity.host, self.identity.pid, worker))
+            except OSError:
+                pass
+        self._scratch.clear()
 
     def _wait(self, proc: subprocess.Popen, timeout: float | None) -> bool:
         """Wait for the command; False when the timeout killed its tree."""
@@ -1563,41 +1662,39 @@ class Runner:
             kill_tree(proc)
 
 
-def read_tail(path: str, start: int, limit: int = OUTPUT_TAIL_BYTES) -> str:
-    """The last `limit` bytes of one attempt's output, without the footer line."""
-    try:
-        with open(path, "rb") as handle:
-            end = handle.seek(0, os.SEEK_END)
-            handle.seek(max(start, end - limit - 300))
-            data = handle.read()
-    except OSError:
-        return ""
-    cut = data.rfind(b"=== attempt ")
-    if cut >= 0:
-        data = data[:cut]
-    return data[-limit:].decode("utf-8", errors="replace")
+def attempt_header(job_id: str, attempt: int, started: float, worker: str, identity: WorkerIdentity) -> bytes:
+    """The line before an attempt's output; recovery looks for it in a dead worker's scratch file."""
+    return (f"=== {job_id} attempt {attempt} started {iso(started)} by {worker} "
+            f"(pid {identity.pid} on {identity.host})\n").encode()
 
 
-def attempt_started(path: str, attempt: int) -> bool:
-    """Did attempt N write its header to the log? (A claimed job may not have started.)"""
-    marker = f"=== attempt {attempt} started ".encode()
+def copy_bytes(source: Any, target: Any, size: int) -> None:
+    """Copy `size` bytes from the current position of one file to another, a megabyte at a time."""
+    while size > 0:
+        chunk = source.read(min(size, 1 << 20))
+        if not chunk:
+            break
+        target.write(chunk)
+        size -= len(chunk)
+
+
+def _ends_with_newline(handle: Any, end: int) -> bool:
+    handle.seek(end - 1)
+    return handle.read(1) == b"\n"
+
+
+def children_left(pid: int, platform: str = sys.platform) -> bool:
+    """Are processes of the job's group still running after its shell exited?
+    (Windows cannot tell cheaply, so it assumes they are.)"""
+    if platform == "win32":
+        return True
     try:
-        with open(path, "rb") as handle:
-            end = handle.seek(0, os.SEEK_END)
-            position = end
-            carry = b""
-            while position > 0:
-                step = min(1 << 16, position)
-                position -= step
-                handle.seek(position)
-                chunk = handle.read(step) + carry
-                index = chunk.rfind(b"=== attempt ")
-                if index >= 0 and (index == 0 or chunk[index - 1:index] == b"\n"):
-                    return chunk[index:].startswith(marker)
-                carry = chunk[:64]
-    except OSError:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
         return False
-    return False
+    except OSError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -1632,8 +1729,8 @@ class Printer:
 
 # A worker claims jobs ahead of its threads only while jobs are this short, so
 # a second worker process is never kept waiting behind more than this much work.
-PREFETCH_WORK_S = 0.05
-PREFETCH_MAX_PER_THREAD = 16
+PREFETCH_WORK_S = 0.2
+PREFETCH_MAX_PER_THREAD = 64
 
 
 class WorkerPool:
@@ -1648,7 +1745,7 @@ class WorkerPool:
         self.say = say
         self.identity = WorkerIdentity(count)
         store.ensure_home()
-        self.runner = Runner(store.home)
+        self.runner = Runner(store, self.identity)
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)
         self.result_ready = threading.Condition(self.lock)
@@ -1689,7 +1786,8 @@ class WorkerPool:
             self._flush_leftovers()
             self.heartbeat_stop.set()
             self._restore_signals(previous)
-            self.store.remove_heartbeat(self.identity.host, self.identity.pid)
+            self.runner.close()
+            self.store.remove_worker_files(self.identity.host, self.identity.pid)
             self._clear_stop_flag_if_last()
         if self.interrupts >= 2:
             self.say("Workers stopped; interrupted jobs were returned to pending.")
@@ -1699,8 +1797,7 @@ class WorkerPool:
 
     def _main_loop(self) -> None:
         poll = float(self.store.config()["poll_interval"])
-        last_recover = last_round = 0.0
-        next_flag_check = 0.0
+        last_recover = last_round = next_flag_check = 0.0
         while True:
             clock = time.monotonic()
             if clock >= next_flag_check:
@@ -1708,25 +1805,25 @@ class WorkerPool:
                 if self._stop_flag_seen():
                     self.stopping = True
             with self.lock:
-                outcomes, self.results = self.results, []
                 if self.stopping and self.backlog:
-                    outcomes += [Outcome(job["id"], "released") for job in self.backlog]
+                    self.results += [Outcome(job["id"], "released") for job in self.backlog]
                     self.backlog = []
-                held = self.running + len(self.backlog)
+                waiting_results = len(self.results)
                 backlog = len(self.backlog)
-            want = 0 if self.stopping else max(0, self._target() - held)
-            recover = clock - last_recover >= 1.0
+                held = self.running + backlog
+            target = self._target()
+            ahead = target - self.count  # how many jobs this process claims beyond its threads
+            want = 0 if self.stopping else target - held
+            # Refill when the jobs claimed ahead run low (at once when none are).
+            low = want > 0 and backlog <= ahead // 2
             due = self.store.next_due()
-            fetch = want > 0 and ((due is not None and due <= now_ts()) or self.store.queue_changed())
-            # Batch: while threads have work queued, let results gather a little.
-            record = outcomes and (backlog < self.count or len(outcomes) >= self.count
-                                   or clock - last_round >= 0.05 or self.stopping)
+            fetch = low and ((due is not None and due <= now_ts()) or self.store.queue_changed())
+            record = waiting_results and (low or self.stopping or clock - last_round >= 0.05)
+            recover = clock - last_recover >= 1.0
             claimed: list[dict[str, Any]] = []
-            if record or recover or fetch:
-                if not record:
-                    with self.lock:
-                        self.results[:0] = outcomes
-                    outcomes = []
+            if fetch or record or recover:
+                with self.lock:
+                    outcomes, self.results = self.results, []
                 last_round = clock
                 if recover:
                     last_recover = clock
@@ -1737,13 +1834,24 @@ class WorkerPool:
                     with self.lock:
                         self.backlog[:0] = reversed(claimed)
                         self.work_ready.notify(len(claimed))
-            elif outcomes:
-                with self.lock:
-                    self.results[:0] = outcomes
             if self._all_idle() and (self.stopping or (
                     self.burst and not claimed and not self._due_or_retrying())):
                 return
-            self._wait_for_work(poll, bool(claimed) or (want > 0 and fetch))
+            if fetch and claimed and len(claimed) == want:
+                continue  # there may be more due jobs: claim again at once
+            self._wait_for_work(poll, last_round)
+
+    def _wait_for_work(self, poll: float, last_round: float) -> None:
+        """Sleep until a thread reports, a job falls due, or the next poll."""
+        due = self.store.next_due()
+        timeout = poll
+        if due is not None and due > 0:
+            timeout = max(0.01, min(poll, due - now_ts()))
+        with self.lock:
+            if self.results:
+                timeout = min(timeout, max(0.0, last_round + 0.05 - time.monotonic()))
+            if timeout > 0:
+                self.result_ready.wait(timeout=min(timeout, 0.2))
 
     def _target(self) -> int:
         """Jobs to hold (running + claimed ahead): one per thread, more for very short jobs."""
@@ -1767,20 +1875,6 @@ class WorkerPool:
         """Burst mode keeps going while a job is due now or a failed job awaits its retry."""
         due = self.store.next_due()
         return (due is not None and due <= now_ts()) or self.store.has_retries_waiting()
-
-    def _wait_for_work(self, poll: float, busy_round: bool) -> None:
-        with self.lock:
-            if self.results and (len(self.backlog) < self.count or self.stopping):
-                return
-            if busy_round and self.running + len(self.backlog) < self._target():
-                return  # claim again at once: there may be more due jobs
-            due = self.store.next_due()
-            timeout = poll
-            if due is not None and due > 0:
-                timeout = max(0.01, min(poll, due - now_ts()))
-            if self.results:
-                timeout = min(timeout, 0.05)
-            self.result_ready.wait(timeout=min(timeout, 0.2))
 
     def _flush_leftovers(self) -> None:
         """At exit, record whatever is left (released or finished jobs)."""
