@@ -511,7 +511,16 @@ def pid_alive(pid: int, platform: str = sys.platform) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet (Linux; elsewhere: no)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _windows_pid_alive(pid: int) -> bool:
@@ -1233,7 +1242,11 @@ class Store:
             for key in ("pid", "host"):
                 job.pop(key, None)
             job["updated_at"] = iso(now)
-            if not self._salvage_output(job, host, pid):
+            beat = beats.get((host, pid))
+            # Kill the command the dead worker left running, if this host can and
+            # the death is recent (an old pid may belong to someone else by now).
+            kill = host == HOST and beat is not None and now - beat <= 2 * config["lease_timeout"]
+            if not self._salvage_output(job, host, pid, kill):
                 # Claimed ahead but never started: not an attempt.
                 job.update(state="pending", attempts=job["attempts"] - 1)
                 job.pop("started_at", None)
@@ -1310,15 +1323,22 @@ class Store:
             return []
         return [os.path.join(folder, n) for n in names if n.startswith(prefix) and n.endswith(".out")]
 
-    def _salvage_output(self, job: dict[str, Any], host: str, pid: int) -> bool:
+    def _salvage_output(self, job: dict[str, Any], host: str, pid: int, kill: bool) -> bool:
         """Move a dead worker's partial output of this job's attempt into the
-        job's log. Returns whether that attempt had started at all."""
+        job's log, after killing what is left of the command when `kill`.
+        Returns whether that attempt had started at all."""
         marker = f"=== {job['id']} attempt {job['attempts']} started ".encode()
         for path in self._scratch_files(host, pid):
             try:
                 with open(path, "rb") as scratch:
-                    if not scratch.readline(4096).startswith(marker):
+                    header = scratch.readline(4096)
+                    if not header.startswith(marker):
                         continue
+                    command_pid = re.search(rb"command pid (\d+)", header)
+                    if kill and command_pid:
+                        # The command outlives its worker (own session): stop it
+                        # before the job runs again, so it never runs twice at once.
+                        kill_process_group(int(command_pid.group(1)))
                     size = os.fstat(scratch.fileno()).st_size
                     scratch.seek(0)
                     os.makedirs(self.path(LOGS_DIR), mode=0o700, exist_ok=True)
@@ -1504,17 +1524,7 @@ def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | Non
 
 
 def kill_tree(proc: subprocess.Popen, platform: str = sys.platform) -> None:
-    import signal
-    import subprocess
-
-    command = tree_kill_command(proc.pid, platform)
-    try:
-        if command:
-            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-    except (OSError, subprocess.SubprocessError):
-        pass
+    kill_process_group(proc.pid, platform)
     try:
         proc.kill()
     except OSError:
@@ -1574,6 +1584,8 @@ class Runner:
             result.error = f"could not start the command: {error.strerror}"
             self._keep_output(job, worker, out, len(header), result)
             return result
+        if hasattr(os, "pwrite"):  # POSIX: fill in the header's pid without moving the shared offset
+            os.pwrite(out.fileno(), f"{proc.pid:<{PID_FIELD}}".encode(), len(header) - PID_FIELD - 1)
         with self._lock:
             self.running[job["id"]] = proc
         try:
@@ -1662,10 +1674,29 @@ class Runner:
             kill_tree(proc)
 
 
+PID_FIELD = 10  # room in the header for the command's pid, written once it is known
+
+
 def attempt_header(job_id: str, attempt: int, started: float, worker: str, identity: WorkerIdentity) -> bytes:
-    """The line before an attempt's output; recovery looks for it in a dead worker's scratch file."""
+    """The line before an attempt's output. Recovery looks for it in a dead
+    worker's scratch file, and kills the command's process group it names."""
     return (f"=== {job_id} attempt {attempt} started {iso(started)} by {worker} "
-            f"(pid {identity.pid} on {identity.host})\n").encode()
+            f"(pid {identity.pid} on {identity.host}), command pid {'?':<{PID_FIELD}}\n").encode()
+
+
+def kill_process_group(pid: int, platform: str = sys.platform) -> None:
+    """Kill a command's whole process tree, given the pid it was started with."""
+    import signal
+    import subprocess
+
+    command = tree_kill_command(pid, platform)
+    try:
+        if command:
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def copy_bytes(source: Any, target: Any, size: int) -> None:
@@ -1775,8 +1806,10 @@ class WorkerPool:
             self.say(f"Worker-{index + 1} started.")
         self.say(f"Started {self.count} worker(s).")
         previous = self._install_signals()
+        finished = False
         try:
             self._main_loop()
+            finished = True
         finally:
             with self.lock:
                 self.closing = True
@@ -1787,13 +1820,13 @@ class WorkerPool:
             self.heartbeat_stop.set()
             self._restore_signals(previous)
             self.runner.close()
-            self.store.remove_worker_files(self.identity.host, self.identity.pid)
             self._clear_stop_flag_if_last()
-        if self.interrupts >= 2:
-            self.say("Workers stopped; interrupted jobs were returned to pending.")
-            return 130
-        self.say("All workers stopped gracefully.")
-        return 0
+            if finished:
+                self.say("Workers stopped; interrupted jobs were returned to pending." if self.interrupts >= 2
+                         else "All workers stopped gracefully.")
+            # Last: `worker stop --wait` waits for this file to go (and the pid to end).
+            self.store.remove_worker_files(self.identity.host, self.identity.pid)
+        return 130 if self.interrupts >= 2 else 0
 
     def _main_loop(self) -> None:
         poll = float(self.store.config()["poll_interval"])
@@ -2145,9 +2178,14 @@ def cmd_worker_stop(args: argparse.Namespace, store: Store) -> int:
     store.request_stop()
     print(f"Asked {len(alive)} worker process(es) to stop after their current jobs.")
     if args.wait:
-        pids = {(w["host"], w["pid"]) for w in alive}
-        while any((w["host"], w["pid"]) in pids and w["alive"] for w in store.workers()):
-            time.sleep(0.1)
+        asked = {(w["host"], w["pid"]) for w in alive}
+
+        def running() -> bool:
+            listed = {(w["host"], w["pid"]) for w in store.workers() if w["alive"]}
+            return any(key in listed or (key[0] == HOST and pid_alive(key[1])) for key in asked)
+
+        while running():
+            time.sleep(0.05)
         print("All workers have stopped.")
     return 0
 
