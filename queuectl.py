@@ -25,7 +25,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -608,14 +608,12 @@ class Store:
         self._home_ready = True
 
     def _file_lock(self) -> Any:
-        from filelock import FileLock
-
+        """One lock object per lock file per process (see make_file_lock)."""
         path = self.path(LOCK_FILE)
         with Store._process_locks_guard:
             lock = Store._process_locks.get(path)
             if lock is None:
-                lock = FileLock(path, timeout=LOCK_TIMEOUT, mode=0o600)
-                Store._process_locks[path] = lock
+                lock = Store._process_locks[path] = make_file_lock(path)
             return lock
 
     def locked(self, write: bool = True) -> _Locked:
@@ -1003,92 +1001,99 @@ class Store:
             result = [] if state else self._active()
             active_ids = {job["id"] for job in result}
             for history_state in (("completed", "dead") if state is None else (state,)):
+                if limit is not None and len(result) >= limit:
+                    break
                 result.extend(j for j in self._repair_history(HISTORY_FILE_OF[history_state])
                               if j["id"] not in active_ids)
             return result[:limit] if limit is not None else result
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.locked(write=False):
-            found = self._active(ids={job_id})
+            found = self._active(ids=[job_id])
             if found:
                 return found[0]
             history = self.find_in_history(job_id)
             return history[1] if history else None
 
     def counts(self) -> dict[str, int]:
+        """Jobs per state (and how many pending ones wait for a later run_at)."""
         with self.locked(write=False):
             counts = dict.fromkeys(STATES, 0)
             counts["scheduled"] = 0
             now = now_ts()
-            for job in self._active(fields_only=True):
-                counts[job["state"]] += 1
-                if job["state"] == "pending" and job.get("run_at") and _epoch(job["run_at"]) > now:
-                    counts["scheduled"] += 1
+            text = self._queue_text()
+            if text is not None:
+                for state in ACTIVE_STATES:
+                    counts[state] = text.count(f'"state":"{state}"')
+                scheduled = (_RUN_AT_IN_LINE.search(line) for line in _lines_with(text, '"run_at":"')
+                             if '"state":"pending"' in line)
+                counts["scheduled"] = sum(1 for m in scheduled if m and _epoch(m.group(1)) > now)
+            else:
+                for job in self._active(parse_all=True):
+                    counts[job["state"]] += 1
+                    if job["state"] == "pending" and job.get("run_at") and _epoch(job["run_at"]) > now:
+                        counts["scheduled"] += 1
             for state in HISTORY_FILE_OF:
                 counts[state] = self.history_count(state)
             return counts
 
-    def _active(self, state: str | None = None, limit: int | None = None, ids: set[str] | None = None,
-                fields_only: bool = False, parse_all: bool = False) -> list[dict[str, Any]]:
-        """Active jobs from queue.json, parsing only the lines asked for.
-
-        With fields_only, each job is just {id, state, run_at} read off its
-        line. A file that is not in the layout queuectl writes is parsed in
-        full (which reports damage or mends a torn tail).
+    def _active(self, state: str | None = None, limit: int | None = None, ids: Iterable[str] | None = None,
+                parse_all: bool = False) -> list[dict[str, Any]]:
+        """Active jobs from queue.json (all, one state, or some ids), parsing
+        only the lines asked for. A file that is not in the layout queuectl
+        writes is parsed in full (which reports damage or mends a torn tail).
         """
-        lines = None if parse_all else self._queue_lines()
-        result: list[dict[str, Any]] = []
-        if lines is None:
+        text = None if parse_all else self._queue_text()
+        if text is None:
             self._load_queue()
-            for job in self._jobs.values():
-                if (state is None or job["state"] == state) and (ids is None or job["id"] in ids):
-                    result.append(dict(job))
-            return result[:limit] if limit is not None else result
+            wanted = None if ids is None else set(ids)
+            found = [dict(job) for job in self._jobs.values()
+                     if (state is None or job["state"] == state) and (wanted is None or job["id"] in wanted)]
+            return found[:limit] if limit is not None else found
+        if state is not None:
+            lines: Iterable[str] = _lines_with(text, f'"state":"{state}"')
+        elif ids is not None and len(ids := set(ids)) <= 16:
+            lines = (line for job_id in ids for line in _lines_with(text, f'{{"id":{json.dumps(job_id)},')
+                     if line.startswith(f'{{"id":{json.dumps(job_id)},'))
+        elif ids is not None:
+            lines = (line for line in _lines_with(text, "\n{")
+                     if (head := _LINE_ID.match(line)) and head.group(1) in ids)
+        else:
+            lines = _lines_with(text, "\n{")
+        result = []
         for line in lines:
-            head = _LINE_HEAD.match(line)
-            if head is None or head.group(2) not in ACTIVE_STATES:
-                return self._active(state, limit, ids, fields_only, parse_all=True)  # names the damage
-            if (state is not None and head.group(2) != state) or (ids is not None and head.group(1) not in ids):
-                continue
-            if fields_only:
-                run_at = _RUN_AT_IN_LINE.search(line) if '"run_at":"' in line else None
-                result.append({"id": head.group(1), "state": head.group(2), "run_at": run_at and run_at.group(1)})
-            else:
-                try:
-                    job = json.loads(line)
-                except ValueError as error:
-                    raise CorruptFileError(self.path(QUEUE_FILE), str(error)) from None
-                check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
-                result.append(job)
+            try:
+                job = json.loads(line)
+            except ValueError as error:
+                raise CorruptFileError(self.path(QUEUE_FILE), str(error)) from None
+            check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
+            result.append(job)
             if limit is not None and len(result) >= limit:
                 break
         return result
 
-    def _queue_lines(self) -> list[str] | None:
-        """queue.json's job lines, unparsed, if it has the layout queuectl
-        writes (or this process's cache is current); None otherwise."""
+    def _queue_text(self) -> str | None:
+        """queue.json as text, if it is in the layout queuectl writes: '[', one
+        job a line, each with one active state, ']'. None otherwise."""
         path = self.path(QUEUE_FILE)
         signature = self._signature_of(path)
         if signature is None:
-            return []
+            return "[\n]\n"
         if signature == self._signature:
-            return list(self._lines.values())
+            return render_array(self._lines.values()).decode("utf-8")
         data = self._read(QUEUE_FILE) or b""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
         if text == "[\n]\n":
-            return []
+            return text
         if not (text.startswith("[\n{") and text.endswith("}\n]\n")):
             return None
-        lines = text[2:-3].split("\n")
-        for index in range(len(lines) - 1):
-            line = lines[index]
-            if not line.endswith("},"):
-                return None
-            lines[index] = line[:-1]
-        return lines
+        lines = text.count("\n") - 2
+        if text.count("\n{") != lines or text.count("},\n") != lines - 1 or text.count('"state":"') != lines:
+            return None
+        return text
 
     def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
                    recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]]]:
@@ -1431,6 +1436,75 @@ def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at
     return fresh
 
 
+class LockTimeout(Exception):
+    pass
+
+
+def make_file_lock(path: str, platform: str = sys.platform) -> Any:
+    """The cross-process lock on queuectl.lock.
+
+    On Windows, filelock.FileLock. On POSIX, the same flock(2) lock that
+    filelock's UnixFileLock takes, taken directly: importing filelock costs
+    more than Python's own start-up, and every one-shot command would pay it.
+    """
+    if platform == "win32":
+        from filelock import FileLock
+
+        return FileLock(path, timeout=LOCK_TIMEOUT, mode=0o600)
+    return PosixFileLock(path)
+
+
+class PosixFileLock:
+    """flock(2) on a lock file, with a timeout; a thread lock in front so the
+    threads of one process exclude each other too."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._threads = threading.Lock()
+
+    def acquire(self, timeout: float = LOCK_TIMEOUT) -> None:
+        import fcntl
+
+        if not self._threads.acquire(timeout=timeout):
+            raise LockTimeout(self.path)
+        try:
+            deadline = time.monotonic() + timeout
+            delay = 0.0005
+            while True:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(self.path) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.01)
+                    continue
+                if self._same_file():
+                    return
+                os.close(self._fd)  # the lock file was replaced under us: lock the new one
+                self._fd = None
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def _same_file(self) -> bool:
+        try:
+            return os.fstat(self._fd).st_ino == os.stat(self.path).st_ino  # type: ignore[arg-type]
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
+        finally:
+            self._threads.release()
+
+
 class _Locked:
     """Re-entrant context: the thread lock, then (outermost only) the file lock."""
 
@@ -1449,7 +1523,7 @@ class _Locked:
                 store._file_lock().acquire()
             except Exception as error:
                 store._thread_lock.release()
-                if type(error).__name__ == "Timeout":
+                if isinstance(error, LockTimeout) or type(error).__name__ == "Timeout":
                     raise QueueError(f"the queue in {store.home} is locked by another queuectl process "
                                      f"for more than {LOCK_TIMEOUT:.0f} s; try again.") from None
                 if isinstance(error, OSError):
@@ -1466,10 +1540,21 @@ class _Locked:
         store._thread_lock.release()
 
 
-# What a job line of queuectl's own layout starts with, and where its run_at is.
-# Inside a JSON string every quote is escaped, so these cannot match a command.
-_LINE_HEAD = re.compile(r'\{"id":"([^"\\]*)",.*?"state":"([a-z]+)"')
+# Where a job line's run_at is. Inside a JSON string every quote is escaped, so
+# markers such as '"state":"pending"' cannot match text inside a command.
 _RUN_AT_IN_LINE = re.compile(r'"run_at":"([^"\\]*)"')
+_LINE_ID = re.compile(r'\{"id":"([^"\\]*)",')
+
+
+def _lines_with(text: str, marker: str) -> Iterator[str]:
+    """The job lines (trailing comma removed) of a one-job-per-line array that contain marker."""
+    start = 0
+    while (index := text.find(marker, start)) >= 0:
+        begin = index + 1 if marker.startswith("\n") else text.rfind("\n", 0, index) + 1
+        end = text.find("\n", begin)
+        line = text[begin:end]
+        yield line[:-1] if line.endswith(",") else line
+        start = end
 
 _EPOCH_CACHE: dict[str, float] = {}
 
@@ -2250,11 +2335,7 @@ def format_table(rows: list[list[str]], headers: list[str], width: int) -> str:
 def cmd_list(args: argparse.Namespace, store: Store) -> int:
     if args.limit is not None and args.limit < 0:
         raise QueueError("--limit must be 0 or more.")
-    jobs = store.jobs(args.state)
-    if args.state is None:
-        jobs = [j for j in jobs if j["state"] in ACTIVE_STATES] + [j for j in jobs if j["state"] not in ACTIVE_STATES]
-    if args.limit is not None:
-        jobs = jobs[: args.limit]
+    jobs = store.jobs(args.state, args.limit)
     if args.json:
         print_json(jobs)
         return 0
