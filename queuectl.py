@@ -45,6 +45,7 @@ PROCESSED_FILE = "processed.json"
 FAILED_FILE = "failed.json"
 CONFIG_FILE = "config.json"
 STOP_FILE = "stop.flag"
+HISTORY_INDEX_FILE = "history.idx"
 LOCK_FILE = "queuectl.lock"
 LOGS_DIR = "logs"
 WORKERS_DIR = "workers"
@@ -537,6 +538,147 @@ def _windows_pid_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
+class HistoryIndex:
+    """What is known of a history file without reading it again: up to `size`
+    bytes of the file with inode `inode`, it holds `jobs` jobs whose ids are in
+    a Bloom filter. A cache: deleting history.idx costs one full read."""
+
+    HASHES = 7
+    BITS_PER_JOB = 10
+
+    def __init__(self, inode: int = 0, size: int = 0, jobs: int = 0, bits: bytearray | None = None,
+                 check: int = 0, mtime: int = 0) -> None:
+        self.inode, self.size, self.jobs, self.check, self.mtime = inode, size, jobs, check, mtime
+        self.bits = bits if bits is not None else bytearray(1 << 13)
+
+    def _positions(self, job_id: bytes) -> Iterator[int]:
+        import zlib
+
+        size = len(self.bits) * 8
+        first, step = zlib.crc32(job_id), zlib.crc32(job_id, 0x5BD1E995) | 1
+        return ((first + i * step) % size for i in range(self.HASHES))
+
+    def add(self, job_id: bytes) -> None:
+        for bit in self._positions(job_id):
+            self.bits[bit >> 3] |= 1 << (bit & 7)
+
+    def might_hold(self, job_id: str) -> bool:
+        return all(self.bits[bit >> 3] & (1 << (bit & 7)) for bit in self._positions(job_id.encode()))
+
+    def full(self) -> bool:
+        return self.jobs * self.BITS_PER_JOB > len(self.bits) * 8
+
+    def fits(self, path: str, st: os.stat_result) -> bool:
+        """Is this still a prefix of the file: same inode, not shorter, the same
+        bytes before `size`, and (if no longer) not modified since?"""
+        return (self.inode == st.st_ino and self.size <= st.st_size
+                and (self.size < st.st_size or self.mtime == st.st_mtime_ns)
+                and self.check == _tail_check(path, self.size))
+
+
+def _tail_check(path: str, size: int) -> int:
+    """A checksum of the 64 bytes before the closing "\\n]\\n" of a file that was
+    `size` bytes long (an append replaces just those three bytes)."""
+    import zlib
+
+    end = max(0, size - 3)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, end - 64))
+            return zlib.crc32(handle.read(end - max(0, end - 64)))
+    except OSError:
+        return -1
+
+
+def _regions(path: str, offset: int) -> Iterator[bytes]:
+    """A file from `offset`, about a megabyte at a time, in pieces that end at
+    a newline; each piece after the first starts again with the newline that
+    ended the one before, so a "\\n{" is always seen whole, and only once."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        leftover = prefix = b""
+        while True:
+            chunk = handle.read(1 << 20)
+            if not chunk:
+                if leftover:
+                    yield prefix + leftover
+                return
+            block = leftover + chunk
+            cut = block.rfind(b"\n") + 1
+            if cut:
+                yield prefix + block[:cut]
+                prefix = b"\n"
+            leftover = block[cut:]
+
+
+def _scan_into(path: str, index: HistoryIndex | None) -> HistoryIndex | None:
+    """Index the jobs appended to a history file since `index` (all of it when
+    None). None when the file is not in queuectl's layout."""
+    st = os.stat(path)
+    if index is None or index.size < 4:
+        offset, previous = 0, HistoryIndex(st.st_ino)
+    else:
+        offset, previous = index.size - 3, index  # where its closing "\n]\n" was
+    starts = ends = 0
+    head = tail = b""
+    ids: list[bytes] = []
+    for region in _regions(path, offset):
+        if not head:
+            head = region[:3]
+        tail = (tail + region)[-4:]
+        starts += region.count(b"\n{")
+        ends += region.count(b"},\n")
+        ids += re.findall(rb'\n\{"id":"([^"\\]*)"', region)
+    if offset == 0:
+        empty = head == b"[\n]" and tail == b"[\n]\n"
+        shaped = empty or (head == b"[\n{" and tail == b"}\n]\n" and ends == starts - 1)
+    else:
+        shaped = head == b",\n{" and tail == b"}\n]\n" and ends == starts - 1
+    if not shaped or len(ids) != starts:
+        return None
+    result = HistoryIndex(st.st_ino, st.st_size, previous.jobs + starts, bytearray(previous.bits), 0,
+                          st.st_mtime_ns)
+    if result.full():  # keep about 1% false positives: start over with room for four times as many
+        return _rebuild(path, st, result.jobs * 4)
+    for job_id in ids:
+        result.add(job_id)
+    result.check = _tail_check(path, st.st_size)
+    return result
+
+
+def _rebuild(path: str, st: os.stat_result, capacity: int) -> HistoryIndex:
+    bits = 1 << max(16, (capacity * HistoryIndex.BITS_PER_JOB).bit_length())
+    index = HistoryIndex(st.st_ino, st.st_size, 0, bytearray(bits // 8), 0, st.st_mtime_ns)
+    for region in _regions(path, 0):
+        for job_id in re.findall(rb'\n\{"id":"([^"\\]*)"', region):
+            index.add(job_id)
+            index.jobs += 1
+    index.check = _tail_check(path, st.st_size)
+    return index
+
+
+def load_history_indexes(path: str) -> dict[str, HistoryIndex]:
+    """history.idx: {file name: {inode, size, jobs, check, bits (base64)}}; anything unreadable is ignored."""
+    import base64
+
+    try:
+        with open(path, "rb") as handle:
+            raw = json.loads(handle.read())
+        return {name: HistoryIndex(int(v["inode"]), int(v["size"]), int(v["jobs"]),
+                                   bytearray(base64.b64decode(v["bits"])), int(v["check"]), int(v["mtime"]))
+                for name, v in raw.items() if name in HISTORY_FILE_OF.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def dump_history_indexes(indexes: dict[str, HistoryIndex]) -> bytes:
+    import base64
+
+    return json.dumps({name: {"inode": i.inode, "size": i.size, "jobs": i.jobs, "check": i.check, "mtime": i.mtime,
+                              "bits": base64.b64encode(bytes(i.bits)).decode()}
+                       for name, i in indexes.items()}).encode()
+
+
 class Outcome:
     """What became of one claimed job in a worker process.
 
@@ -591,6 +733,7 @@ class Store:
         self.warnings: list[str] = []
         self._home_ready = False
         self._pinned: int | None = None
+        self._indexes: dict[str, HistoryIndex] | None = None
 
     # -- paths, lock and files --------------------------------------------
 
@@ -716,8 +859,8 @@ class Store:
             return self._repair_history(HISTORY_FILE_OF[state])
 
     def history_count(self, state: str) -> int:
-        """Jobs in a history file, counted by lines without parsing them."""
-        return self._scan_history(HISTORY_FILE_OF[state])[0]
+        """Jobs in a history file, from its index (no re-reading of old lines)."""
+        return self._history_index(HISTORY_FILE_OF[state]).jobs
 
     def check_files(self) -> None:
         """Fail early on a damaged state file (history files by their shape)."""
@@ -727,74 +870,71 @@ class Store:
                 self.history_count(state)
 
     def ids_in_history(self, ids: list[str]) -> dict[str, str]:
-        """Which of these ids the history holds, by state, without parsing it."""
+        """Which of these ids the history holds, by state. The index rules most
+        ids out; a possible hit is confirmed by searching the file's text."""
         found: dict[str, str] = {}
         for state, name in HISTORY_FILE_OF.items():
-            for job_id in self._scan_history(name, ids)[1]:
-                found.setdefault(job_id, state)
+            index = self._history_index(name)
+            maybe = [job_id for job_id in ids if job_id not in found and index.might_hold(job_id)]
+            for job_id in self._search_history(name, maybe):
+                found[job_id] = state
         return found
 
     def find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         """The history record of one job, or None (parses only a file that has it)."""
-        for state, name in HISTORY_FILE_OF.items():
-            if self._scan_history(name, [job_id])[1]:
-                for job in self._repair_history(name):
-                    if job.get("id") == job_id:
-                        return state, job
+        found = self.ids_in_history([job_id])
+        if job_id not in found:
+            return None
+        state = found[job_id]
+        for job in self._repair_history(HISTORY_FILE_OF[state]):
+            if job.get("id") == job_id:
+                return state, job
         return None
 
-    def _scan_history(self, name: str, ids: Iterable[str] = ()) -> tuple[int, set[str]]:
-        """Count the jobs of a history file and find which of `ids` it holds,
-        a megabyte at a time, without parsing it.
-
-        It also checks the file's shape: '[', then lines that each hold one
-        object ('{...},' and a last '{...}'), then ']'. A file of any other
-        shape goes through the full parser, which mends a tail torn by a crash
-        or reports the damage.
-        """
-        wanted = set(ids)
-        path = self.path(name)
-        starts = ends = 0
+    def _search_history(self, name: str, ids: list[str]) -> set[str]:
+        """Which of `ids` start a line of the file ('{"id":"..."'), a megabyte at a time."""
+        if not ids:
+            return set()
+        needles = {job_id: f'\n{{"id":{json.dumps(job_id)},'.encode() for job_id in ids}
         found: set[str] = set()
+        for region in _regions(self.path(name), 0):
+            found.update(job_id for job_id, needle in needles.items() if needle in region)
+        return found
+
+    def _history_index(self, name: str) -> HistoryIndex:
+        """The index of a history file, brought up to date by reading only the
+        bytes appended since it was last indexed (all of a file that changed
+        in any other way). The scan also checks the file's shape; a file of
+        any other shape goes through the full parser, which mends a tail torn
+        by a crash or reports the damage."""
+        if self._indexes is None:
+            self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
+        path = self.path(name)
         try:
-            handle = open(path, "rb")
+            st = os.stat(path)
         except FileNotFoundError:
-            return 0, found
+            return HistoryIndex()
         except OSError as error:
             raise QueueError(f"cannot read {path}: {error.strerror}.") from None
-        first = b""
-        last = b""
-        with handle:
-            leftover = b""
-            while True:
-                chunk = handle.read(1 << 20)
-                if not chunk:
-                    break
-                block = leftover + chunk
-                cut = block.rfind(b"\n") + 1
-                region, leftover = block[:cut], block[cut:]
-                if not region:
-                    continue
-                if not first:
-                    first = region[:2]
-                last = (last + region)[-4:]
-                starts += region.count(b"\n{") + region.startswith(b"{")
-                ends += region.count(b"},\n")
-                if wanted and len(wanted) <= 16:
-                    for job_id in wanted:
-                        if (b'{"id":' + json.dumps(job_id).encode()) in region:
-                            found.add(job_id)
-                elif wanted:
-                    present = re.findall(rb'^\{"id":"([^"\\]*)"', region, re.M)
-                    found.update(i.decode() for i in present if i.decode() in wanted)
-        empty = first == b"[\n" and last == b"[\n]\n" and starts == 0
-        shaped = first == b"[\n" and not leftover.strip() and (empty or (last == b"}\n]\n" and ends == starts - 1))
-        if not shaped:
-            if not first and not leftover.strip():
-                raise CorruptFileError(path, "the file is empty")
-            jobs = self._repair_history(name)
-            return len(jobs), {job["id"] for job in jobs if job["id"] in wanted}
-        return starts, found
+        index = self._indexes.get(name)
+        if index is not None and index.fits(path, st):
+            if index.size == st.st_size:
+                return index
+        else:
+            index = None
+        updated = _scan_into(path, index)
+        if updated is None:
+            self._repair_history(name)  # raises, or rewrites the file whole
+            updated = _scan_into(path, None)
+            if updated is None:
+                raise CorruptFileError(path, "it does not hold one job per line")
+        self._indexes[name] = updated
+        if os.path.isdir(self.home):
+            try:
+                atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes), durable=False)
+            except OSError:
+                pass  # only a cache
+        return updated
 
     # -- queue.json, cached ------------------------------------------------
 

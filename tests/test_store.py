@@ -1,0 +1,109 @@
+"""The Store's bookkeeping that the CLI tests cannot see directly: the history
+index, the lock, and reads that must not parse what they do not need."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import queuectl
+
+
+def history(home: Path, ids: list[str], name: str = "processed.json") -> None:
+    lines = [queuectl.dump_line({"id": i, "command": "echo " + "x" * 60, "state": "completed", "attempts": 1})
+             for i in ids]
+    (home / name).write_bytes(queuectl.render_array(lines))
+
+
+def test_history_index_counts_and_finds_ids_across_megabyte_regions(tmp_path: Path) -> None:
+    ids = [f"h{n}" for n in range(30_000)]  # about 3 MB: several read regions
+    history(tmp_path, ids)
+    store = queuectl.Store(str(tmp_path))
+    assert store.history_count("completed") == 30_000
+    assert (tmp_path / "history.idx").exists()
+    probe = ["h0", "h29999", "h12345", "absent", "h30000"]
+    assert store.ids_in_history(probe) == {"h0": "completed", "h29999": "completed", "h12345": "completed"}
+
+
+def test_history_index_reads_only_what_was_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    history(tmp_path, [f"h{n}" for n in range(1000)])
+    queuectl.Store(str(tmp_path)).history_count("completed")  # builds the index
+    store = queuectl.Store(str(tmp_path))
+    store._append("processed.json", [queuectl.dump_line({"id": "late", "command": "x", "state": "completed",
+                                                          "attempts": 1})])
+    offsets = []
+    real = queuectl._regions
+    monkeypatch.setattr(queuectl, "_regions", lambda path, offset: offsets.append(offset) or real(path, offset))
+    fresh = queuectl.Store(str(tmp_path))
+    assert fresh.history_count("completed") == 1001
+    assert fresh.ids_in_history(["late", "h7", "nope"]) == {"late": "completed", "h7": "completed"}
+    size = (tmp_path / "processed.json").stat().st_size
+    assert offsets and offsets[0] > size - 200, f"the whole file was read again: offsets {offsets}"
+
+
+def test_history_index_notices_a_file_rewritten_in_place(tmp_path: Path) -> None:
+    history(tmp_path, ["a1", "a2", "a3"])
+    assert queuectl.Store(str(tmp_path)).history_count("completed") == 3
+    path = tmp_path / "processed.json"
+    text = path.read_text().replace("a3", "b3")  # same size, same inode
+    with open(path, "r+") as handle:
+        handle.write(text)
+    store = queuectl.Store(str(tmp_path))
+    assert store.ids_in_history(["b3", "a3"]) == {"b3": "completed"}
+
+
+def test_a_damaged_line_in_appended_history_is_reported(tmp_path: Path) -> None:
+    history(tmp_path, ["a1", "a2"])
+    queuectl.Store(str(tmp_path)).history_count("completed")
+    path = tmp_path / "processed.json"
+    data = path.read_bytes()
+    path.write_bytes(data[:-3] + b',\n{"id":"a3",\n{"id":"a4","command":"x","state":"completed"}\n]\n')
+    with pytest.raises(queuectl.CorruptFileError, match="processed.json"):
+        queuectl.Store(str(tmp_path)).history_count("completed")
+
+
+def test_the_posix_lock_excludes_another_process_and_times_out(tmp_path: Path) -> None:
+    lock_path = str(tmp_path / "queuectl.lock")
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
+                               lock_path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = queuectl.PosixFileLock(lock_path)
+        started = time.monotonic()
+        with pytest.raises(queuectl.LockTimeout):
+            lock.acquire(timeout=0.3)
+        assert time.monotonic() - started >= 0.3
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.acquire(timeout=5)  # free once the holder is gone
+    lock.release()
+
+
+def test_windows_takes_filelock_and_posix_takes_flock(tmp_path: Path) -> None:
+    import filelock
+
+    assert isinstance(queuectl.make_file_lock(str(tmp_path / "l"), "win32"), filelock.BaseFileLock)
+    assert isinstance(queuectl.make_file_lock(str(tmp_path / "l"), "linux"), queuectl.PosixFileLock)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock is POSIX")
+def test_a_replaced_lock_file_is_locked_anew(tmp_path: Path) -> None:
+    lock_path = tmp_path / "queuectl.lock"
+    lock = queuectl.PosixFileLock(str(lock_path))
+    lock.acquire(timeout=1)
+    lock.release()
+    lock_path.unlink()
+    lock_path.write_text("")
+    lock.acquire(timeout=1)
+    try:
+        assert os.fstat(lock._fd).st_ino == lock_path.stat().st_ino
+    finally:
+        lock.release()
