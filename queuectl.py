@@ -437,6 +437,18 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptFileError(path, "not UTF-8 text") from None
+    if text.startswith("[\n{") and text.endswith("}\n]\n"):
+        # queuectl's own layout: one C-speed parse of the whole array, and the lines beside it
+        try:
+            whole = json.loads(text)
+        except (ValueError, RecursionError):
+            whole = None
+        lines = text[2:-3].split(",\n")
+        if (isinstance(whole, list) and len(whole) == len(lines)
+                and all(isinstance(job, dict) and isinstance(job.get("id"), str)
+                        and line.startswith(f'{{"id":"{job["id"]}"') and line.endswith("}")
+                        for job, line in zip(whole, lines))):
+            return whole, lines, False
     raw_lines = text.split("\n")
     while raw_lines and not raw_lines[-1].strip():
         raw_lines.pop()
@@ -1704,16 +1716,17 @@ def _epoch(text: str | None) -> float:
     if not text:
         return 0.0
     value = _EPOCH_CACHE.get(text)
-    if value is None:
-        value = _utc_epoch(text)
+    if value is not None:
+        return value
+    value = _utc_epoch(text)
     if value is None:
         try:
             value = parse_time(text)
         except QueueError:
             value = 0.0
-        if len(_EPOCH_CACHE) > 100_000:
-            _EPOCH_CACHE.clear()
-        _EPOCH_CACHE[text] = value
+    if len(_EPOCH_CACHE) > 100_000:
+        _EPOCH_CACHE.clear()
+    _EPOCH_CACHE[text] = value
     return value
 
 
@@ -2076,7 +2089,8 @@ class WorkerPool:
             low = want > 0 and backlog <= ahead // 2
             due = self.store.next_due()
             fetch = low and ((due is not None and due <= now_ts()) or self.store.queue_changed())
-            record = waiting_results and (low or self.stopping or clock - last_round >= 0.05)
+            # Results wait for the next claim, for 50 ms, or until every thread is idle.
+            record = waiting_results and (fetch or held == 0 or self.stopping or clock - last_round >= 0.05)
             recover = clock - last_recover >= 1.0
             claimed: list[dict[str, Any]] = []
             if fetch or record or recover:
