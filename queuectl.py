@@ -444,11 +444,14 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
         except (ValueError, RecursionError):
             whole = None
         lines = text[2:-3].split(",\n")
-        if (isinstance(whole, list) and len(whole) == len(lines)
-                and all(isinstance(job, dict) and isinstance(job.get("id"), str)
-                        and line.startswith(f'{{"id":"{job["id"]}"') and line.endswith("}")
-                        for job, line in zip(whole, lines))):
-            return whole, lines, False
+        # Line i must be job i: the same count, and each line starts with its job's id.
+        heads = _LINE_ID.findall(text)
+        if isinstance(whole, list) and len(whole) == len(lines) == len(heads):
+            try:
+                if [job["id"] for job in whole] == heads:
+                    return whole, lines, False
+            except (TypeError, KeyError):
+                pass
     raw_lines = text.split("\n")
     while raw_lines and not raw_lines[-1].strip():
         raw_lines.pop()
@@ -490,13 +493,18 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
 
 def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> None:
     """A job read from a file must be one queuectl can act on."""
+    if (type(job.get("id")) is str and type(job.get("command")) is str and job.get("state") in allowed
+            and type(job.get("attempts", 0)) is int and type(job.get("priority", 0)) is int
+            and type(job.get("max_retries", 0)) is int):
+        return  # the common case, checked fast
     if not isinstance(job.get("id"), str) or not isinstance(job.get("command"), str):
         raise CorruptFileError(path, f"a job without a string id and command: {dump_line(job)[:120]}")
     if job.get("state") not in allowed:
         raise CorruptFileError(path, f"job {job['id']!r} has state {job.get('state')!r}, "
                                      f"expected one of {', '.join(allowed)}")
-    if isinstance(job.get("attempts"), bool) or not isinstance(job.get("attempts", 0), int):
-        raise CorruptFileError(path, f"job {job['id']!r} has a non-integer attempts field")
+    for field in ("attempts", "priority", "max_retries"):
+        if type(job.get(field, 0)) is not int:
+            raise CorruptFileError(path, f"job {job['id']!r} has a {field} that is not a whole number")
 
 
 def _chance() -> float:
@@ -1006,15 +1014,26 @@ class Store:
         return True
 
     def _reset_cache(self, jobs: dict[str, dict[str, Any]], lines: dict[str, str]) -> None:
+        """Index a freshly read queue.json in one pass (what _track and _index do per job)."""
         self._jobs, self._lines = jobs, lines
-        self._seq, self._next_seq = {}, 0
+        self._seq = dict(zip(jobs, range(len(jobs))))
+        self._next_seq = len(jobs)
         self._ready, self._scheduled = [], []
         self._processing, self._failed = set(), set()
-        for job_id, job in jobs.items():
-            self._seq[job_id] = self._next_seq
-            self._next_seq += 1
-            self._track(job)
-            self._index(job)
+        now = now_ts()
+        for seq, (job_id, job) in enumerate(jobs.items()):
+            state = job["state"]
+            if state == "processing":
+                self._processing.add(job_id)
+                continue
+            if state == "failed":
+                self._failed.add(job_id)
+            run_at = job.get("run_at")
+            due = _epoch(run_at) if run_at else 0.0
+            if due <= now:
+                self._ready.append((-job.get("priority", 0), seq, job_id))
+            else:
+                self._scheduled.append((due, job_id))
         heapq.heapify(self._ready)
         heapq.heapify(self._scheduled)
 
@@ -1024,20 +1043,18 @@ class Store:
         self._seq[job["id"]] = self._next_seq
         self._next_seq += 1
         self._track(job)
-        self._index(job, push=True)
+        self._index(job)
 
-    def _index(self, job: dict[str, Any], push: bool = False) -> None:
+    def _index(self, job: dict[str, Any]) -> None:
         """File a claimable job under 'due now' or 'due later'."""
         if job["state"] == "processing":
             return
         run_at = job.get("run_at")
         due = _epoch(run_at) if run_at else 0.0
-        entry_ready = (-int(job.get("priority", 0)), self._seq[job["id"]], job["id"])
         if due <= now_ts():
-            (heapq.heappush(self._ready, entry_ready) if push else self._ready.append(entry_ready))
+            heapq.heappush(self._ready, (-job.get("priority", 0), self._seq[job["id"]], job["id"]))
         else:
-            entry = (due, job["id"])
-            (heapq.heappush(self._scheduled, entry) if push else self._scheduled.append(entry))
+            heapq.heappush(self._scheduled, (due, job["id"]))
 
     def _update(self, job: dict[str, Any]) -> None:
         self._jobs[job["id"]] = job
@@ -1286,7 +1303,7 @@ class Store:
                 if outcome.kind == "interrupted":
                     job["error"] = "interrupted by Ctrl+C; not counted as an attempt"
                 self._update(job)
-                self._index(job, push=True)
+                self._index(job)
                 done.append((job, outcome.kind))
                 continue
             job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
@@ -1309,7 +1326,7 @@ class Store:
                 delay = backoff_delay(job["attempts"], config["backoff_base"], config["max_backoff"])
                 job.update(state="failed", run_at=iso(now + delay))
                 self._update(job)
-                self._index(job, push=True)
+                self._index(job)
                 done.append((job, "failed"))
         # Destination first: a crash between the two writes leaves the job in
         # both files, and the history copy (its latest state) wins on recovery.
@@ -1325,7 +1342,7 @@ class Store:
             _, job_id = heapq.heappop(self._scheduled)
             job = self._jobs.get(job_id)
             if job and job["state"] != "processing":
-                heapq.heappush(self._ready, (-int(job.get("priority", 0)), self._seq[job_id], job_id))
+                heapq.heappush(self._ready, (-job.get("priority", 0), self._seq[job_id], job_id))
         claimed = []
         stamp = iso(now)
         while len(claimed) < want and self._ready:
@@ -1408,7 +1425,7 @@ class Store:
                 job.update(state="pending", attempts=job["attempts"] - 1)
                 job.pop("started_at", None)
                 self._update(job)
-                self._index(job, push=True)
+                self._index(job)
                 recovered.append(job)
                 continue
             job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
@@ -1419,7 +1436,7 @@ class Store:
             else:
                 job["state"] = "pending"
                 self._update(job)
-                self._index(job, push=True)
+                self._index(job)
             recovered.append(job)
         self._append(FAILED_FILE, [dump_line(job) for job in to_failed])
         for job in to_failed:
@@ -1695,7 +1712,7 @@ class _Locked:
 # Where a job line's run_at is. Inside a JSON string every quote is escaped, so
 # markers such as '"state":"pending"' cannot match text inside a command.
 _RUN_AT_IN_LINE = re.compile(r'"run_at":"([^"\\]*)"')
-_LINE_ID = re.compile(r'\{"id":"([^"\\]*)",')
+_LINE_ID = re.compile(r'^\{"id":"([^"\\]*)",', re.M)
 
 
 def _lines_with(text: str, marker: str) -> Iterator[str]:
