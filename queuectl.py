@@ -421,12 +421,13 @@ def dump_line(job: dict[str, Any]) -> str:
     return json.dumps(job, ensure_ascii=False, separators=(",", ":"))
 
 
-def render_array(lines: Iterable[str]) -> bytes:
-    body = ",\n".join(lines)
-    return ("[\n" + body + "\n]\n" if body else "[\n]\n").encode("utf-8")
+def render_array(lines: Iterable[bytes]) -> bytes:
+    """A JSON array with one job (an encoded dump_line) per line."""
+    body = b",\n".join(lines)
+    return b"[\n" + body + b"\n]\n" if body else b"[\n]\n"
 
 
-def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list[str], bool]:
+def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list[bytes], bool]:
     """Parse a one-job-per-line JSON array: (jobs, lines, repaired).
 
     A tail torn by a crash during an append (no closing bracket, a partial
@@ -443,7 +444,7 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
             whole = json.loads(text)
         except (ValueError, RecursionError):
             whole = None
-        lines = text[2:-3].split(",\n")
+        lines = data[2:-3].split(b",\n")
         # Line i must be job i: the same count, and each line starts with its job's id.
         heads = _LINE_ID.findall(text)
         if isinstance(whole, list) and len(whole) == len(lines) == len(heads):
@@ -458,7 +459,7 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
     if not raw_lines:
         raise CorruptFileError(path, "the file is empty")
     jobs: list[dict[str, Any]] = []
-    lines: list[str] = []
+    lines: list[bytes] = []
     closed = raw_lines[-1].strip() == "]"
     if raw_lines[0].strip() == "[":
         body = raw_lines[1:-1] if closed else raw_lines[1:]
@@ -477,7 +478,7 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
                 ok = False
                 break
             jobs.append(job)
-            lines.append(line)
+            lines.append(line.encode("utf-8"))
         if ok and closed:
             return jobs, lines, False
         if ok:
@@ -488,7 +489,7 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
         raise CorruptFileError(path, f"{error}") from None
     if not isinstance(value, list) or not all(isinstance(j, dict) for j in value):
         raise CorruptFileError(path, "expected a JSON array of job objects")
-    return value, [dump_line(j) for j in value], True
+    return value, [dump_line(j).encode("utf-8") for j in value], True
 
 
 def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -740,7 +741,7 @@ class Store:
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._jobs: dict[str, dict[str, Any]] = {}
-        self._lines: dict[str, str] = {}
+        self._lines: dict[str, bytes] = {}  # each job's line as written, so unchanged jobs are not re-serialised
         self._signature: tuple[int, int, int] | None = None
         self._seq: dict[str, int] = {}
         self._next_seq = 0
@@ -1010,7 +1011,7 @@ class Store:
             check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
             added.append((job, line))
         for job, line in added:
-            self._add_to_cache(job, line)
+            self._add_to_cache(job, line.encode("utf-8"))
         return True
 
     def _reset_cache(self, jobs: dict[str, dict[str, Any]], lines: dict[str, str]) -> None:
@@ -1037,9 +1038,9 @@ class Store:
         heapq.heapify(self._ready)
         heapq.heapify(self._scheduled)
 
-    def _add_to_cache(self, job: dict[str, Any], line: str | None = None) -> None:
+    def _add_to_cache(self, job: dict[str, Any], line: bytes | None = None) -> None:
         self._jobs[job["id"]] = job
-        self._lines[job["id"]] = line if line is not None else dump_line(job)
+        self._lines[job["id"]] = line if line is not None else dump_line(job).encode("utf-8")
         self._seq[job["id"]] = self._next_seq
         self._next_seq += 1
         self._track(job)
@@ -1058,7 +1059,7 @@ class Store:
 
     def _update(self, job: dict[str, Any]) -> None:
         self._jobs[job["id"]] = job
-        self._lines[job["id"]] = dump_line(job)
+        self._lines[job["id"]] = dump_line(job).encode("utf-8")
         self._track(job)
 
     def _track(self, job: dict[str, Any]) -> None:
@@ -1104,7 +1105,7 @@ class Store:
         self._append(QUEUE_FILE, lines)
         if cache_current:
             for job, line in zip(jobs, lines):
-                self._add_to_cache(job, line)
+                self._add_to_cache(job, line.encode("utf-8"))
             self._remember_queue_file()
 
     # -- config -------------------------------------------------------------
@@ -1473,7 +1474,7 @@ class Store:
                 requeued.append(job)
             # Destination first (queue.json), then the DLQ without them.
             self._append_queue(requeued)
-            keep = [dump_line(job) for job in dead if job["id"] not in set(ids)]
+            keep = [dump_line(job).encode("utf-8") for job in dead if job["id"] not in set(ids)]
             self._write(FAILED_FILE, render_array(keep))
             return [job["id"] for job in requeued]
 

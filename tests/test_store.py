@@ -15,7 +15,7 @@ import queuectl
 
 
 def history(home: Path, ids: list[str], name: str = "processed.json") -> None:
-    lines = [queuectl.dump_line({"id": i, "command": "echo " + "x" * 60, "state": "completed", "attempts": 1})
+    lines = [queuectl.dump_line({"id": i, "command": "echo " + "x" * 60, "state": "completed", "attempts": 1}).encode()
              for i in ids]
     (home / name).write_bytes(queuectl.render_array(lines))
 

@@ -319,13 +319,13 @@ B = {"id": "b", "command": "echo b ] ,", "state": "completed", "attempts": 2}
 C = {"id": "c", "command": "echo c", "state": "completed", "attempts": 1}
 
 
-def lines_of(*jobs: dict) -> list[str]:
-    return [queuectl.dump_line(job) for job in jobs]
+def lines_of(*jobs: dict) -> list[bytes]:
+    return [queuectl.dump_line(job).encode() for job in jobs]
 
 
 def test_render_array_layout():
     assert queuectl.render_array([]) == b"[\n]\n"
-    assert queuectl.render_array(lines_of(A, B)) == ("[\n" + ",\n".join(lines_of(A, B)) + "\n]\n").encode()
+    assert queuectl.render_array(lines_of(A, B)) == b"[\n" + b",\n".join(lines_of(A, B)) + b"\n]\n"
 
 
 def test_parse_array_file_round_trip():
@@ -363,7 +363,7 @@ def test_parse_array_file_torn_tail_is_dropped_and_reported():
 
 
 def test_parse_array_file_missing_closing_bracket_keeps_every_job():
-    data = ("[\n" + ",\n".join(lines_of(A, B)) + ",\n").encode()
+    data = b"[\n" + b",\n".join(lines_of(A, B)) + b",\n"
     assert queuectl.parse_array_file("p.json", data) == ([A, B], lines_of(A, B), True)
 
 
