@@ -396,13 +396,14 @@ def replace_with_retry(src: str, dst: str, platform: str = sys.platform,
             delay = min(delay * 2, 0.25)
 
 
-def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
-    """Write a temp file in the same folder, fsync, replace: never a torn file."""
+def atomic_write(path: str, data: bytes | list[bytes], durable: bool = True) -> None:
+    """Write a temp file in the same folder, fsync, replace: never a torn file.
+    (data may be a list of pieces, written one after another without joining them.)"""
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.writelines([data] if isinstance(data, bytes) else data)
             handle.flush()
             os.fsync(handle.fileno())
         replace_with_retry(tmp, path)
@@ -445,14 +446,10 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
         except (ValueError, RecursionError):
             whole = None
         lines = data[2:-3].split(b",\n")
-        # Line i must be job i: the same count, and each line starts with its job's id.
-        heads = _LINE_ID.findall(text)
-        if isinstance(whole, list) and len(whole) == len(lines) == len(heads):
-            try:
-                if [job["id"] for job in whole] == heads:
-                    return whole, lines, False
-            except (TypeError, KeyError):
-                pass
+        # Line i must be job i: as many lines as jobs, and every line starts a job.
+        if (isinstance(whole, list) and len(whole) == len(lines) == data.count(b'\n{"id":"')
+                and all(type(job) is dict for job in whole)):
+            return whole, lines, False
     raw_lines = text.split("\n")
     while raw_lines and not raw_lines[-1].strip():
         raw_lines.pop()
@@ -492,12 +489,16 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
     return value, [dump_line(j).encode("utf-8") for j in value], True
 
 
+def _valid_fast(job: dict[str, Any], allowed: tuple[str, ...]) -> bool:
+    return (type(job.get("id")) is str and type(job.get("command")) is str and job.get("state") in allowed
+            and type(job.get("attempts", 0)) is int and type(job.get("priority", 0)) is int
+            and type(job.get("max_retries", 0)) is int)
+
+
 def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> None:
     """A job read from a file must be one queuectl can act on."""
-    if (type(job.get("id")) is str and type(job.get("command")) is str and job.get("state") in allowed
-            and type(job.get("attempts", 0)) is int and type(job.get("priority", 0)) is int
-            and type(job.get("max_retries", 0)) is int):
-        return  # the common case, checked fast
+    if _valid_fast(job, allowed):
+        return
     if not isinstance(job.get("id"), str) or not isinstance(job.get("command"), str):
         raise CorruptFileError(path, f"a job without a string id and command: {dump_line(job)[:120]}")
     if job.get("state") not in allowed:
@@ -802,7 +803,7 @@ class Store:
         except OSError as error:
             raise QueueError(f"cannot read {self.path(name)}: {error.strerror}.") from None
 
-    def _write(self, name: str, data: bytes, durable: bool = True) -> None:
+    def _write(self, name: str, data: bytes | list[bytes], durable: bool = True) -> None:
         self.ensure_home()
         try:
             atomic_write(self.path(name), data, durable)
@@ -975,15 +976,14 @@ class Store:
             return
         data = self._read(QUEUE_FILE) or b""
         jobs, lines, repaired = parse_array_file(path, data)
-        by_id: dict[str, dict[str, Any]] = {}
-        line_of: dict[str, str] = {}
-        for job, line in zip(jobs, lines):
-            check_record(path, job, ACTIVE_STATES)
-            if job["id"] in by_id:
-                raise CorruptFileError(path, f"job {job['id']!r} appears twice")
-            by_id[job["id"]] = job
-            line_of[job["id"]] = line
-        self._reset_cache(by_id, line_of)
+        if not all(_valid_fast(job, ACTIVE_STATES) for job in jobs):
+            for job in jobs:
+                check_record(path, job, ACTIVE_STATES)  # says which job, and what is wrong
+        by_id = {job["id"]: job for job in jobs}
+        if len(by_id) != len(jobs):
+            twice = next(job_id for job_id in by_id if sum(j["id"] == job_id for j in jobs) > 1)
+            raise CorruptFileError(path, f"job {twice!r} appears twice")
+        self._reset_cache(by_id, dict(zip((job["id"] for job in jobs), lines)))
         if repaired:
             self._save_queue()
             self.warnings.append(f"note: repaired {path} (a write had been cut short).")
@@ -1079,7 +1079,8 @@ class Store:
         """Rewrite queue.json. A worker's rounds skip the folder fsync: if a power
         cut loses the rename, the older queue.json is still whole, and the
         history file (fsynced first) says which of its jobs had finished."""
-        self._write(QUEUE_FILE, render_array(self._lines.values()), durable)
+        body = b",\n".join(self._lines.values())
+        self._write(QUEUE_FILE, [b"[\n", body, b"\n]\n"] if body else [b"[\n]\n"], durable)
         self._remember_queue_file()
 
     def _remember_queue_file(self, platform: str = sys.platform) -> None:
