@@ -709,12 +709,13 @@ class Outcome:
     "released" (claimed ahead but never started, handed back at a stop).
     """
 
-    __slots__ = ("job_id", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration")
+    __slots__ = ("job_id", "attempt", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration")
 
-    def __init__(self, job_id: str, kind: str = "ran", exit_code: int | None = None, error: str | None = None,
-                 output_tail: str = "", worker: str | None = None, started: float | None = None,
-                 duration: float | None = None) -> None:
+    def __init__(self, job_id: str, attempt: int, kind: str = "ran", exit_code: int | None = None,
+                 error: str | None = None, output_tail: str = "", worker: str | None = None,
+                 started: float | None = None, duration: float | None = None) -> None:
         self.job_id = job_id
+        self.attempt = attempt
         self.kind = kind
         self.exit_code = exit_code
         self.error = error
@@ -1277,39 +1278,37 @@ class Store:
             self._load_queue()
             config = self.config()
             now = now_ts()
-            recorded = self._record(outcomes, config, now)
+            recorded = self._record(outcomes, config, now, worker)
+            changed = False
             if recover:
-                recorded.extend((job, "recovered") for job in self._recover(config, now, worker))
+                recovered, changed = self._recover(config, now, worker)
+                recorded.extend((job, "recovered") for job in recovered)
             claimed = self._claim(want, worker, now)
-            if recorded or claimed:
+            if recorded or claimed or changed:
                 self._save_queue(durable=False)
             return recorded, claimed
 
-    def _record(self, outcomes: list[Outcome], config: dict[str, Any],
-                now: float) -> list[tuple[dict[str, Any], str]]:
+    def _record(self, outcomes: list[Outcome], config: dict[str, Any], now: float,
+                worker: WorkerIdentity) -> list[tuple[dict[str, Any], str]]:
         done: list[tuple[dict[str, Any], str]] = []
         to_processed: list[dict[str, Any]] = []
         to_failed: list[dict[str, Any]] = []
         for outcome in outcomes:
             job = self._jobs.get(outcome.job_id)
-            if job is None or job["state"] != "processing":
-                continue  # recovered by another process meanwhile; its record wins
+            if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
+                    or job.get("host") != worker.host or job["attempts"] != outcome.attempt):
+                continue  # no longer this worker's claim (it was recovered meanwhile): not ours to record
             job = dict(job)
-            for key in ("pid", "host"):
-                job.pop(key, None)
-            job["updated_at"] = iso(now)
             if outcome.kind != "ran":
                 # Never started, or killed by a second Ctrl+C: not an attempt.
-                job.update(state="pending", attempts=max(0, job["attempts"] - 1))
-                job.pop("started_at", None)
                 if outcome.kind == "interrupted":
                     job["error"] = "interrupted by Ctrl+C; not counted as an attempt"
-                self._update(job)
-                self._index(job)
-                done.append((job, outcome.kind))
+                done.append((self._requeue(job, now, counted=False), outcome.kind))
                 continue
+            for key in ("pid", "host"):
+                job.pop(key, None)
             job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
-                       error=outcome.error, output=outcome.output_tail)
+                       error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
             if outcome.duration is not None:
                 job["duration"] = round(outcome.duration, 3)
             success = outcome.exit_code == 0 and outcome.error is None
@@ -1330,13 +1329,28 @@ class Store:
                 self._update(job)
                 self._index(job)
                 done.append((job, "failed"))
-        # Destination first: a crash between the two writes leaves the job in
-        # both files, and the history copy (its latest state) wins on recovery.
-        self._append(PROCESSED_FILE, [dump_line(job) for job in to_processed])
-        self._append(FAILED_FILE, [dump_line(job) for job in to_failed])
-        for job in to_processed + to_failed:
-            self._remove(job["id"])
+        self._finish(PROCESSED_FILE, to_processed)
+        self._finish(FAILED_FILE, to_failed)
         return done
+
+    def _finish(self, name: str, jobs: list[dict[str, Any]]) -> None:
+        """Move finished jobs to a history file. Destination first: a crash between
+        the two writes leaves a job in both files, and the history copy wins."""
+        self._append(name, [dump_line(job) for job in jobs])
+        for job in jobs:
+            self._remove(job["id"])
+
+    def _requeue(self, job: dict[str, Any], now: float, counted: bool) -> dict[str, Any]:
+        """Back to pending, due now; an attempt that never really ran is not counted."""
+        for key in ("pid", "host"):
+            job.pop(key, None)
+        job.update(state="pending", updated_at=iso(now))
+        if not counted:
+            job["attempts"] = max(0, job["attempts"] - 1)
+            job.pop("started_at", None)
+        self._update(job)
+        self._index(job)
+        return job
 
     def _claim(self, want: int, worker: WorkerIdentity, now: float) -> list[dict[str, Any]]:
         """Highest priority first, then the oldest, among the jobs that are due."""
@@ -1388,64 +1402,55 @@ class Store:
                 return []
         with self.locked():
             self._load_queue()
-            recovered = self._recover(self.config(), now_ts(), None)
-            if recovered:
+            recovered, changed = self._recover(self.config(), now_ts(), None)
+            if changed:
                 self._save_queue()
             return recovered
 
     def _recover(self, config: dict[str, Any], now: float,
-                 me: WorkerIdentity | None) -> list[dict[str, Any]]:
+                 me: WorkerIdentity | None) -> tuple[list[dict[str, Any]], bool]:
+        """Settle the jobs of dead workers. Returns (recovered jobs, whether the queue changed)."""
         processing = [self._jobs[job_id] for job_id in self._processing]
         workers = self.workers()
         dead_workers = [w for w in workers if not w["alive"]
                         and not (me and (w.get("host"), w.get("pid")) == (me.host, me.pid))]
         if not processing and not dead_workers:
-            return []
+            return [], False
         beats = {(w.get("host"), w.get("pid")): _epoch(w["heartbeat_at"]) for w in workers}
         recovered = []
         to_failed = []
+        changed = False
         for job in processing:
             host, pid = job.get("host"), job.get("pid")
             if me is not None and host == me.host and pid == me.pid:
                 continue
-            if worker_alive(host, pid, beats.get((host, pid)), _epoch(job.get("started_at")),
-                            config["lease_timeout"], now):
+            beat = beats.get((host, pid))
+            if worker_alive(host, pid, beat, _epoch(job.get("started_at")), config["lease_timeout"], now):
                 continue
+            changed = True
             if self.find_in_history(job["id"]):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
                 continue
             job = dict(job)
-            for key in ("pid", "host"):
-                job.pop(key, None)
-            job["updated_at"] = iso(now)
-            beat = beats.get((host, pid))
             # Kill the command the dead worker left running, if this host can and
             # the death is recent (an old pid may belong to someone else by now).
             kill = host == HOST and beat is not None and now - beat <= 2 * config["lease_timeout"]
-            if not self._salvage_output(job, host, pid, kill):
-                # Claimed ahead but never started: not an attempt.
-                job.update(state="pending", attempts=job["attempts"] - 1)
-                job.pop("started_at", None)
-                self._update(job)
-                self._index(job)
-                recovered.append(job)
-                continue
-            job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
-                       exit_code=None)
-            if job["attempts"] >= max(1, job.get("max_retries", 1)):
-                job.update(state="dead", finished_at=iso(now))
+            started = self._salvage_output(job, host, pid, kill)
+            if started:
+                job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
+                           exit_code=None)
+            if started and job["attempts"] >= max(1, job.get("max_retries", 1)):
+                for key in ("pid", "host"):
+                    job.pop(key, None)
+                job.update(state="dead", finished_at=iso(now), updated_at=iso(now))
                 to_failed.append(job)
-            else:
-                job["state"] = "pending"
-                self._update(job)
-                self._index(job)
+            else:  # a crash counts as an attempt; a job claimed ahead and never started does not
+                self._requeue(job, now, counted=started)
             recovered.append(job)
-        self._append(FAILED_FILE, [dump_line(job) for job in to_failed])
-        for job in to_failed:
-            self._remove(job["id"])
+        self._finish(FAILED_FILE, to_failed)
         for worker in dead_workers:  # their jobs are settled now
             self.remove_worker_files(worker.get("host", ""), worker.get("pid", 0))
-        return recovered
+        return recovered, changed
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
         """Move dead jobs back to pending with attempts reset to 0."""
@@ -1538,7 +1543,8 @@ class Store:
 
     def write_heartbeat(self, info: dict[str, Any]) -> None:
         os.makedirs(self.path(WORKERS_DIR), mode=0o700, exist_ok=True)
-        atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode())
+        atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode(),
+                     durable=False)
 
     def workers(self) -> list[dict[str, Any]]:
         """Worker processes with their last heartbeat, and whether they look alive."""
@@ -1609,6 +1615,14 @@ def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at
 
 class LockTimeout(Exception):
     pass
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    """Clean-up that must not stop the clean-up after it."""
+    try:
+        action()
+    except (QueueError, OSError):
+        pass
 
 
 def make_file_lock(path: str, platform: str = sys.platform) -> Any:
@@ -1807,7 +1821,6 @@ class Runner:
         self.abort = threading.Event()
         self._lock = threading.Lock()
         self._scratch: dict[str, Any] = {}
-        self._retired = 0
         os.makedirs(self.logs, mode=0o700, exist_ok=True)
         os.makedirs(store.path(WORKERS_DIR), mode=0o700, exist_ok=True)
 
@@ -1833,7 +1846,7 @@ class Runner:
         header = attempt_header(job["id"], job["attempts"], started, worker, self.identity)
         out.write(header)
         out.flush()
-        result = Outcome(job["id"], worker=worker, started=started)
+        result = Outcome(job["id"], job["attempts"], worker=worker, started=started)
         try:
             proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, **popen_options())
@@ -1845,8 +1858,13 @@ class Runner:
             os.pwrite(out.fileno(), f"{proc.pid:<{PID_FIELD}}".encode(), len(header) - PID_FIELD - 1)
         with self._lock:
             self.running[job["id"]] = proc
+        if self.abort.is_set():  # a second Ctrl+C came while it started
+            kill_tree(proc)
         try:
             finished = self._wait(proc, timeout)
+        except BaseException:
+            kill_tree(proc)  # never leave a command running that nobody watches
+            raise
         finally:
             with self._lock:
                 self.running.pop(job["id"], None)
@@ -1890,21 +1908,19 @@ class Runner:
         to them (renamed into logs/) and start the next job on a fresh one."""
         handle = self._scratch.pop(worker)
         handle.close()
-        self._retired += 1
         late = os.path.join(self.logs, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.late.log")
         try:
             os.replace(self.store.scratch_file(self.identity.host, self.identity.pid, worker), late)
         except OSError:
             pass  # Windows: the leftover processes keep it open; the sweep removes it later
 
-    def close(self) -> None:
-        """At exit: close and remove this process's scratch files."""
+    def close(self, remove_files: bool = True) -> None:
+        """At exit: close this process's scratch files, and remove them unless recovery will need them."""
         for worker, handle in list(self._scratch.items()):
             handle.close()
-            try:
-                os.unlink(self.store.scratch_file(self.identity.host, self.identity.pid, worker))
-            except OSError:
-                pass
+            if remove_files:
+                path = self.store.scratch_file(self.identity.host, self.identity.pid, worker)
+                _quietly(lambda path=path: os.unlink(path))
         self._scratch.clear()
 
     def _wait(self, proc: subprocess.Popen, timeout: float | None) -> bool:
@@ -2044,6 +2060,8 @@ class WorkerPool:
         self.stopping = False
         self.interrupts = 0
         self.mean_duration: float | None = None
+        self.last_pickup = time.monotonic()
+        self.job_timeout = float(store.config()["job_timeout"])
         self.started_at = now_ts()
         self.heartbeat_stop = threading.Event()
         self.totals = {"completed": 0, "failed": 0, "dead": 0}
@@ -2068,36 +2086,39 @@ class WorkerPool:
             self._main_loop()
             finished = True
         finally:
+            if not finished:
+                self.runner.kill_all()  # never leave a command running without its worker
             with self.lock:
                 self.closing = True
                 self.work_ready.notify_all()
             for thread in threads:
                 thread.join(timeout=5)
-            self._flush_leftovers()
+            settled = self._flush_leftovers()
             self.heartbeat_stop.set()
             self._restore_signals(previous)
-            self.runner.close()
-            self._clear_stop_flag_if_last()
+            # Unsettled jobs keep this worker's files, so recovery finds them as a dead worker's.
+            self.runner.close(remove_files=settled)
+            _quietly(self._clear_stop_flag_if_last)
             if finished:
                 self.say("Workers stopped; interrupted jobs were returned to pending." if self.interrupts >= 2
                          else "All workers stopped gracefully.")
-            # Last: `worker stop --wait` waits for this file to go (and the pid to end).
-            self.store.remove_worker_files(self.identity.host, self.identity.pid)
+            if settled:  # last: `worker stop --wait` waits for this file to go (and the pid to end)
+                _quietly(lambda: self.store.remove_worker_files(self.identity.host, self.identity.pid))
         return 130 if self.interrupts >= 2 else 0
 
     def _main_loop(self) -> None:
         poll = float(self.store.config()["poll_interval"])
-        last_recover = last_round = next_flag_check = 0.0
+        last_recover = last_round = next_flag_check = last_complaint = 0.0
+        failing_since: float | None = None
         while True:
             clock = time.monotonic()
             if clock >= next_flag_check:
                 next_flag_check = clock + 0.1
                 if self._stop_flag_seen():
                     self.stopping = True
+            if self.stopping and self.backlog:
+                self._release_backlog()
             with self.lock:
-                if self.stopping and self.backlog:
-                    self.results += [Outcome(job["id"], "released") for job in self.backlog]
-                    self.backlog = []
                 waiting_results = len(self.results)
                 backlog = len(self.backlog)
                 held = self.running + backlog
@@ -2112,6 +2133,8 @@ class WorkerPool:
             record = waiting_results and (fetch or held == 0 or self.stopping or clock - last_round >= 0.05)
             recover = clock - last_recover >= 1.0
             claimed: list[dict[str, Any]] = []
+            if backlog and not self.stopping and clock - self.last_pickup > 2 * PREFETCH_WORK_S:
+                self._release_backlog()  # every thread is busy with a long job: let other workers take these
             if fetch or record or recover:
                 with self.lock:
                     outcomes, self.results = self.results, []
@@ -2119,7 +2142,24 @@ class WorkerPool:
                 if recover:
                     last_recover = clock
                 self._learn(outcomes)
-                recorded, claimed = self.store.checkpoint(outcomes, want, self.identity, recover)
+                try:
+                    recorded, claimed = self.store.checkpoint(outcomes, want, self.identity, recover)
+                    self.job_timeout = float(self.store.config()["job_timeout"])
+                    failing_since = None
+                except QueueError as error:
+                    # A lock held too long, a file edited by hand, a full disk: keep the
+                    # results, say so, and try again (Ctrl+C still stops the worker).
+                    with self.lock:
+                        self.results[:0] = outcomes
+                    failing_since = failing_since or clock
+                    if clock - last_complaint >= 10:
+                        self.say(f"error: {error} (retrying)")
+                        last_complaint = clock
+                    if self.stopping and clock - failing_since > 10:
+                        raise
+                    with self.lock:
+                        self.result_ready.wait(1.0)
+                    continue
                 self._report(recorded)
                 if claimed:
                     with self.lock:
@@ -2144,6 +2184,12 @@ class WorkerPool:
             if timeout > 0:
                 self.result_ready.wait(timeout=min(timeout, 0.2))
 
+    def _release_backlog(self) -> None:
+        with self.lock:
+            self.results += [Outcome(job["id"], job["attempts"], "released") for job in self.backlog]
+            self.backlog = []
+        self.mean_duration = None  # claim ahead again only once jobs are short again
+
     def _target(self) -> int:
         """Jobs to hold (running + claimed ahead): one per thread, more for very short jobs."""
         if self.mean_duration is None or self.mean_duration >= PREFETCH_WORK_S:
@@ -2167,34 +2213,38 @@ class WorkerPool:
         due = self.store.next_due()
         return (due is not None and due <= now_ts()) or self.store.has_retries_waiting()
 
-    def _flush_leftovers(self) -> None:
-        """At exit, record whatever is left (released or finished jobs)."""
+    def _flush_leftovers(self) -> bool:
+        """At exit, record whatever is left (released or finished jobs). False if that failed."""
         with self.lock:
-            outcomes = self.results + [Outcome(job["id"], "released") for job in self.backlog]
+            outcomes = self.results + [Outcome(job["id"], job["attempts"], "released") for job in self.backlog]
             self.results, self.backlog = [], []
+            unfinished = self.running
         if outcomes:
             try:
                 recorded, _ = self.store.checkpoint(outcomes, 0, self.identity)
                 self._report(recorded)
             except QueueError as error:
                 self.say(f"error: {error}")
+                return False
+        return unfinished == 0
 
     def _thread_main(self, name: str) -> None:
-        config = self.store.config
         while True:
             with self.lock:
-                while not self.backlog and not self.closing:
-                    self.work_ready.wait()
-                if not self.backlog:
+                while not self.closing and (self.stopping or not self.backlog):
+                    self.work_ready.wait(0.2 if self.stopping else None)
+                if self.closing:
                     return
                 job = self.backlog.pop()
                 self.running += 1
+                self.last_pickup = time.monotonic()
             self.say(f"{name} executing: {job['command']} (attempt {job['attempts']})")
-            timeout = job.get("timeout") or config()["job_timeout"] or None
+            timeout = job.get("timeout") or self.job_timeout or None
             try:
                 outcome = self.runner.run(job, name, timeout)
             except Exception as error:  # never lose the job because of a bug here
-                outcome = Outcome(job["id"], error=f"worker error: {error}", worker=name, started=now_ts())
+                outcome = Outcome(job["id"], job["attempts"], error=f"worker error: {error}", worker=name,
+                                  started=now_ts())
             if outcome.output_tail:
                 self.say(outcome.output_tail.rstrip("\n"))
             with self.lock:
@@ -2239,10 +2289,11 @@ class WorkerPool:
             self._heartbeat_once()
 
     def _heartbeat_interval(self) -> float:
+        """A quarter of the lease (re-read every beat, so a shorter lease applies at once)."""
         try:
-            return max(0.5, min(5.0, float(self.store.config()["lease_timeout"]) / 3))
+            return max(0.2, min(2.0, float(self.store.config()["lease_timeout"]) / 4))
         except QueueError:
-            return 5.0
+            return 0.5
 
     def _stop_flag_seen(self) -> bool:
         requested = self.store.stop_requested_at()
