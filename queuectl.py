@@ -80,6 +80,7 @@ def this_host(platform: str = sys.platform) -> str:
 
 
 HOST = this_host()
+MAX_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z: the last time ISO-8601 with four digits can say
 
 
 class QueueError(Exception):
@@ -157,9 +158,15 @@ def parse_time(text: str) -> float:
             f"run_at {text!r} is not an ISO-8601 time; use e.g. 2026-12-01T09:00:00Z "
             "or 2026-12-01 09:00 (local time)."
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return moment.timestamp()
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()
+        seconds = moment.timestamp()
+    except (ValueError, OverflowError, OSError):
+        seconds = -1.0
+    if not 0 <= seconds < MAX_EPOCH:
+        raise QueueError(f"run_at {text!r} is out of range; use a time between 1970 and 9999.")
+    return seconds
 
 
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -243,6 +250,8 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
         run_at = parse_time(raw["run_at"])
     elif raw.get("delay") is not None:
         run_at = now + parse_duration(raw["delay"], f"{label}: delay")
+        if run_at >= MAX_EPOCH:
+            raise QueueError(f"{label}: delay {raw['delay']!r} reaches past the year 9999.")
     job: dict[str, Any] = {
         "id": job_id,
         "command": command,
@@ -454,7 +463,7 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
     while raw_lines and not raw_lines[-1].strip():
         raw_lines.pop()
     if not raw_lines:
-        raise CorruptFileError(path, "the file is empty")
+        return [], [], True  # created by an append that a crash cut short before its first write
     jobs: list[dict[str, Any]] = []
     lines: list[bytes] = []
     closed = raw_lines[-1].strip() == "]"
@@ -469,6 +478,12 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
                 job = json.loads(line)
             except (ValueError, RecursionError):
                 job = None
+            if job is None and not closed and index == len(body) - 1 and "}" in line:
+                try:  # an append torn after its first bytes ("...},]"): the job before it is whole
+                    line = line[: line.rindex("}") + 1]
+                    job = json.loads(line)
+                except (ValueError, RecursionError):
+                    job = None
             if not isinstance(job, dict):
                 if not closed and index == len(body) - 1:
                     return jobs, lines, True  # the torn tail of an append
@@ -490,9 +505,12 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
 
 
 def _valid_fast(job: dict[str, Any], allowed: tuple[str, ...]) -> bool:
+    timeout = job.get("timeout")
     return (type(job.get("id")) is str and type(job.get("command")) is str and job.get("state") in allowed
-            and type(job.get("attempts", 0)) is int and type(job.get("priority", 0)) is int
-            and type(job.get("max_retries", 0)) is int)
+            and type(job.get("attempts")) is int and type(job.get("priority", 0)) is int
+            and type(job.get("max_retries", 0)) is int
+            and type(job.get("run_at") or "") is str and type(job.get("started_at") or "") is str
+            and (timeout is None or (type(timeout) in (int, float) and timeout >= 0)))
 
 
 def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -504,9 +522,15 @@ def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> No
     if job.get("state") not in allowed:
         raise CorruptFileError(path, f"job {job['id']!r} has state {job.get('state')!r}, "
                                      f"expected one of {', '.join(allowed)}")
-    for field in ("attempts", "priority", "max_retries"):
+    if type(job.get("attempts")) is not int:
+        raise CorruptFileError(path, f"job {job['id']!r} has no whole-number attempts field")
+    for field in ("priority", "max_retries"):
         if type(job.get(field, 0)) is not int:
             raise CorruptFileError(path, f"job {job['id']!r} has a {field} that is not a whole number")
+    for field in ("run_at", "started_at"):
+        if type(job.get(field) or "") is not str:
+            raise CorruptFileError(path, f"job {job['id']!r} has a {field} that is not an ISO-8601 string")
+    raise CorruptFileError(path, f"job {job['id']!r} has a timeout that is not a number of seconds")
 
 
 def _chance() -> float:
@@ -828,7 +852,7 @@ class Store:
             if size:
                 os.lseek(fd, max(0, size - 3), os.SEEK_SET)
                 tail = os.read(fd, 3)
-            if size == 0:
+            if size == 0:  # a new file: its name must be durable too
                 offset, data = 0, "[\n" + ",\n".join(lines) + "\n]\n"
             elif tail == b"\n]\n" and size == 4:  # "[\n]\n": empty array
                 offset, data = 1, "\n" + ",\n".join(lines) + "\n]\n"
@@ -848,6 +872,8 @@ class Store:
             while written < len(payload):
                 written += os.write(fd, payload[written:])
             os.fsync(fd)
+            if size == 0:
+                _fsync_dir(self.home)
         except OSError as error:
             raise QueueError(f"cannot write {path}: {error.strerror}.") from None
         finally:
@@ -863,8 +889,9 @@ class Store:
         else:
             raise QueueError(f"cannot append to {self.path(name)}; it does not end with ']'.")
 
-    def _repair_history(self, name: str) -> list[dict[str, Any]]:
-        """Load a history file, rewriting it if a crash tore its tail."""
+    def _repair_history(self, name: str, relayout: bool = False) -> list[dict[str, Any]]:
+        """Load a history file, rewriting it if a crash tore its tail (or, with
+        relayout, if a person reformatted it: back to one job per line, id first)."""
         data = self._read(name)
         if data is None:
             return []
@@ -872,18 +899,19 @@ class Store:
         state = "completed" if name == PROCESSED_FILE else "dead"
         for job in jobs:
             check_record(self.path(name), job, (state,))
+        if relayout and not repaired:
+            lines = [dump_line({"id": job["id"], **job}).encode("utf-8") for job in jobs]
+            repaired = render_array(lines) != data
         if repaired:
             self._write(name, render_array(lines))
-            self.warnings.append(f"note: repaired {self.path(name)} (a write had been cut short).")
+            self.warnings.append(f"note: rewrote {self.path(name)} in queuectl's layout "
+                                 "(a write had been cut short, or the file was edited).")
         return jobs
-
-    def history(self, state: str) -> list[dict[str, Any]]:
-        with self.locked():
-            return self._repair_history(HISTORY_FILE_OF[state])
 
     def history_count(self, state: str) -> int:
         """Jobs in a history file, from its index (no re-reading of old lines)."""
-        return self._history_index(HISTORY_FILE_OF[state]).jobs
+        with self.locked(write=False):
+            return self._history_index(HISTORY_FILE_OF[state]).jobs
 
     def check_files(self) -> None:
         """Fail early on a damaged state file (history files by their shape)."""
@@ -947,7 +975,7 @@ class Store:
             index = None
         updated = _scan_into(path, index)
         if updated is None:
-            self._repair_history(name)  # raises, or rewrites the file whole
+            self._repair_history(name, relayout=True)  # raises, or rewrites the file whole
             updated = _scan_into(path, None)
             if updated is None:
                 raise CorruptFileError(path, "it does not hold one job per line")
@@ -1166,26 +1194,30 @@ class Store:
             self._append_queue(jobs)
 
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Jobs in one state, or all of them (active first, then history)."""
+        """Jobs in one state, or all of them (active first, then history). A job
+        that a crash left in two files is shown once, as its history copy."""
         with self.locked(write=False):
             if state in ACTIVE_STATES:
-                return self._active(state, limit)
-            result = [] if state else self._active()
-            active_ids = {job["id"] for job in result}
+                return self._finished_elsewhere(self._active(state, limit))
+            result = [] if state else self._finished_elsewhere(self._active())
             for history_state in (("completed", "dead") if state is None else (state,)):
                 if limit is not None and len(result) >= limit:
                     break
-                result.extend(j for j in self._repair_history(HISTORY_FILE_OF[history_state])
-                              if j["id"] not in active_ids)
+                result.extend(self._repair_history(HISTORY_FILE_OF[history_state]))
             return result[:limit] if limit is not None else result
+
+    def _finished_elsewhere(self, active: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Active jobs, less those whose history copy (left by a crash) is their latest state."""
+        done = self.ids_in_history([job["id"] for job in active])
+        return [job for job in active if job["id"] not in done]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.locked(write=False):
-            found = self._active(ids=[job_id])
-            if found:
-                return found[0]
             history = self.find_in_history(job_id)
-            return history[1] if history else None
+            if history:
+                return history[1]
+            found = self._active(ids=[job_id])
+            return found[0] if found else None
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (and how many pending ones wait for a later run_at)."""
@@ -1232,16 +1264,16 @@ class Store:
                      if (head := _LINE_ID.match(line)) and head.group(1) in ids)
         else:
             lines = _lines_with(text, "\n{")
-        result = []
+        result: list[dict[str, Any]] = []
         for line in lines:
+            if limit is not None and len(result) >= limit:
+                break
             try:
                 job = json.loads(line)
             except ValueError as error:
                 raise CorruptFileError(self.path(QUEUE_FILE), str(error)) from None
             check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
             result.append(job)
-            if limit is not None and len(result) >= limit:
-                break
         return result
 
     def _queue_text(self) -> str | None:
@@ -1263,7 +1295,14 @@ class Store:
         if not (text.startswith("[\n{") and text.endswith("}\n]\n")):
             return None
         lines = text.count("\n") - 2
-        if text.count("\n{") != lines or text.count("},\n") != lines - 1 or text.count('"state":"') != lines:
+        if text.count("\n{") != lines or text.count("},\n") != lines - 1:
+            return None
+        if sum(text.count(f'"state":"{state}"') for state in ACTIVE_STATES) != lines:
+            return None  # a job in a state that does not belong here: the full parser says which
+        try:
+            if len(json.loads(text)) != lines:  # one C-speed pass: the file parses
+                return None
+        except (ValueError, RecursionError, TypeError):
             return None
         return text
 
@@ -1456,8 +1495,11 @@ class Store:
         """Move dead jobs back to pending with attempts reset to 0."""
         with self.locked():
             self._load_queue()
-            dead = self._repair_history(FAILED_FILE)
-            dead = [job for job in dead if job["id"] not in self._jobs]
+            # A crash in an earlier retry may have left a copy here of a job that was
+            # queued, or even finished, again since: the newer copy wins, and this one goes.
+            listed = self._repair_history(FAILED_FILE)
+            finished = self.ids_in_history([job["id"] for job in listed])
+            dead = [job for job in listed if job["id"] not in self._jobs and finished.get(job["id"]) != "completed"]
             by_id = {job["id"]: job for job in dead}
             if ids is None:
                 ids = list(by_id)

@@ -362,6 +362,18 @@ def test_parse_array_file_torn_tail_is_dropped_and_reported():
     assert queuectl.parse_array_file("p.json", torn) == ([A, B], lines_of(A, B), True)
 
 
+@pytest.mark.parametrize("data", [b"", b"  \n"])
+def test_an_empty_file_is_an_empty_array_to_repair(data):
+    """An append creates the file before its first write: a crash between leaves it empty."""
+    assert queuectl.parse_array_file("p.json", data) == ([], [], True)
+
+
+def test_an_append_torn_after_its_first_byte_keeps_the_job_before_it():
+    whole = queuectl.render_array(lines_of(A, B))
+    torn = whole[:-3] + b",]\n"  # the append wrote "," over the old "\n]\n" and stopped
+    assert queuectl.parse_array_file("p.json", torn) == ([A, B], lines_of(A, B), True)
+
+
 def test_parse_array_file_missing_closing_bracket_keeps_every_job():
     data = b"[\n" + b",\n".join(lines_of(A, B)) + b",\n"
     assert queuectl.parse_array_file("p.json", data) == ([A, B], lines_of(A, B), True)
@@ -371,14 +383,13 @@ def test_parse_array_file_missing_closing_bracket_keeps_every_job():
     b"[\n" + queuectl.dump_line(A).encode() + b",\ngarbage,\n" + queuectl.dump_line(B).encode() + b"\n]\n",
     b"[\n" + queuectl.dump_line(A).encode() + b",\ngarbage,\n" + queuectl.dump_line(B).encode() + b",\n",
     b"[\n" + queuectl.dump_line(A).encode() + b",\n[1],\n" + queuectl.dump_line(B).encode() + b"\n]\n",
-    b"",
-    b"  \n",
     b"{bad",
     b'{"id":"a"}',
     b"[1, 2]",
     b"\xff\xfe[\n]\n",
 ])
 def test_parse_array_file_damage_is_corrupt(data):
+    """Damage that no crash of queuectl's own writes can leave is reported, never guessed at."""
     with pytest.raises(CorruptFileError, match="p.json"):
         queuectl.parse_array_file("p.json", data)
 
