@@ -185,6 +185,8 @@ def parse_duration(text: Any, what: str = "delay") -> float:
         seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
     if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
         raise QueueError(f"{what} must be a duration of zero or more seconds.")
+    if seconds > 1e9:
+        raise QueueError(f"{what} {text!r} is too long; the most is 1e9 seconds (about 31 years).")
     return seconds
 
 
@@ -271,9 +273,9 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
 
 def decode_input(data: bytes, source: str) -> str:
     """Bytes from a file or stdin: UTF-16 with a BOM (PowerShell 5.1), else UTF-8."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
     try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise QueueError(f"{source} is not UTF-8 or UTF-16 text; save it as UTF-8.") from None
@@ -710,9 +712,12 @@ def load_history_indexes(path: str) -> dict[str, HistoryIndex]:
     try:
         with open(path, "rb") as handle:
             raw = json.loads(handle.read())
-        return {name: HistoryIndex(int(v["inode"]), int(v["size"]), int(v["jobs"]),
-                                   bytearray(base64.b64decode(v["bits"])), int(v["check"]), int(v["mtime"]))
-                for name, v in raw.items() if name in HISTORY_FILE_OF.values()}
+        indexes = {name: HistoryIndex(int(v["inode"]), int(v["size"]), int(v["jobs"]),
+                                      bytearray(base64.b64decode(v["bits"])), int(v["check"]), int(v["mtime"]))
+                   for name, v in raw.items() if name in HISTORY_FILE_OF.values()}
+        if any(len(i.bits) < 8 or len(i.bits) & (len(i.bits) - 1) for i in indexes.values()):
+            return {}
+        return indexes
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -815,7 +820,7 @@ class Store:
     def _signature_of(path: str) -> tuple[int, int, int] | None:
         try:
             st = os.stat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -881,13 +886,9 @@ class Store:
                 os.close(fd)
 
     def _canonicalize(self, name: str) -> None:
-        data = self._read(name)
-        _, lines, _ = parse_array_file(self.path(name), data or b"[\n]\n")
-        rendered = render_array(lines)
-        if rendered.endswith(b"\n]\n") and rendered != data:
-            self._write(name, rendered)
-        else:
-            raise QueueError(f"cannot append to {self.path(name)}; it does not end with ']'.")
+        """Rewrite a file in the layout an append needs (it parses, or it is reported)."""
+        _, lines, _ = parse_array_file(self.path(name), self._read(name) or b"")
+        self._write(name, render_array(lines))
 
     def _repair_history(self, name: str, relayout: bool = False) -> list[dict[str, Any]]:
         """Load a history file, rewriting it if a crash tore its tail (or, with
@@ -1607,6 +1608,8 @@ class Store:
                 beat = _epoch(info["heartbeat_at"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
+            if type(info.get("pid")) is not int or type(info.get("threads", 0)) is not int:
+                continue  # not a heartbeat queuectl wrote
             info["alive"] = worker_alive(info.get("host"), info.get("pid"), beat, beat, lease, now)
             result.append(info)
         return result
@@ -1954,7 +1957,7 @@ class Runner:
         try:
             os.replace(self.store.scratch_file(self.identity.host, self.identity.pid, worker), late)
         except OSError:
-            pass  # Windows: the leftover processes keep it open; the sweep removes it later
+            pass  # cannot happen on POSIX, where this is called
 
     def close(self, remove_files: bool = True) -> None:
         """At exit: close this process's scratch files, and remove them unless recovery will need them."""
@@ -2031,9 +2034,9 @@ def _ends_with_newline(handle: Any, end: int) -> bool:
 
 def children_left(pid: int, platform: str = sys.platform) -> bool:
     """Are processes of the job's group still running after its shell exited?
-    (Windows cannot tell cheaply, so it assumes they are.)"""
+    (Windows cannot tell cheaply; there the next job reuses the scratch file.)"""
     if platform == "win32":
-        return True
+        return False
     try:
         os.killpg(pid, 0)
     except (ProcessLookupError, PermissionError):
@@ -2051,10 +2054,9 @@ def children_left(pid: int, platform: str = sys.platform) -> bool:
 class WorkerIdentity:
     """Who claims: this worker process (pid, host)."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self) -> None:
         self.pid = os.getpid()
         self.host = HOST
-        self.threads = threads
 
 
 class Printer:
@@ -2089,7 +2091,7 @@ class WorkerPool:
         self.count = count
         self.burst = burst
         self.say = say
-        self.identity = WorkerIdentity(count)
+        self.identity = WorkerIdentity()
         store.ensure_home()
         self.runner = Runner(store, self.identity)
         self.lock = threading.Lock()
@@ -2163,7 +2165,8 @@ class WorkerPool:
             with self.lock:
                 waiting_results = len(self.results)
                 backlog = len(self.backlog)
-                held = self.running + backlog
+                busy = self.running
+                held = busy + backlog
             target = self._target()
             ahead = target - self.count  # how many jobs this process claims beyond its threads
             want = 0 if self.stopping else target - held
@@ -2175,7 +2178,7 @@ class WorkerPool:
             record = waiting_results and (fetch or held == 0 or self.stopping or clock - last_round >= 0.05)
             recover = clock - last_recover >= 1.0
             claimed: list[dict[str, Any]] = []
-            if backlog and not self.stopping and clock - self.last_pickup > 2 * PREFETCH_WORK_S:
+            if backlog and busy == self.count and clock - self.last_pickup > 2 * PREFETCH_WORK_S:
                 self._release_backlog()  # every thread is busy with a long job: let other workers take these
             if fetch or record or recover:
                 with self.lock:
@@ -2675,7 +2678,8 @@ def cmd_config_show(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_config_get(args: argparse.Namespace, store: Store) -> int:
-    print(store.config()[config_key(args.key)])
+    value = store.config()[config_key(args.key)]
+    print(json.dumps(value) if args.json else value)
     return 0
 
 
@@ -2772,6 +2776,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p = add("get", cmd_config_get, "one setting", "queuectl config get max_retries", csub)
     p.add_argument("key")
+    p.add_argument("--json", action="store_true", help="print the value as JSON")
     p = add("set", cmd_config_set, "change a setting (saved in config.json)",
             "queuectl config set backoff-base 3", csub)
     p.add_argument("key")
@@ -2799,6 +2804,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = Store(home_dir(args))
     try:
+        if os.path.exists(store.home) and not os.path.isdir(store.home):
+            raise QueueError(f"the data folder {store.home} is a file, not a folder.")
         store.config()  # a damaged config.json stops every command, not only some
         return args.handler(args, store)
     except QueueError as error:
@@ -2808,6 +2815,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as error:  # a file system problem no check above foresaw: still one line
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}.", file=sys.stderr)
         return 1
     finally:
         flush_warnings(store)

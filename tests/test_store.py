@@ -107,3 +107,33 @@ def test_a_replaced_lock_file_is_locked_anew(tmp_path: Path) -> None:
         assert os.fstat(lock._fd).st_ino == lock_path.stat().st_ino
     finally:
         lock.release()
+
+
+class Identity:
+    def __init__(self, pid: int, host: str = queuectl.HOST) -> None:
+        self.pid, self.host = pid, host
+
+
+def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Path) -> None:
+    """Worker A was taken for dead (its lease ran out), B claimed the job again; when A's
+    result finally arrives it must not overwrite B's claim."""
+    store = queuectl.Store(str(tmp_path))
+    config = store.config()
+    store.enqueue([queuectl.normalize_job({"id": "j", "command": "true"}, config)])
+    a, b = Identity(1_000_001), Identity(1_000_002)
+    _, claimed = store.checkpoint([], 1, a)
+    assert claimed[0]["attempts"] == 1
+    with store.locked():  # what recovery does once A counts as dead
+        store._load_queue()
+        store._requeue(dict(store._jobs["j"]), queuectl.now_ts(), counted=True)
+        store._save_queue()
+    _, claimed = store.checkpoint([], 1, b)
+    assert claimed[0]["attempts"] == 2 and claimed[0]["pid"] == b.pid
+    late = queuectl.Outcome("j", 1, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
+    recorded, _ = store.checkpoint([late], 0, a)
+    assert recorded == []
+    job = queuectl.Store(str(tmp_path)).get("j")
+    assert job["state"] == "processing" and job["pid"] == b.pid
+    mine = queuectl.Outcome("j", 2, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
+    recorded, _ = store.checkpoint([mine], 0, b)
+    assert [what for _, what in recorded] == ["completed"]

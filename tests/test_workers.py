@@ -435,6 +435,48 @@ def test_the_command_of_a_killed_worker_is_stopped_before_the_job_runs_again(que
     assert "partial output" in log and "the worker died" in log, "the killed attempt's output is kept in the log"
 
 
+
+def test_jobs_claimed_ahead_are_handed_back_when_a_long_job_blocks_the_threads(queue: Queue, tmp_path: Path) -> None:
+    """A worker claims short jobs ahead of its threads; when its only thread then runs a long
+    job, another worker must not sit idle while those claimed jobs wait."""
+    fast(queue)
+    trace = tmp_path / "ran-by"
+    short = [{"id": f"a{n}", "command": f"echo $PPID >> {q(trace)}"} for n in range(30)]
+    long = [{"id": "long", "command": f"echo $PPID >> {q(trace)}; sleep 4"}]
+    after = [{"id": f"b{n}", "command": f"echo $PPID >> {q(trace)}"} for n in range(30)]
+    enqueue_many(queue, short + long + after)
+    first = queue.start_worker("--count", "1")
+    wait_running(queue, "long", first)
+    second = queue.start_worker()
+    wait_until(lambda: len(lines_of(trace)) == 61, 15, what="every job to run")
+    ran_by_second = [line for line in lines_of(trace) if line == str(second.pid)]
+    assert len(ran_by_second) >= 20, f"the second worker ran {len(ran_by_second)} of the 30 later jobs"
+    assert job_of(queue, "long")["state"] == "processing", "the later jobs ran while the long one still ran"
+    queue.ok("worker", "stop", "--wait")
+    assert finish(first) == 0 and finish(second) == 0
+    assert completed_count(queue) == 61
+
+
+def test_a_worker_keeps_going_through_a_damaged_config_and_runs_nothing_twice(queue: Queue, tmp_path: Path) -> None:
+    fast(queue)
+    trace = tmp_path / "trace"
+    enqueue(queue, "steady", f"echo start >> {q(trace)}; sleep 2; echo end >> {q(trace)}")
+    out = tmp_path / "worker.out"
+    worker = queue.start_worker(log=out)
+    wait_running(queue, "steady", worker)
+    config = queue.home / "config.json"
+    good = config.read_bytes()
+    config.write_text('{"max_retries": ')
+    wait_until(lambda: "retrying" in out.read_text(), 10, what="the worker to report the damaged file")
+    assert worker.poll() is None, "the worker must not exit and leave its command running"
+    config.write_bytes(good)
+    job = wait_for_state(queue, "steady", "completed")
+    assert job["attempts"] == 1
+    assert lines_of(trace) == ["start", "end"]
+    queue.ok("worker", "stop", "--wait")
+    assert finish(worker) == 0
+
+
 def test_worker_stop_lets_the_running_job_finish_then_the_worker_exits(queue: Queue, tmp_path: Path) -> None:
     fast(queue)
     enqueue(queue, "current", "sleep 1.5; echo finished")
