@@ -137,3 +137,13 @@ def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Pa
     mine = queuectl.Outcome("j", 2, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
     recorded, _ = store.checkpoint([mine], 0, b)
     assert [what for _, what in recorded] == ["completed"]
+
+
+def test_the_id_filter_has_few_false_positives_for_ids_that_look_alike(tmp_path: Path) -> None:
+    """ids such as later-063301 and hist-0000001 differ in a few characters; a weak hash put
+    8% of such ids in the filter, and each such miss costs a read of the whole history."""
+    history(tmp_path, [f"hist-{n:07d}" for n in range(20_000)])
+    index = queuectl.Store(str(tmp_path))._history_index("processed.json")
+    assert all(index.might_hold(f"hist-{n:07d}") for n in range(0, 20_000, 97))
+    false_positives = sum(index.might_hold(f"later-{n:06d}") for n in range(60_000, 80_000))
+    assert false_positives <= 20, f"{false_positives} of 20,000 absent ids looked present"
