@@ -1309,10 +1309,11 @@ class Store:
         if sum(text.count(f'"state":"{state}"') for state in ACTIVE_STATES) != lines:
             return None  # a job in a state that does not belong here: the full parser says which
         try:
-            if len(json.loads(text)) != lines:  # one C-speed pass: the file parses
-                return None
-        except (ValueError, RecursionError, TypeError):
+            jobs = json.loads(text)  # one C-speed pass: the file parses, and every job can run
+        except (ValueError, RecursionError):
             return None
+        if len(jobs) != lines or not all(type(job) is dict and _valid_fast(job, ACTIVE_STATES) for job in jobs):
+            return None  # the full parser names the job and what is wrong with it
         return text
 
     def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
