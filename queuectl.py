@@ -935,6 +935,8 @@ class Store:
         found: dict[str, str] = {}
         for state, name in HISTORY_FILE_OF.items():
             index = self._history_index(name)
+            if not index.jobs:
+                continue
             maybe = [job_id for job_id in ids if job_id not in found and index.might_hold(job_id)]
             for job_id in self._search_history(name, maybe):
                 found[job_id] = state
