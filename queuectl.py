@@ -1773,9 +1773,12 @@ class _Locked:
         store._depth += 1
         return store
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         store = self.store
         store._depth -= 1
+        if exc_type is not None and store._depth == 0:
+            # The cache may hold changes that never reached the file: read the file again next time.
+            store._signature = None
         if self.holds_file:
             store._file_lock().release()
         store._thread_lock.release()

@@ -147,3 +147,23 @@ def test_the_id_filter_has_few_false_positives_for_ids_that_look_alike(tmp_path:
     assert all(index.might_hold(f"hist-{n:07d}") for n in range(0, 20_000, 97))
     false_positives = sum(index.might_hold(f"later-{n:06d}") for n in range(60_000, 80_000))
     assert false_positives <= 20, f"{false_positives} of 20,000 absent ids looked present"
+
+
+def test_a_failed_write_does_not_leave_the_cache_ahead_of_the_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round whose queue.json write fails (disk full) must not leave its claims in the
+    process's cache: the next round would think them written and the jobs would be stuck."""
+    store = queuectl.Store(str(tmp_path))
+    store.enqueue([queuectl.normalize_job({"id": "j", "command": "true"}, store.config())])
+    worker = Identity(os.getpid())
+    real = queuectl.atomic_write
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(queuectl, "atomic_write", full_disk)
+    with pytest.raises(queuectl.QueueError, match="queue.json"):
+        store.checkpoint([], 1, worker)
+    monkeypatch.setattr(queuectl, "atomic_write", real)
+    _, claimed = store.checkpoint([], 1, worker)
+    assert [job["id"] for job in claimed] == ["j"], "the job must still be claimable"
