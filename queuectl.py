@@ -881,17 +881,35 @@ class Store:
                 return
             os.lseek(fd, offset, os.SEEK_SET)
             payload = data.encode("utf-8")
-            written = os.write(fd, payload)
-            while written < len(payload):
-                written += os.write(fd, payload[written:])
-            os.fsync(fd)
-            if size == 0:
-                _fsync_dir(self.home)
+            try:
+                written = os.write(fd, payload)
+                while written < len(payload):
+                    written += os.write(fd, payload[written:])
+                os.fsync(fd)
+                if size == 0:
+                    _fsync_dir(self.home)
+            except OSError:
+                # Not acknowledged, so not done: put the old end back (best effort; a
+                # crash instead leaves a tail the next load repairs).
+                _quietly(lambda: self._cut_back(name, size))
+                raise
         except OSError as error:
             raise QueueError(f"cannot write {path}: {error.strerror}.") from None
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _cut_back(self, name: str, size: int) -> None:
+        """Undo an append: the file as it was at `size` bytes (none at 0)."""
+        if size == 0:
+            os.unlink(self.path(name))
+            return
+        fd = os.open(self.path(name), os.O_RDWR | getattr(os, "O_BINARY", 0))
+        try:
+            _write_at(fd, size - 3, b"\n]\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _canonicalize(self, name: str) -> None:
         """Rewrite a file in the layout an append needs (it parses, or it is reported)."""
@@ -1209,26 +1227,38 @@ class Store:
         that a crash left in two files is shown once, as its history copy."""
         with self.locked(write=False):
             if state in ACTIVE_STATES:
-                return self._finished_elsewhere(self._active(state, limit))
-            result = [] if state else self._finished_elsewhere(self._active())
+                return self._latest_only(self._active(state, limit), "active")
+            result = [] if state else self._latest_only(self._active(), "active")
             for history_state in (("completed", "dead") if state is None else (state,)):
                 if limit is not None and len(result) >= limit:
                     break
-                result.extend(self._repair_history(HISTORY_FILE_OF[history_state]))
+                result.extend(self._latest_only(self._repair_history(HISTORY_FILE_OF[history_state]), history_state))
             return result[:limit] if limit is not None else result
 
-    def _finished_elsewhere(self, active: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Active jobs, less those whose history copy (left by a crash) is their latest state."""
-        done = self.ids_in_history([job["id"] for job in active])
-        return [job for job in active if job["id"] not in done]
+    def _latest_only(self, jobs: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+        """These jobs (from queue.json, "active", or a history file), less the copies that a
+        crash between two writes left behind: a job found in two files is shown once, as
+        its latest state (the later updated_at)."""
+        if not jobs:
+            return jobs
+        others: dict[str, dict[str, Any]] = {}
+        if source != "active":
+            others.update((job["id"], job) for job in self._active())
+        if source != "dead":
+            others.update((job["id"], job) for job in self._repair_history(FAILED_FILE))
+        if source != "completed" and "completed" in self.ids_in_history([job["id"] for job in jobs]).values():
+            wanted = {job["id"] for job in jobs}
+            others.update((job["id"], job) for job in self._repair_history(PROCESSED_FILE) if job["id"] in wanted)
+        return [job for job in jobs if job["id"] not in others
+                or _epoch(job.get("updated_at")) >= _epoch(others[job["id"]].get("updated_at"))]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.locked(write=False):
+            copies = self._active(ids=[job_id])
             history = self.find_in_history(job_id)
             if history:
-                return history[1]
-            found = self._active(ids=[job_id])
-            return found[0] if found else None
+                copies.append(history[1])
+            return max(copies, key=lambda job: _epoch(job.get("updated_at")), default=None)
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (and how many pending ones wait for a later run_at)."""
@@ -1250,7 +1280,21 @@ class Store:
                         counts["scheduled"] += 1
             for state in HISTORY_FILE_OF:
                 counts[state] = self.history_count(state)
+            if counts["dead"]:
+                counts["dead"] -= self._stale_dead_count(text)
             return counts
+
+    def _stale_dead_count(self, text: str | None) -> int:
+        """Dead copies that a crash inside `dlq retry` left behind a newer queued copy."""
+        index = self._history_index(FAILED_FILE)
+        queued = ({m.group(1): None for m in _LINE_ID.finditer(text)} if text is not None
+                  else {job["id"]: None for job in self._active(parse_all=True)})
+        maybe = [job_id for job_id in queued if index.might_hold(job_id)]
+        if not maybe:
+            return 0
+        active = {job["id"]: job for job in self._active(ids=maybe)}
+        return sum(1 for job in self._repair_history(FAILED_FILE) if job["id"] in active
+                   and _epoch(active[job["id"]].get("updated_at")) > _epoch(job.get("updated_at")))
 
     def _active(self, state: str | None = None, limit: int | None = None, ids: Iterable[str] | None = None,
                 parse_all: bool = False) -> list[dict[str, Any]]:
@@ -1316,6 +1360,8 @@ class Store:
             return None
         if len(jobs) != lines or not all(type(job) is dict and _valid_fast(job, ACTIVE_STATES) for job in jobs):
             return None  # the full parser names the job and what is wrong with it
+        if len({job["id"] for job in jobs}) != lines:
+            return None  # an id twice: the full parser says which
         return text
 
     def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
@@ -1382,7 +1428,26 @@ class Store:
                 done.append((job, "failed"))
         self._finish(PROCESSED_FILE, to_processed)
         self._finish(FAILED_FILE, to_failed)
+        self._drop_stale_dead(to_processed + to_failed)
         return done
+
+    def _drop_stale_dead(self, written: list[dict[str, Any]]) -> None:
+        """After jobs reached a history file: remove older copies of them from the DLQ, which
+        a crash inside an earlier `dlq retry` may have left there (cheap when there are none)."""
+        index = self._history_index(FAILED_FILE)
+        if not index.jobs or not any(index.might_hold(job["id"]) for job in written):
+            return
+        listed = self._repair_history(FAILED_FILE)
+        newest: dict[str, int] = {}
+        for position, job in enumerate(listed):
+            best = newest.get(job["id"])
+            if best is None or _epoch(job.get("updated_at")) >= _epoch(listed[best].get("updated_at")):
+                newest[job["id"]] = position
+        fresh = {job["id"]: job for job in written}
+        keep = [job for position, job in enumerate(listed) if newest[job["id"]] == position
+                and (job["id"] not in fresh or fresh[job["id"]]["state"] == "dead")]
+        if len(keep) != len(listed):
+            self._write(FAILED_FILE, render_array([dump_line(job).encode("utf-8") for job in keep]))
 
     def _finish(self, name: str, jobs: list[dict[str, Any]]) -> None:
         """Move finished jobs to a history file. Destination first: a crash between
@@ -1479,7 +1544,8 @@ class Store:
             if worker_alive(host, pid, beat, _epoch(job.get("started_at")), config["lease_timeout"], now):
                 continue
             changed = True
-            if self.find_in_history(job["id"]):
+            history = self.find_in_history(job["id"])
+            if history and _epoch(history[1].get("updated_at")) >= _epoch(job.get("updated_at")):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
                 continue
             job = dict(job)
@@ -1510,8 +1576,7 @@ class Store:
             # A crash in an earlier retry may have left a copy here of a job that was
             # queued, or even finished, again since: the newer copy wins, and this one goes.
             listed = self._repair_history(FAILED_FILE)
-            finished = self.ids_in_history([job["id"] for job in listed])
-            dead = [job for job in listed if job["id"] not in self._jobs and finished.get(job["id"]) != "completed"]
+            dead = self._latest_only(listed, "dead")
             by_id = {job["id"]: job for job in dead}
             if ids is None:
                 ids = list(by_id)
@@ -1524,6 +1589,8 @@ class Store:
                     raise QueueError(f"job {job_id!r} is not in the DLQ"
                                      + (f" (it is {where})." if where else " (no such job)."))
             if not ids:
+                if len(dead) != len(listed):
+                    self._write(FAILED_FILE, render_array([dump_line(job).encode("utf-8") for job in dead]))
                 return []
             now = iso(now_ts())
             requeued = []
@@ -1533,9 +1600,17 @@ class Store:
                 job.update(state="pending", attempts=0, updated_at=now)
                 requeued.append(job)
             # Destination first (queue.json), then the DLQ without them.
+            before = self._signature_of(self.path(QUEUE_FILE))
             self._append_queue(requeued)
             keep = [dump_line(job).encode("utf-8") for job in dead if job["id"] not in set(ids)]
-            self._write(FAILED_FILE, render_array(keep))
+            try:
+                self._write(FAILED_FILE, render_array(keep))
+            except QueueError:
+                # Not done, so undone: cut the append off again (a crash here instead
+                # leaves both copies, and the newer one wins).
+                self._signature = None
+                _quietly(lambda: self._cut_back(QUEUE_FILE, before[1] if before else 0))
+                raise
             return [job["id"] for job in requeued]
 
     # -- workers and the stop flag -----------------------------------------
@@ -1671,6 +1746,16 @@ def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at
 
 class LockTimeout(Exception):
     pass
+
+
+def _write_at(fd: int, offset: int, data: bytes) -> None:
+    """Cut a file at offset and write data there."""
+    os.ftruncate(fd, offset)
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, offset)
+    else:
+        os.lseek(fd, offset, os.SEEK_SET)
+        os.write(fd, data)
 
 
 def _quietly(action: Callable[[], object]) -> None:
