@@ -1249,8 +1249,11 @@ class Store:
         if source != "completed" and "completed" in self.ids_in_history([job["id"] for job in jobs]).values():
             wanted = {job["id"] for job in jobs}
             others.update((job["id"], job) for job in self._repair_history(PROCESSED_FILE) if job["id"] in wanted)
+        # On a tie (the same millisecond) the history copy wins: finishing writes it first.
+        keep_tie = source != "active"
         return [job for job in jobs if job["id"] not in others
-                or _epoch(job.get("updated_at")) >= _epoch(others[job["id"]].get("updated_at"))]
+                or _epoch(job.get("updated_at")) > _epoch(others[job["id"]].get("updated_at"))
+                or (keep_tie and job.get("updated_at") == others[job["id"]].get("updated_at"))]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.locked(write=False):
@@ -1645,10 +1648,15 @@ class Store:
                     if not header.startswith(marker):
                         continue
                     command_pid = re.search(rb"command pid (\d+)", header)
-                    if kill and command_pid:
+                    if kill:
                         # The command outlives its worker (own session): stop it
                         # before the job runs again, so it never runs twice at once.
-                        kill_process_group(int(command_pid.group(1)))
+                        if command_pid:
+                            kill_process_group(int(command_pid.group(1)))
+                        else:  # the worker died before it wrote the pid down
+                            identity = WorkerIdentity()
+                            identity.host, identity.pid = host, pid
+                            kill_marked(attempt_mark(job["id"], job["attempts"], identity))
                     size = os.fstat(scratch.fileno()).st_size
                     scratch.seek(0)
                     os.makedirs(self.path(LOGS_DIR), mode=0o700, exist_ok=True)
@@ -1964,39 +1972,58 @@ class Runner:
         self.running: dict[str, subprocess.Popen] = {}
         self.abort = threading.Event()
         self._lock = threading.Lock()
-        self._scratch: dict[str, Any] = {}
+        # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
+        # untouched until it is, as recovery's evidence that the attempt started).
+        self._free: list[tuple[str, Any]] = []
+        self._held: dict[tuple[str, int], tuple[str, Any]] = {}
+        self._made = 0
         os.makedirs(self.logs, mode=0o700, exist_ok=True)
         os.makedirs(store.path(WORKERS_DIR), mode=0o700, exist_ok=True)
 
     def log_path(self, job_id: str) -> str:
         return os.path.join(self.logs, safe_log_name(job_id))
 
-    def _scratch_file(self, worker: str) -> Any:
-        handle = self._scratch.get(worker)
-        if handle is None:
-            path = self.store.scratch_file(self.identity.host, self.identity.pid, worker)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
-            handle = self._scratch[worker] = os.fdopen(fd, "w+b")
+    def _take_scratch(self) -> tuple[str, Any]:
+        with self._lock:
+            if self._free:
+                path, handle = self._free.pop()
+            else:
+                self._made += 1
+                path = self.store.scratch_file(self.identity.host, self.identity.pid, str(self._made))
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+                handle = os.fdopen(fd, "w+b")
         handle.seek(0)
         handle.truncate()
-        return handle
+        return path, handle
+
+    def settled(self, outcomes: list[Outcome]) -> None:
+        """These attempts are recorded: their scratch files may be reused."""
+        with self._lock:
+            for outcome in outcomes:
+                item = self._held.pop((outcome.job_id, outcome.attempt), None)
+                if item:
+                    self._free.append(item)
 
     def run(self, job: dict[str, Any], worker: str, timeout: float | None) -> Outcome:
         import subprocess
 
         started = now_ts()
         clock = time.monotonic()
-        out = self._scratch_file(worker)
+        path, out = self._take_scratch()
         header = attempt_header(job["id"], job["attempts"], started, worker, self.identity)
         out.write(header)
         out.flush()
+        with self._lock:
+            self._held[(job["id"], job["attempts"])] = (path, out)
         result = Outcome(job["id"], job["attempts"], worker=worker, started=started)
+        # The mark lets recovery find the command even if this process dies before it knows its pid.
+        env = dict(os.environ, QUEUECTL_ATTEMPT=attempt_mark(job["id"], job["attempts"], self.identity))
         try:
-            proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL, env=env,
                                     stdout=out, stderr=subprocess.STDOUT, **popen_options())
         except OSError as error:
             result.error = f"could not start the command: {error.strerror}"
-            self._keep_output(job, worker, out, len(header), result)
+            self._keep_output(job, out, len(header), result)
             return result
         if hasattr(os, "pwrite"):  # POSIX: fill in the header's pid without moving the shared offset
             os.pwrite(out.fileno(), f"{proc.pid:<{PID_FIELD}}".encode(), len(header) - PID_FIELD - 1)
@@ -2024,12 +2051,12 @@ class Runner:
         elif proc.returncode != 0:
             result.error = f"exit code {proc.returncode}"
         result.duration = time.monotonic() - clock
-        self._keep_output(job, worker, out, len(header), result)
+        self._keep_output(job, out, len(header), result)
         if children_left(proc.pid):
-            self._retire(job, worker)
+            self._retire(job, path, out)
         return result
 
-    def _keep_output(self, job: dict[str, Any], worker: str, out: Any, start: int, result: Outcome) -> None:
+    def _keep_output(self, job: dict[str, Any], out: Any, start: int, result: Outcome) -> None:
         """Append the attempt to the job's log (unless it succeeded silently) and keep its tail."""
         end = os.fstat(out.fileno()).st_size
         if end > start:
@@ -2047,25 +2074,24 @@ class Runner:
                 log.write(b"\n")
             log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())
 
-    def _retire(self, job: dict[str, Any], worker: str) -> None:
+    def _retire(self, job: dict[str, Any], path: str, handle: Any) -> None:
         """Processes the command left behind still hold the scratch file: hand it
-        to them (renamed into logs/) and start the next job on a fresh one."""
-        handle = self._scratch.pop(worker)
+        to them (renamed into logs/); later jobs use other scratch files."""
+        with self._lock:
+            self._held.pop((job["id"], job["attempts"]), None)
         handle.close()
         late = os.path.join(self.logs, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.late.log")
-        try:
-            os.replace(self.store.scratch_file(self.identity.host, self.identity.pid, worker), late)
-        except OSError:
-            pass  # cannot happen on POSIX, where this is called
+        _quietly(lambda: os.replace(path, late))
 
     def close(self, remove_files: bool = True) -> None:
         """At exit: close this process's scratch files, and remove them unless recovery will need them."""
-        for worker, handle in list(self._scratch.items()):
+        with self._lock:
+            items = self._free + list(self._held.values())
+            self._free, self._held = [], {}
+        for path, handle in items:
             handle.close()
             if remove_files:
-                path = self.store.scratch_file(self.identity.host, self.identity.pid, worker)
                 _quietly(lambda path=path: os.unlink(path))
-        self._scratch.clear()
 
     def _wait(self, proc: subprocess.Popen, timeout: float | None) -> bool:
         """Wait for the command; False when the timeout killed its tree."""
@@ -2099,6 +2125,31 @@ def attempt_header(job_id: str, attempt: int, started: float, worker: str, ident
     worker's scratch file, and kills the command's process group it names."""
     return (f"=== {job_id} attempt {attempt} started {iso(started)} by {worker} "
             f"(pid {identity.pid} on {identity.host}), command pid {'?':<{PID_FIELD}}\n").encode()
+
+
+def attempt_mark(job_id: str, attempt: int, identity: WorkerIdentity) -> str:
+    """The QUEUECTL_ATTEMPT value in the environment of one attempt's command."""
+    return f"{job_id}#{attempt}@{identity.host}:{identity.pid}"
+
+
+def kill_marked(mark: str, proc_root: str = "/proc") -> None:
+    """Kill the process groups whose environment carries this attempt's mark (Linux;
+    elsewhere there is no /proc to look in, and this does nothing)."""
+    import signal
+
+    wanted = f"QUEUECTL_ATTEMPT={mark}".encode() + b"\0"
+    try:
+        pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(os.path.join(proc_root, str(pid), "environ"), "rb") as handle:
+                if wanted not in handle.read() + b"\0":
+                    continue
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def kill_process_group(pid: int, platform: str = sys.platform) -> None:
@@ -2177,6 +2228,7 @@ class Printer:
 # A worker claims jobs ahead of its threads only while jobs are this short, so
 # a second worker process is never kept waiting behind more than this much work.
 PREFETCH_WORK_S = 0.2
+SHORT_JOB_S = 0.02  # below this a thread goes on before its last result is recorded (batched)
 PREFETCH_MAX_PER_THREAD = 64
 
 
@@ -2203,6 +2255,7 @@ class WorkerPool:
         self.stopping = False
         self.interrupts = 0
         self.mean_duration: float | None = None
+        self.unrecorded: set[tuple[str, int]] = set()
         self.last_pickup = time.monotonic()
         self.job_timeout = float(store.config()["job_timeout"])
         self.started_at = now_ts()
@@ -2274,7 +2327,8 @@ class WorkerPool:
             due = self.store.next_due()
             fetch = low and ((due is not None and due <= now_ts()) or self.store.queue_changed())
             # Results wait for the next claim, for 50 ms, or until every thread is idle.
-            record = waiting_results and (fetch or held == 0 or self.stopping or clock - last_round >= 0.05)
+            record = waiting_results and (fetch or held == 0 or self.stopping or clock - last_round >= 0.05
+                                          or not self._short_jobs())
             recover = clock - last_recover >= 1.0
             claimed: list[dict[str, Any]] = []
             if backlog and busy == self.count and clock - self.last_pickup > 2 * PREFETCH_WORK_S:
@@ -2288,6 +2342,7 @@ class WorkerPool:
                 self._learn(outcomes)
                 try:
                     recorded, claimed = self.store.checkpoint(outcomes, want, self.identity, recover)
+                    self._settled(outcomes)
                     self.job_timeout = float(self.store.config()["job_timeout"])
                     failing_since = None
                 except QueueError as error:
@@ -2328,6 +2383,18 @@ class WorkerPool:
             if timeout > 0:
                 self.result_ready.wait(timeout=min(timeout, 0.2))
 
+    def _short_jobs(self) -> bool:
+        """Are jobs so short that recording each result at once would cost more than the jobs?"""
+        return self.mean_duration is not None and self.mean_duration < SHORT_JOB_S
+
+    def _settled(self, outcomes: list[Outcome]) -> None:
+        """These results are recorded: their scratch files are free, their threads may go on."""
+        self.runner.settled(outcomes)
+        with self.lock:
+            for outcome in outcomes:
+                self.unrecorded.discard((outcome.job_id, outcome.attempt))
+            self.work_ready.notify_all()
+
     def _release_backlog(self) -> None:
         with self.lock:
             self.results += [Outcome(job["id"], job["attempts"], "released") for job in self.backlog]
@@ -2366,6 +2433,7 @@ class WorkerPool:
         if outcomes:
             try:
                 recorded, _ = self.store.checkpoint(outcomes, 0, self.identity)
+                self._settled(outcomes)
                 self._report(recorded)
             except QueueError as error:
                 self.say(f"error: {error}")
@@ -2395,6 +2463,13 @@ class WorkerPool:
                 self.results.append(outcome)
                 self.running -= 1
                 self.result_ready.notify()
+                if not self._short_jobs():
+                    # Start the next job only once this result is on disk: a crash then makes at
+                    # most one job per thread run again (for very short jobs, the last ~50 ms too).
+                    key = (outcome.job_id, outcome.attempt)
+                    self.unrecorded.add(key)
+                    while key in self.unrecorded and not self.closing:
+                        self.work_ready.wait()
 
     def _report(self, recorded: list[tuple[dict[str, Any], str]]) -> None:
         for job, what in recorded:
