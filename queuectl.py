@@ -1957,12 +1957,13 @@ def kill_tree(proc: subprocess.Popen, platform: str = sys.platform) -> None:
 class Runner:
     """Runs one attempt of a job: output capture, timeout, tree kill.
 
-    Each thread's command writes into that thread's scratch file in workers/,
-    reused from job to job: creating a file costs more than running `true`.
-    After the attempt its output (if any) is appended to logs/<id>.log, with
-    a header and a footer line; a silent successful attempt leaves no log. A
-    worker that dies mid-job leaves the scratch file, and the job's recovery
-    moves that output into the job's log.
+    A command writes into a scratch file in workers/, taken from a pool that is
+    reused from job to job (creating a file costs more than running `true`);
+    a file goes back to the pool once its attempt's result is recorded. After
+    the attempt its output (if any) is appended to logs/<id>.log, with a header
+    and a footer line; a silent successful attempt leaves no log. A worker that
+    dies leaves its scratch files, and recovery learns from them which attempts
+    had started and moves their output into the jobs' logs.
     """
 
     def __init__(self, store: Store, identity: WorkerIdentity) -> None:
