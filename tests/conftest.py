@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -92,6 +93,18 @@ class Queue:
                 except OSError:
                     pass
                 proc.wait(timeout=10)
+
+
+def fast(queue: Queue, **settings: Any) -> None:
+    """Quick polling, plus any other settings the test needs."""
+    queue.ok("config", "set", "poll_interval", "0.05")
+    for key, value in settings.items():
+        queue.ok("config", "set", key, str(value))
+
+
+def q(path: Path) -> str:
+    """A path quoted for a POSIX shell command line."""
+    return shlex.quote(str(path))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT, Queue, wait_until
+from conftest import Queue, SCRIPT, fast, q, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses SIGKILL, sessions and /proc")
 
@@ -36,17 +36,6 @@ STATE_FILES = ("queue.json", "processed.json", "failed.json")
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def fast(queue: Queue, **settings: Any) -> None:
-    """Quick polling, plus any other settings the test needs."""
-    queue.ok("config", "set", "poll_interval", "0.05")
-    for key, value in settings.items():
-        queue.ok("config", "set", key, str(value))
-
-
-def q(path: Path) -> str:
-    return shlex.quote(str(path))
 
 
 def enqueue_many(queue: Queue, jobs: list[dict[str, Any]], path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT, Queue, wait_until
+from conftest import Queue, SCRIPT, fast, q, wait_until
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and process groups")
 
@@ -30,17 +30,6 @@ PY = shlex.quote(sys.executable)
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def fast(queue: Queue, **settings: Any) -> None:
-    """Quick polling, plus any other settings the test needs."""
-    queue.ok("config", "set", "poll_interval", "0.05")
-    for key, value in settings.items():
-        queue.ok("config", "set", key, str(value))
-
-
-def q(path: Path) -> str:
-    return shlex.quote(str(path))
 
 
 def enqueue(queue: Queue, job_id: str, command: str, *extra: str) -> None:
