@@ -2909,9 +2909,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", metavar="DURATION", help="run after 90, 90s, 5m, 2h")
     p.add_argument("--timeout", metavar="SECONDS", help="kill the command after this long")
 
-    worker = add("worker", None, "start or stop workers", "queuectl worker start --count 4")
-    wsub = worker.add_subparsers(dest="action", metavar="ACTION")
-    wsub.required = True
+    def group(name: str, help_text: str, example: str) -> Any:
+        """A command with its own subcommands (worker, dlq, config)."""
+        actions = add(name, None, help_text, example).add_subparsers(dest="action", metavar="ACTION")
+        actions.required = True
+        return actions
+
+    wsub = group("worker", "start or stop workers", "queuectl worker start --count 4")
     p = add("start", cmd_worker_start, "run workers in the foreground until stopped",
             "queuectl worker start --count 4\nqueuectl worker start --burst     (exit when nothing is due)",
             wsub)
@@ -2934,9 +2938,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
-    dlq = add("dlq", None, "the Dead Letter Queue", "queuectl dlq retry --all")
-    dsub = dlq.add_subparsers(dest="action", metavar="ACTION")
-    dsub.required = True
+    dsub = group("dlq", "the Dead Letter Queue", "queuectl dlq retry --all")
     p = add("list", cmd_dlq_list, "jobs in the DLQ", "queuectl dlq list --json", dsub)
     p.add_argument("--json", action="store_true", help="print a JSON array only")
     p = add("retry", cmd_dlq_retry, "move dead jobs back to pending (attempts reset to 0)",
@@ -2944,9 +2946,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every job in the DLQ")
 
-    config = add("config", None, "show or change settings", "queuectl config set max-retries 5")
-    csub = config.add_subparsers(dest="action", metavar="ACTION")
-    csub.required = True
+    csub = group("config", "show or change settings", "queuectl config set max-retries 5")
     p = add("show", cmd_config_show, "every setting", "queuectl config show --json", csub)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p = add("get", cmd_config_get, "one setting", "queuectl config get max_retries", csub)
