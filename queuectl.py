@@ -234,6 +234,11 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
         raise QueueError(f"{label}: command is required and must be a non-empty string.")
     if "\x00" in command:
         raise QueueError(f"{label}: command must not contain a NUL character.")
+    try:
+        command.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueueError(f"{label}: command holds bytes that are not UTF-8 text; "
+                         "put it in a script file and enqueue a command that runs it.") from None
     max_retries = raw.get("max_retries")
     max_retries = config["max_retries"] if max_retries is None else _check_int(label, "max_retries", max_retries, 0)
     priority = raw.get("priority")
@@ -366,8 +371,7 @@ def parse_json_argument(text: str, warn: Callable[[str], None]) -> list[tuple[st
             shown = text if len(text) <= 200 else text[:200] + "..."
             raise QueueError(f"{strict_error} Received: {shown!r}. {QUOTING_ADVICE}") from None
         value, what = repaired
-        warn(f"note: the JSON argument was repaired ({what}); it was read as "
-             f"{json.dumps(value, ensure_ascii=False)}")
+        warn(f"note: the JSON argument was repaired ({what}); it was read as {json.dumps(value)}")
         return [("the JSON argument", value)]
 
 
@@ -951,6 +955,7 @@ class Store:
         """Which of these ids the history holds, by state. The index rules most
         ids out; a possible hit is confirmed by searching the file's text."""
         found: dict[str, str] = {}
+        ids = [job_id for job_id in ids if ID_PATTERN.match(job_id)]  # no other id can exist
         for state, name in HISTORY_FILE_OF.items():
             index = self._history_index(name)
             if not index.jobs:
@@ -2644,6 +2649,19 @@ def read_input_file(path: str) -> tuple[str, str]:
 
 
 def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
+    notes: list[str] = []  # what a repair of shell-mangled JSON did
+    try:
+        code = _enqueue(args, store, notes)
+    except QueueError as error:
+        if notes:  # one line still: the error, and how the shell's quoting was read
+            raise QueueError(f"{error} ({notes[0][len('note: '):]})") from None
+        raise
+    for note in notes:
+        print(note, file=sys.stderr)
+    return code
+
+
+def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
     sources = [s for s in (args.job, args.json, args.file) if s is not None]
     flags = args.id is not None or args.command is not None
     if len(sources) > 1 or (sources and flags and args.command is not None):
@@ -2657,7 +2675,7 @@ def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
             text, source = read_input_file("-")
             items = parse_job_documents(text, source)
         else:
-            items = parse_json_argument(text, lambda m: print(m, file=sys.stderr))
+            items = parse_json_argument(text, notes.append)
     elif args.command is not None:
         items = [("the job", {"id": args.id, "command": args.command})]
     else:

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -137,6 +137,7 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             state = "failed"
         assert [(job["id"], what) for job, what in recorded] == [(job_id, state)]
+        event(f"finish -> {state}")
         expected.update(state=state, worker=None)
 
     @precondition(lambda self: self.ids_in("processing"))
@@ -191,6 +192,7 @@ class StoreMachine(RuleBasedStateMachine):
     def dlq_retry_all(self) -> None:
         dead = self.ids_in("dead")
         assert sorted(self.store.dlq_retry(None)) == dead
+        event("dlq retry all: " + ("some" if dead else "none"))
         for job_id in dead:
             self.model[job_id].update(state="pending", attempts=0)
 
