@@ -401,6 +401,32 @@ def test_a_job_of_a_killed_worker_returns_to_pending_and_finishes(queue: Queue, 
 
 
 
+
+def test_recovery_after_kill_9_takes_under_5_s_with_default_settings(queue: Queue, tmp_path: Path) -> None:
+    """No config changes at all: poll_interval 0.5, lease_timeout 30."""
+    pids = tmp_path / "pids"
+    enqueue(queue, "slow", f"echo $$ >> {q(pids)}; exec sleep 30")
+    victim = queue.start_worker()
+    wait_running(queue, "slow", victim)
+    rescuer = queue.start_worker("--count", "2")
+    wait_until(lambda: any(w["pid"] == rescuer.pid for w in queue.json("status")["workers"]), 10,
+               what="the second worker's heartbeat")
+    killed = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    job = wait_until(lambda: (lambda j: j if j and j.get("pid") == rescuer.pid else None)(job_of(queue, "slow")),
+                     10, what="the other worker to take the job over")
+    took = time.monotonic() - killed
+    try:
+        assert took < 5, f"recovery took {took:.1f} s"
+        assert job["attempts"] == 2
+    finally:
+        queue.cleanup()
+        wait_until(lambda: len(lines_of(pids)) == 2, 10, what="the second run to start")
+        for pid in lines_of(pids):
+            kill_leftover(int(pid))
+
+
 def test_the_command_of_a_killed_worker_is_stopped_before_the_job_runs_again(queue: Queue, tmp_path: Path) -> None:
     """A command runs in its own session, so it outlives a worker killed with -9. Recovery must
     kill it before the job runs again: never two runs of one job at the same time."""
