@@ -670,12 +670,14 @@ def _regions(path: str, offset: int) -> Iterator[bytes]:
             leftover = block[cut:]
 
 
-def _scan_into(path: str, index: HistoryIndex | None) -> HistoryIndex | None:
+def _scan_into(path: str, index: HistoryIndex | None, room: int = 0) -> HistoryIndex | None:
     """Index the jobs appended to a history file since `index` (all of it when
-    None). None when the file is not in queuectl's layout."""
+    None, with a filter sized for `room` jobs). None when the file is not in
+    queuectl's layout."""
     st = os.stat(path)
     if index is None or index.size < 4:
-        offset, previous = 0, HistoryIndex(st.st_ino)
+        bits = 1 << max(16, (room * HistoryIndex.BITS_PER_JOB).bit_length())
+        offset, previous = 0, HistoryIndex(st.st_ino, bits=bytearray(bits // 8))
     else:
         offset, previous = index.size - 3, index  # where its closing "\n]\n" was
     starts = ends = 0
@@ -697,23 +699,12 @@ def _scan_into(path: str, index: HistoryIndex | None) -> HistoryIndex | None:
         return None
     result = HistoryIndex(st.st_ino, st.st_size, previous.jobs + starts, bytearray(previous.bits), 0,
                           st.st_mtime_ns)
-    if result.full():  # keep about 1% false positives: start over with room for four times as many
-        return _rebuild(path, st, result.jobs * 4)
+    if result.full():  # keep false positives rare: start over with room for four times as many
+        return _scan_into(path, None, room=result.jobs * 4)
     for job_id in ids:
         result.add(job_id)
     result.check = _tail_check(path, st.st_size)
     return result
-
-
-def _rebuild(path: str, st: os.stat_result, capacity: int) -> HistoryIndex:
-    bits = 1 << max(16, (capacity * HistoryIndex.BITS_PER_JOB).bit_length())
-    index = HistoryIndex(st.st_ino, st.st_size, 0, bytearray(bits // 8), 0, st.st_mtime_ns)
-    for region in _regions(path, 0):
-        for job_id in re.findall(rb'\n\{"id":"([^"\\]*)"', region):
-            index.add(job_id)
-            index.jobs += 1
-    index.check = _tail_check(path, st.st_size)
-    return index
 
 
 def load_history_indexes(path: str) -> dict[str, HistoryIndex]:
@@ -798,6 +789,7 @@ class Store:
         self._home_ready = False
         self._pinned: int | None = None
         self._indexes: dict[str, HistoryIndex] | None = None
+        self._checked_text: tuple[tuple[int, int, int], str | None] | None = None
 
     # -- paths, lock and files --------------------------------------------
 
@@ -1348,7 +1340,14 @@ class Store:
             return "[\n]\n"
         if signature == self._signature:
             return render_array(self._lines.values()).decode("utf-8")
-        data = self._read(QUEUE_FILE) or b""
+        if self._checked_text and self._checked_text[0] == signature:
+            return self._checked_text[1]  # `status` reads it twice: check it once
+        text = self._check_queue_text(self._read(QUEUE_FILE) or b"")
+        self._checked_text = (signature, text)
+        return text
+
+    @staticmethod
+    def _check_queue_text(data: bytes) -> str | None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -1540,7 +1539,7 @@ class Store:
                         and not (me and (w.get("host"), w.get("pid")) == (me.host, me.pid))]
         if not processing and not dead_workers:
             return [], False
-        beats = {(w.get("host"), w.get("pid")): _epoch(w["heartbeat_at"]) for w in workers}
+        beats = self.worker_heartbeats(workers)
         recovered = []
         to_failed = []
         changed = False
@@ -1707,15 +1706,17 @@ class Store:
                 beat = _epoch(info["heartbeat_at"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if type(info.get("pid")) is not int or type(info.get("threads", 0)) is not int:
+            if (type(info.get("pid")) is not int or type(info.get("host")) is not str
+                    or type(info.get("threads", 0)) is not int):
                 continue  # not a heartbeat queuectl wrote
             info["alive"] = worker_alive(info.get("host"), info.get("pid"), beat, beat, lease, now)
             result.append(info)
         return result
 
-    def worker_heartbeats(self) -> dict[tuple[str, int], float]:
-        return {(w["host"], w["pid"]): _epoch(w["heartbeat_at"]) for w in self.workers()
-                if isinstance(w.get("pid"), int)}
+    def worker_heartbeats(self, workers: list[dict[str, Any]] | None = None) -> dict[tuple[str, int], float]:
+        """(host, pid) -> last heartbeat, of the given heartbeat files (default: all)."""
+        return {(w["host"], w["pid"]): _epoch(w["heartbeat_at"])
+                for w in (self.workers() if workers is None else workers)}
 
     def request_stop(self) -> None:
         self.ensure_home()

@@ -87,12 +87,20 @@ class Queue:
 
     def cleanup(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                proc.wait(timeout=10)
+            kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a process started in its own session, with its whole group, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def fast(queue: Queue, **settings: Any) -> None:

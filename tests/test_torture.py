@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Queue, SCRIPT, fast, q, wait_until
+from conftest import Queue, SCRIPT, fast, kill_group, q, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses SIGKILL, sessions and /proc")
 
@@ -103,15 +103,7 @@ def processes_of(home: Path, sleep_marker: str | None = None) -> dict[int, str]:
 def kill_everything(queue: Queue, procs: list[subprocess.Popen], sleep_marker: str | None = None) -> None:
     """Cleanup: the processes we started (with their process groups), then whatever they left."""
     for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        kill_group(proc)
     for _ in range(3):  # a dying shell may start one more child: look again
         left = processes_of(queue.home, sleep_marker)
         if not left:
