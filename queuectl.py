@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 QUEUE_FILE = "queue.json"
 PROCESSED_FILE = "processed.json"
 FAILED_FILE = "failed.json"
+CANCELLED_FILE = "cancelled.json"
 CONFIG_FILE = "config.json"
 STOP_FILE = "stop.flag"
 HISTORY_INDEX_FILE = "history.idx"
@@ -51,9 +52,11 @@ LOGS_DIR = "logs"
 WORKERS_DIR = "workers"
 
 ACTIVE_STATES = ("pending", "processing", "failed")
-STATES = ("pending", "processing", "failed", "completed", "dead")
-STATE_SYNONYMS = {"processed": "completed", "dlq": "dead"}
-HISTORY_FILE_OF = {"completed": PROCESSED_FILE, "dead": FAILED_FILE}
+FINISHED_STATES = ("completed", "dead", "cancelled")
+STATES = ACTIVE_STATES + FINISHED_STATES
+STATE_SYNONYMS = {"processed": "completed", "dlq": "dead", "canceled": "cancelled"}
+HISTORY_FILE_OF = {"completed": PROCESSED_FILE, "dead": FAILED_FILE, "cancelled": CANCELLED_FILE}
+STATE_OF_FILE = {name: state for state, name in HISTORY_FILE_OF.items()}
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "max_retries": 3,
@@ -63,6 +66,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lease_timeout": 30,
     "poll_interval": 0.5,
     "failure_rate": 0.0,
+    "log_max_bytes": 10 * 1024 * 1024,
 }
 
 LOCK_TIMEOUT = 30.0
@@ -737,8 +741,9 @@ class Outcome:
     """What became of one claimed job in a worker process.
 
     kind is "ran" (the command ran: exit_code/error say how it went),
-    "interrupted" (killed by a second Ctrl+C: not counted as an attempt) or
-    "released" (claimed ahead but never started, handed back at a stop).
+    "interrupted" (killed by a second Ctrl+C: not counted as an attempt),
+    "released" (claimed ahead but never started, handed back at a stop) or
+    "cancelled" (`queuectl cancel` asked: killed, or never started).
     """
 
     __slots__ = ("job_id", "attempt", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration")
@@ -919,9 +924,8 @@ class Store:
         if data is None:
             return []
         jobs, lines, repaired = parse_array_file(self.path(name), data)
-        state = "completed" if name == PROCESSED_FILE else "dead"
         for job in jobs:
-            check_record(self.path(name), job, (state,))
+            check_record(self.path(name), job, (STATE_OF_FILE[name],))
         if relayout and not repaired:
             lines = [dump_line({"id": job["id"], **job}).encode("utf-8") for job in jobs]
             repaired = render_array(lines) != data
@@ -967,6 +971,13 @@ class Store:
             if job.get("id") == job_id:
                 return state, job
         return None
+
+    def _history_copies(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The jobs of one history file with these ids (the file is parsed only if it has one)."""
+        index = self._history_index(name)
+        maybe = [job_id for job_id in ids if index.jobs and index.might_hold(job_id)]
+        found = self._search_history(name, maybe)
+        return [job for job in self._repair_history(name) if job["id"] in found] if found else []
 
     def _search_history(self, name: str, ids: list[str]) -> set[str]:
         """Which of `ids` start a line of the file ('{"id":"..."'), a megabyte at a time."""
@@ -1226,7 +1237,7 @@ class Store:
             if state in ACTIVE_STATES:
                 return self._latest_only(self._active(state, limit), "active")
             result = [] if state else self._latest_only(self._active(), "active")
-            for history_state in (("completed", "dead") if state is None else (state,)):
+            for history_state in (FINISHED_STATES if state is None else (state,)):
                 if limit is not None and len(result) >= limit:
                     break
                 result.extend(self._latest_only(self._repair_history(HISTORY_FILE_OF[history_state]), history_state))
@@ -1241,11 +1252,9 @@ class Store:
         others: dict[str, dict[str, Any]] = {}
         if source != "active":
             others.update((job["id"], job) for job in self._active())
-        if source != "dead":
-            others.update((job["id"], job) for job in self._repair_history(FAILED_FILE))
-        if source != "completed" and "completed" in self.ids_in_history([job["id"] for job in jobs]).values():
-            wanted = {job["id"] for job in jobs}
-            others.update((job["id"], job) for job in self._repair_history(PROCESSED_FILE) if job["id"] in wanted)
+        for state, name in HISTORY_FILE_OF.items():
+            if state != source:
+                others.update((job["id"], job) for job in self._history_copies(name, [job["id"] for job in jobs]))
         # On a tie (the same millisecond) the history copy wins: finishing writes it first.
         keep_tie = source != "active"
         return [job for job in jobs if job["id"] not in others
@@ -1372,11 +1381,12 @@ class Store:
         return text
 
     def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
-                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]]]:
+                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         """One locked round for a worker process: record what its threads
         finished, recover jobs of dead workers, and claim up to `want` due jobs.
 
-        Returns ([(job, what happened)], [claimed jobs]).
+        Returns ([(job, what happened)], [claimed jobs], [ids of its jobs that
+        `cancel` asked it to stop]).
         """
         with self.locked():
             self._load_queue()
@@ -1390,21 +1400,29 @@ class Store:
             claimed = self._claim(want, worker, now)
             if recorded or claimed or changed:
                 self._save_queue(durable=False)
-            return recorded, claimed
+            cancels = [job_id for job_id in self._processing if (job := self._jobs[job_id]).get("cancel_requested_at")
+                       and job.get("pid") == worker.pid and job.get("host") == worker.host]
+            return recorded, claimed, cancels
 
     def _record(self, outcomes: list[Outcome], config: dict[str, Any], now: float,
                 worker: WorkerIdentity) -> list[tuple[dict[str, Any], str]]:
         done: list[tuple[dict[str, Any], str]] = []
         to_processed: list[dict[str, Any]] = []
         to_failed: list[dict[str, Any]] = []
+        to_cancelled: list[dict[str, Any]] = []
         for outcome in outcomes:
             job = self._jobs.get(outcome.job_id)
             if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
                     or job.get("host") != worker.host or job["attempts"] != outcome.attempt):
                 continue  # no longer this worker's claim (it was recovered meanwhile): not ours to record
             job = dict(job)
-            if outcome.kind != "ran":
+            cancelled = outcome.kind == "cancelled" or "cancel_requested_at" in job
+            if outcome.kind not in ("ran", "cancelled"):
                 # Never started, or killed by a second Ctrl+C: not an attempt.
+                if cancelled:
+                    to_cancelled.append(self._cancelled(job, now, "cancelled before it started"))
+                    done.append((job, "cancelled"))
+                    continue
                 if outcome.kind == "interrupted":
                     job["error"] = "interrupted by Ctrl+C; not counted as an attempt"
                 done.append((self._requeue(job, now, counted=False), outcome.kind))
@@ -1419,10 +1437,15 @@ class Store:
             if success and config["failure_rate"] and _chance() < config["failure_rate"]:
                 success = False
                 job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
-            if success:
+            if success:  # even if a cancel came: it finished first
                 job.update(state="completed", finished_at=iso(now))
                 to_processed.append(job)
                 done.append((job, "completed"))
+            elif cancelled:  # never retried
+                to_cancelled.append(self._cancelled(job, now, f"cancelled; the attempt ended with {outcome.error}"
+                                                    if outcome.kind == "ran" else
+                                                    "cancelled while running; its process tree was killed"))
+                done.append((job, "cancelled"))
             elif job["attempts"] >= max(1, job.get("max_retries", 1)):
                 job.update(state="dead", finished_at=iso(now))
                 to_failed.append(job)
@@ -1435,8 +1458,17 @@ class Store:
                 done.append((job, "failed"))
         self._finish(PROCESSED_FILE, to_processed)
         self._finish(FAILED_FILE, to_failed)
-        self._drop_stale_dead(to_processed + to_failed)
+        self._finish(CANCELLED_FILE, to_cancelled)
+        self._drop_stale_dead(to_processed + to_failed + to_cancelled)
         return done
+
+    @staticmethod
+    def _cancelled(job: dict[str, Any], now: float, error: str | None) -> dict[str, Any]:
+        """A job as recorded in cancelled.json (it is never run, or run again)."""
+        for key in ("pid", "host", "run_at"):
+            job.pop(key, None)
+        job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
+        return job
 
     def _drop_stale_dead(self, written: list[dict[str, Any]]) -> None:
         """After jobs reached a history file: remove older copies of them from the DLQ, which
@@ -1471,6 +1503,8 @@ class Store:
         if not counted:
             job["attempts"] = max(0, job["attempts"] - 1)
             job.pop("started_at", None)
+            if job["attempts"] == 0:
+                job.pop("first_started_at", None)
         self._update(job)
         self._index(job)
         return job
@@ -1494,6 +1528,7 @@ class Store:
             job = dict(job)
             job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
                        started_at=stamp, updated_at=stamp)
+            job.setdefault("first_started_at", stamp)  # for `stats`: the wait from enqueue to first start
             job.pop("run_at", None)
             self._update(job)
             claimed.append(job)
@@ -1541,7 +1576,8 @@ class Store:
             return [], False
         beats = self.worker_heartbeats(workers)
         recovered = []
-        to_failed = []
+        to_failed: list[dict[str, Any]] = []
+        to_cancelled: list[dict[str, Any]] = []
         changed = False
         for job in processing:
             host, pid = job.get("host"), job.get("pid")
@@ -1563,7 +1599,9 @@ class Store:
             if started:
                 job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
                            exit_code=None)
-            if started and job["attempts"] >= max(1, job.get("max_retries", 1)):
+            if "cancel_requested_at" in job:
+                to_cancelled.append(self._cancelled(job, now, "cancelled; its worker had died"))
+            elif started and job["attempts"] >= max(1, job.get("max_retries", 1)):
                 for key in ("pid", "host"):
                     job.pop(key, None)
                 job.update(state="dead", finished_at=iso(now), updated_at=iso(now))
@@ -1572,6 +1610,7 @@ class Store:
                 self._requeue(job, now, counted=started)
             recovered.append(job)
         self._finish(FAILED_FILE, to_failed)
+        self._finish(CANCELLED_FILE, to_cancelled)
         for worker in dead_workers:  # their jobs are settled now
             self.remove_worker_files(worker.get("host", ""), worker.get("pid", 0))
         return recovered, changed
@@ -1620,6 +1659,130 @@ class Store:
                 raise
             return [job["id"] for job in requeued]
 
+    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Cancel jobs. A pending or failed job goes to cancelled.json at once; a
+        processing job is marked, and its worker kills the command and records
+        it (a dead worker's job is settled here). Returns id -> (outcome, state):
+        ("cancelled", was), ("requested", "processing"), ("finished", state) or
+        ("unknown", "")."""
+        with self.locked():
+            self._load_queue()
+            now = now_ts()
+            results: dict[str, tuple[str, str]] = {}
+            to_cancelled = []
+            requested = False
+            for job_id in dict.fromkeys(ids):
+                job = self._jobs.get(job_id)
+                history = self.find_in_history(job_id) if ID_PATTERN.match(job_id) else None
+                if history and (job is None or _epoch(history[1].get("updated_at")) >= _epoch(job.get("updated_at"))):
+                    results[job_id] = ("finished", history[0])  # (a copy left in queue.json by a crash is stale)
+                elif job is None:
+                    results[job_id] = ("unknown", "")
+                elif job["state"] == "processing":
+                    if "cancel_requested_at" not in job:
+                        self._update({**job, "cancel_requested_at": iso(now)})
+                    requested = True
+                    results[job_id] = ("requested", "processing")
+                else:
+                    results[job_id] = ("cancelled", job["state"])
+                    to_cancelled.append(self._cancelled(dict(job), now, f"cancelled while {job['state']}"))
+            self._finish(CANCELLED_FILE, to_cancelled)  # destination first
+            if requested:  # a job whose worker has died is cancelled now, its leftover command killed
+                recovered, _ = self._recover(self.config(), now, None)
+                for job in recovered:
+                    if job["state"] == "cancelled" and results.get(job["id"], ("",))[0] == "requested":
+                        results[job["id"]] = ("cancelled", "processing")
+            if to_cancelled or requested:
+                self._save_queue()
+            return results
+
+    def states_of(self, ids: Iterable[str]) -> dict[str, str]:
+        """The current state of each of these jobs (an unknown id is left out)."""
+        with self.locked(write=False):
+            ids = [job_id for job_id in ids if ID_PATTERN.match(job_id)]
+            active = {job["id"]: job for job in self._active(ids=ids)}
+            states = {job_id: job["state"] for job_id, job in active.items()}
+            rest = [job_id for job_id in ids if job_id not in active]
+            states.update(self.ids_in_history(rest))
+            for job_id in set(active) & set(self.ids_in_history(list(active))):
+                states[job_id] = self.get(job_id)["state"]  # a crash left two copies: the latest wins
+            return states
+
+    def active_jobs(self) -> list[dict[str, Any]]:
+        """Every pending, processing and failed job."""
+        with self.locked(write=False):
+            return self._active()
+
+    def finished_jobs(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Finished jobs (completed, dead, cancelled), those finished at `since` or later."""
+        with self.locked(write=False):
+            jobs = []
+            for state, name in HISTORY_FILE_OF.items():
+                jobs += [job for job in self._latest_only(self._repair_history(name), state)
+                         if since is None or _epoch(job.get("finished_at") or job.get("updated_at")) >= since]
+            return jobs
+
+    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> list[dict[str, Any]]:
+        """Finished jobs in these states that finished before `before` (all when
+        None). With apply, delete them from their history files, and their logs
+        unless another copy of the job remains. Active jobs are never touched."""
+        with self.locked(write=apply):
+            if apply:
+                self._load_queue()
+            removed: list[dict[str, Any]] = []
+            rewrites: list[tuple[str, list[dict[str, Any]]]] = []
+            for state in states:
+                name = HISTORY_FILE_OF[state]
+                listed = self._repair_history(name)
+                keep = [job for job in listed
+                        if before is not None and _epoch(job.get("finished_at") or job.get("updated_at")) >= before]
+                if len(keep) != len(listed):
+                    kept = {id(job) for job in keep}
+                    removed += [job for job in listed if id(job) not in kept]
+                    rewrites.append((name, keep))
+            if not apply or not removed:
+                return removed
+            # A copy in queue.json older than a purged record was left by a crash between two
+            # writes: it goes first, so a crash during the purge cannot bring the job back.
+            stale = [job["id"] for job in removed if (active := self._jobs.get(job["id"]))
+                     and _epoch(active.get("updated_at")) <= _epoch(job.get("updated_at"))]
+            if stale:
+                for job_id in stale:
+                    self._remove(job_id)
+                self._save_queue()
+            for name, keep in rewrites:
+                self._write(name, render_array([dump_line(job).encode("utf-8") for job in keep]))
+            gone = {job["id"] for job in removed}
+            remaining = set(self._jobs) | set(self.ids_in_history(list(gone)))
+            for job_id in gone - remaining:
+                self.remove_logs(job_id)
+            return removed
+
+    def remove_logs(self, job_id: str) -> None:
+        """Delete a job's log, and the output its commands' leftover processes wrote later."""
+        log, late = self.log_files(job_id)
+        for path in [log] + [path for _, path in late]:
+            _quietly(lambda path=path: os.unlink(path))
+
+    def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str]]]:
+        """A job's log (logs/<id>.log), and its late output as [(attempt, logs/<id>.<attempt>.late.log)]."""
+        stem = safe_log_name(job_id)[:-4]
+        folder = self.path(LOGS_DIR)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            names = []
+        attempts = (name[len(stem) + 1:-len(".late.log")] for name in names
+                    if name.startswith(f"{stem}.") and name.endswith(".late.log"))
+        late = sorted((int(n), os.path.join(folder, f"{stem}.{n}.late.log")) for n in attempts if n.isdigit())
+        return os.path.join(folder, f"{stem}.log"), late
+
+    def live_output(self, job: dict[str, Any]) -> str | None:
+        """The scratch file a running attempt writes its output to (None when not running)."""
+        if job.get("state") != "processing":
+            return None
+        return self._attempt_scratch(job, job.get("host", ""), job.get("pid", 0))
+
     # -- workers and the stop flag -----------------------------------------
 
     def worker_file(self, host: str, pid: int, suffix: str = ".json") -> str:
@@ -1640,40 +1803,53 @@ class Store:
             return []
         return [os.path.join(folder, n) for n in names if n.startswith(prefix) and n.endswith(".out")]
 
-    def _salvage_output(self, job: dict[str, Any], host: str, pid: int, kill: bool) -> bool:
-        """Move a dead worker's partial output of this job's attempt into the
-        job's log, after killing what is left of the command when `kill`.
-        Returns whether that attempt had started at all."""
+    def _attempt_scratch(self, job: dict[str, Any], host: str, pid: int) -> str | None:
+        """The scratch file of a worker that holds this job's current attempt."""
         marker = f"=== {job['id']} attempt {job['attempts']} started ".encode()
         for path in self._scratch_files(host, pid):
             try:
                 with open(path, "rb") as scratch:
-                    header = scratch.readline(4096)
-                    if not header.startswith(marker):
-                        continue
-                    command_pid = re.search(rb"command pid (\d+)", header)
-                    if kill:
-                        # The command outlives its worker (own session): stop it
-                        # before the job runs again, so it never runs twice at once.
-                        if command_pid:
-                            kill_process_group(int(command_pid.group(1)))
-                        else:  # the worker died before it wrote the pid down
-                            identity = WorkerIdentity()
-                            identity.host, identity.pid = host, pid
-                            kill_marked(attempt_mark(job["id"], job["attempts"], identity))
-                    size = os.fstat(scratch.fileno()).st_size
-                    scratch.seek(0)
-                    os.makedirs(self.path(LOGS_DIR), mode=0o700, exist_ok=True)
-                    fd = os.open(os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"])),
-                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-                    with os.fdopen(fd, "ab") as log:
-                        copy_bytes(scratch, log, size)
-                        log.write(f"\n=== attempt {job['attempts']} ended: the worker died\n".encode())
-                os.unlink(path)
+                    if scratch.readline(4096).startswith(marker):
+                        return path
             except OSError:
-                pass
-            return True
-        return False
+                continue
+        return None
+
+    def _salvage_output(self, job: dict[str, Any], host: str, pid: int, kill: bool) -> bool:
+        """Move a dead worker's partial output of this job's attempt into the
+        job's log, after killing what is left of the command when `kill`.
+        Returns whether that attempt had started at all."""
+        path = self._attempt_scratch(job, host, pid)
+        if path is None:
+            return False
+        try:
+            with open(path, "rb") as scratch:
+                header = scratch.readline(4096)
+                command_pid = re.search(rb"command pid (\d+)", header)
+                if kill:
+                    # The command outlives its worker (own session): stop it
+                    # before the job runs again, so it never runs twice at once.
+                    if command_pid:
+                        kill_process_group(int(command_pid.group(1)))
+                    else:  # the worker died before it wrote the pid down
+                        identity = WorkerIdentity()
+                        identity.host, identity.pid = host, pid
+                        kill_marked(attempt_mark(job["id"], job["attempts"], identity))
+                size = os.fstat(scratch.fileno()).st_size
+                scratch.seek(0)
+                os.makedirs(self.path(LOGS_DIR), mode=0o700, exist_ok=True)
+                log_path = os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"]))
+                fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+                with os.fdopen(fd, "ab") as log:
+                    copy_bytes(scratch, log, size)
+                    if size and not _ends_with_newline(scratch, size):
+                        log.write(b"\n")
+                    log.write(f"=== attempt {job['attempts']} ended: the worker died\n".encode())
+            cap_log(log_path, int(self.config()["log_max_bytes"]))
+            os.unlink(path)
+        except OSError:
+            pass
+        return True
 
     def remove_worker_files(self, host: str, pid: int) -> None:
         for path in self._scratch_files(host, pid) + [self.worker_file(host, pid)]:
@@ -1927,8 +2103,11 @@ def _epoch(text: str | None) -> float:
 
 
 def safe_log_name(job_id: str) -> str:
-    """A file name for any valid id, on every platform (CON, NUL... on Windows)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:64].rstrip(". ") or "_"
+    """A file name for any valid id, on every platform. A valid id is already a
+    valid name, bar Windows' device names (CON, NUL.txt, ...): those get a '_'
+    in front, which no id can start with. (The '.log' after it means a name
+    never ends in a dot, which Windows would drop.)"""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:64] or "_"
     if stem.split(".")[0].upper() in WINDOWS_RESERVED:
         stem = "_" + stem
     return stem + ".log"
@@ -1977,6 +2156,7 @@ class Runner:
         self.store = store
         self.identity = identity
         self.running: dict[str, subprocess.Popen] = {}
+        self.cancelled: set[str] = set()  # ids `queuectl cancel` asked to stop
         self.abort = threading.Event()
         self._lock = threading.Lock()
         # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
@@ -2025,6 +2205,12 @@ class Runner:
         result = Outcome(job["id"], job["attempts"], worker=worker, started=started)
         # The mark lets recovery find the command even if this process dies before it knows its pid.
         env = dict(os.environ, QUEUECTL_ATTEMPT=attempt_mark(job["id"], job["attempts"], self.identity))
+        if job["id"] in self.cancelled:
+            with self._lock:
+                self.cancelled.discard(job["id"])
+            result.kind = "cancelled"
+            self._keep_output(job, out, len(header), result)
+            return result
         try:
             proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL, env=env,
                                     stdout=out, stderr=subprocess.STDOUT, **popen_options())
@@ -2036,7 +2222,7 @@ class Runner:
             os.pwrite(out.fileno(), f"{proc.pid:<{PID_FIELD}}".encode(), len(header) - PID_FIELD - 1)
         with self._lock:
             self.running[job["id"]] = proc
-        if self.abort.is_set():  # a second Ctrl+C came while it started
+        if self.abort.is_set() or job["id"] in self.cancelled:  # asked for while it started
             kill_tree(proc)
         try:
             finished = self._wait(proc, timeout)
@@ -2046,8 +2232,13 @@ class Runner:
         finally:
             with self._lock:
                 self.running.pop(job["id"], None)
+                cancelled = job["id"] in self.cancelled
+                self.cancelled.discard(job["id"])
         result.exit_code = proc.returncode
-        if self.abort.is_set() and proc.returncode != 0:
+        if cancelled and proc.returncode != 0:
+            result.kind = "cancelled"
+            result.exit_code = None
+        elif self.abort.is_set() and proc.returncode != 0:
             result.kind = "interrupted"
             result.exit_code = None
         elif not finished:
@@ -2059,7 +2250,8 @@ class Runner:
             result.error = f"exit code {proc.returncode}"
         result.duration = time.monotonic() - clock
         self._keep_output(job, out, len(header), result)
-        if children_left(proc.pid):
+        killed = not finished or result.kind != "ran"  # SIGKILL reached its whole group: none will write again
+        if not killed and children_left(proc.pid):
             self._retire(job, path, out)
         return result
 
@@ -2071,15 +2263,24 @@ class Runner:
             result.output_tail = out.read(end - out.tell()).decode("utf-8", errors="replace")
         if end == start and result.kind == "ran" and result.error is None:
             return
-        ending = "interrupted" if result.kind == "interrupted" else (result.error or "exit code 0")
-        fd = os.open(self.log_path(job["id"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0),
-                     0o600)
+        ending = result.kind if result.kind in ("interrupted", "cancelled") else (result.error or "exit code 0")
+        try:
+            limit = int(self.store.config()["log_max_bytes"])
+        except QueueError:
+            limit = DEFAULT_CONFIG["log_max_bytes"]
+        path = self.log_path(job["id"])
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
         with os.fdopen(fd, "ab") as log:
             out.seek(0)
-            copy_bytes(out, log, end)
+            copy_bytes(out, log, start)  # the header
+            if end - start > limit:  # copy only the newest output that the log would keep
+                log.write(f"=== {end - start - limit} bytes of older output removed (log_max_bytes)\n".encode())
+                out.seek(end - limit)
+            copy_bytes(out, log, min(end - start, limit))
             if end > start and not _ends_with_newline(out, end):
                 log.write(b"\n")
             log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())
+        cap_log(path, limit)
 
     def _retire(self, job: dict[str, Any], path: str, handle: Any) -> None:
         """Processes the command left behind still hold the scratch file: hand it
@@ -2114,6 +2315,14 @@ class Runner:
             kill_tree(proc)
             proc.wait()
             return False
+
+    def cancel(self, job_id: str) -> None:
+        """`queuectl cancel`: kill this job's command tree, now or as it starts."""
+        with self._lock:
+            self.cancelled.add(job_id)
+            proc = self.running.get(job_id)
+        if proc is not None:
+            kill_tree(proc)
 
     def kill_all(self) -> None:
         """Second Ctrl+C: kill every running command's process tree."""
@@ -2172,6 +2381,23 @@ def kill_process_group(pid: int, platform: str = sys.platform) -> None:
             os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def cap_log(path: str, limit: int) -> None:
+    """Keep a log at most `limit` bytes, dropping its oldest lines (a note says so)."""
+    try:
+        size = os.path.getsize(path)
+        if size <= limit:
+            return
+        note = f"=== older output removed: this log keeps the newest {limit} bytes (log_max_bytes)\n".encode()
+        with open(path, "rb") as handle:
+            handle.seek(size - max(0, limit - len(note)))
+            kept = handle.read()
+        if b"\n" in kept[:-1]:
+            kept = kept[kept.index(b"\n") + 1:]  # start at a whole line
+        atomic_write(path, [note, kept], durable=False)
+    except OSError:
+        pass  # the log stays longer than asked; the job's result does not depend on it
 
 
 def copy_bytes(source: Any, target: Any, size: int) -> None:
@@ -2267,7 +2493,8 @@ class WorkerPool:
         self.job_timeout = float(store.config()["job_timeout"])
         self.started_at = now_ts()
         self.heartbeat_stop = threading.Event()
-        self.totals = {"completed": 0, "failed": 0, "dead": 0}
+        self.totals = {"completed": 0, "failed": 0, "dead": 0, "cancelled": 0}
+        self.cancels_seen: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -2305,6 +2532,9 @@ class WorkerPool:
             if finished:
                 self.say("Workers stopped; interrupted jobs were returned to pending." if self.interrupts >= 2
                          else "All workers stopped gracefully.")
+            t = self.totals
+            self.say(f"Summary: {t['completed']} completed, {t['failed']} failed attempt(s), {t['dead']} dead, "
+                     f"{t['cancelled']} cancelled in {now_ts() - self.started_at:.1f} s.")
             if settled:  # last: `worker stop --wait` waits for this file to go (and the pid to end)
                 _quietly(lambda: self.store.remove_worker_files(self.identity.host, self.identity.pid))
         return 130 if self.interrupts >= 2 else 0
@@ -2348,8 +2578,9 @@ class WorkerPool:
                     last_recover = clock
                 self._learn(outcomes)
                 try:
-                    recorded, claimed = self.store.checkpoint(outcomes, want, self.identity, recover)
+                    recorded, claimed, cancels = self.store.checkpoint(outcomes, want, self.identity, recover)
                     self._settled(outcomes)
+                    self._cancel(cancels)
                     self.job_timeout = float(self.store.config()["job_timeout"])
                     failing_since = None
                 except QueueError as error:
@@ -2402,6 +2633,21 @@ class WorkerPool:
                 self.unrecorded.discard((outcome.job_id, outcome.attempt))
             self.work_ready.notify_all()
 
+    def _cancel(self, ids: list[str]) -> None:
+        """Stop the jobs `queuectl cancel` asked for: kill a running command's tree;
+        a job claimed ahead goes back unstarted, and is recorded as cancelled."""
+        ids = [job_id for job_id in ids if job_id not in self.cancels_seen]
+        if not ids:
+            return
+        self.cancels_seen.update(ids)
+        with self.lock:
+            waiting = [job for job in self.backlog if job["id"] in ids]
+            self.backlog = [job for job in self.backlog if job["id"] not in ids]
+            self.results += [Outcome(job["id"], job["attempts"], "released") for job in waiting]
+            self.result_ready.notify()
+        for job_id in set(ids) - {job["id"] for job in waiting}:
+            self.runner.cancel(job_id)
+
     def _release_backlog(self) -> None:
         with self.lock:
             self.results += [Outcome(job["id"], job["attempts"], "released") for job in self.backlog]
@@ -2439,7 +2685,7 @@ class WorkerPool:
             unfinished = self.running
         if outcomes:
             try:
-                recorded, _ = self.store.checkpoint(outcomes, 0, self.identity)
+                recorded, _, _ = self.store.checkpoint(outcomes, 0, self.identity)
                 self._settled(outcomes)
                 self._report(recorded)
             except QueueError as error:
@@ -2494,6 +2740,9 @@ class WorkerPool:
                 self.totals["dead"] += 1
                 self.say(f"{name} failed: {job['id']} ({job['error']}); moved to the DLQ after "
                          f"{job['attempts']} attempt(s)")
+            elif what == "cancelled":
+                self.totals["cancelled"] += 1
+                self.say(f"{name} cancelled: {job['id']}")
             elif what == "interrupted":
                 self.say(f"{name} interrupted: {job['id']} returned to pending")
             elif what == "recovered":
@@ -2587,6 +2836,7 @@ CONFIG_RULES: dict[str, tuple[type, float, float | None]] = {
     "lease_timeout": (float, 1, None),
     "poll_interval": (float, 0.01, 60),
     "failure_rate": (float, 0, 1),
+    "log_max_bytes": (int, 1024, None),
 }
 
 
@@ -2771,13 +3021,14 @@ def cmd_status(args: argparse.Namespace, store: Store) -> int:
     print(f"Completed Jobs : {c['completed']}")
     print(f"Failed Jobs    : {c['failed']}{waiting}")
     print(f"Dead Jobs (DLQ): {c['dead']}")
+    print(f"Cancelled Jobs : {c['cancelled']}")
     print(f"Worker State   : {state}")
     print(f"Data folder    : {data['home']}")
     return 0
 
 
 def job_time_column(job: dict[str, Any]) -> str:
-    stamp = job.get("finished_at") if job["state"] in ("completed", "dead") else (
+    stamp = job.get("finished_at") if job["state"] in FINISHED_STATES else (
         job.get("started_at") if job["state"] == "processing" else job.get("run_at"))
     if not stamp:
         return "now" if job["state"] == "pending" else "-"
@@ -2830,16 +3081,418 @@ def cmd_show(args: argparse.Namespace, store: Store) -> int:
         print_json(job)
         return 0
     order = ["id", "state", "command", "attempts", "max_retries", "priority", "timeout", "run_at",
-             "created_at", "updated_at", "started_at", "finished_at", "worker", "pid", "host",
-             "exit_code", "error"]
+             "created_at", "updated_at", "first_started_at", "started_at", "finished_at", "duration",
+             "cancel_requested_at", "worker", "pid", "host", "exit_code", "error"]
     keys = [k for k in order if k in job] + [k for k in job if k not in order and k != "output"]
+    width = max(len(key) for key in keys)
     for key in keys:
-        print(f"{key:<12}: {'-' if job[key] is None else job[key]}")
-    print(f"{'log':<12}: {os.path.join(store.home, LOGS_DIR, safe_log_name(job['id']))}")
+        print(f"{key:<{width}}: {'-' if job[key] is None else job[key]}")
+    print(f"{'log':<{width}}: {store.log_files(job['id'])[0]}")
     if job.get("output"):
         print("output (last part):")
         print(job["output"].rstrip("\n"))
     return 0
+
+
+# -- logs -------------------------------------------------------------------
+
+_LOG_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), command pid \S*\s*\Z")
+_LOG_FOOTER = re.compile(rb"=== attempt (\d+) ended: (.*?)\s*\Z")
+
+
+class Attempt:
+    """One attempt as a job's log holds it: its header fields, output and ending."""
+
+    def __init__(self, number: int | None, started: str = "", worker: str = "") -> None:
+        self.number = number
+        self.started = started
+        self.worker = worker
+        self.output: list[bytes] = []
+        self.ending: str | None = None  # None while it runs (or if the log lost its end)
+
+    def title(self) -> str:
+        number = "?" if self.number is None else self.number
+        start = f", started {self.started} by {self.worker}" if self.started else " (its start was cut off)"
+        return f"=== attempt {number}{start}: {self.ending or 'running'}"
+
+
+def _attempt_from_header(line: bytes, job_id: str) -> Attempt | None:
+    """The Attempt an attempt header line starts (None: not a header of this job)."""
+    match = _LOG_HEADER.match(line)
+    if not match or match.group(1).decode("utf-8", "replace") != job_id:
+        return None
+    text = [group.decode("utf-8", "replace") for group in match.groups()]
+    return Attempt(int(text[1]), text[2], f"{text[3]} (pid {text[4]} on {text[5]})")
+
+
+def parse_log(data: bytes, job_id: str) -> list[Attempt]:
+    """Split a job's log into attempts. A header of another id (two ids that differ
+    only in case share a file on Windows and macOS) starts a block that is skipped."""
+    attempts: list[Attempt] = []
+    current: Attempt | None = None
+    skipping = False
+    for line in data.splitlines(keepends=True):
+        if current is None and not skipping:
+            if _LOG_HEADER.match(line):
+                current = _attempt_from_header(line, job_id)
+                skipping = current is None
+                if current:
+                    attempts.append(current)
+                continue
+            if line.startswith(b"=== older output removed"):
+                continue
+            current = Attempt(None)  # the start of this attempt was cut off by log_max_bytes
+            attempts.append(current)
+        footer = _LOG_FOOTER.match(line)
+        if footer and (current is None or current.number in (None, int(footer.group(1)))):
+            if current is not None:
+                current.number = int(footer.group(1))
+                current.ending = footer.group(2).decode("utf-8", "replace")
+            current, skipping = None, False
+        elif current is not None:
+            current.output.append(line)
+    return attempts
+
+
+def _print_text(data: bytes) -> None:
+    sys.stdout.write(data.decode("utf-8", errors="replace"))
+
+
+def _show_attempt(attempt: Attempt, tail: int | None, late: dict[int, str]) -> None:
+    print(attempt.title())
+    lines = attempt.output if tail is None else attempt.output[-tail:] if tail else []
+    _print_text(b"".join(lines))
+    if lines and not lines[-1].endswith(b"\n"):
+        print()
+    if attempt.number in late:
+        print(f"=== output written after attempt {attempt.number} ended, by processes it left running:")
+        with open(late[attempt.number], "rb") as handle:
+            _print_text(handle.read())
+
+
+def _read_live(path: str, marker: bytes, offset: int) -> bytes | None:
+    """Output of a running attempt from `offset` on, or None once its scratch file
+    belongs to another job (the header is checked again after the read)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.readline(4096)
+            if not header.startswith(marker):
+                return None
+            handle.seek(len(header) + offset)
+            chunk = handle.read(1 << 20)
+            handle.seek(0)
+            return chunk if handle.readline(4096) == header else None
+    except OSError:
+        return None
+
+
+def cmd_logs(args: argparse.Namespace, store: Store) -> int:
+    if args.tail is not None and args.tail < 0:
+        raise QueueError("--tail must be 0 or more.")
+    if args.attempt is not None and args.attempt < 1:
+        raise QueueError("--attempt must be 1 or more.")
+    job = store.get(args.id)
+    if job is None:
+        raise QueueError(f"no job with id {args.id!r}.")
+    if args.attempt is not None and args.attempt > job["attempts"] and not args.follow:
+        raise QueueError(f"job {args.id!r} has run {job['attempts']} attempt(s), not {args.attempt}.")
+    log_path, late_files = store.log_files(args.id)
+    try:
+        with open(log_path, "rb") as handle:
+            attempts = parse_log(handle.read(), args.id)
+    except FileNotFoundError:
+        attempts = []
+    live = store.live_output(job)
+    if live and not args.follow:  # what the running attempt printed so far
+        with open(live, "rb") as handle:
+            current = _attempt_from_header(handle.readline(4096), args.id)
+            if current and current.number == job["attempts"]:
+                current.output = handle.read().splitlines(keepends=True)
+                attempts.append(current)
+    if args.attempt is not None:
+        attempts = [a for a in attempts if a.number == args.attempt]
+    late = dict(late_files)
+    for attempt in attempts:
+        _show_attempt(attempt, args.tail, late)
+    if args.follow and job["state"] in ACTIVE_STATES:
+        return _follow(args, store, job)
+    if not attempts:
+        if job["attempts"] == 0:
+            print(f"Job {args.id} has not run yet ({job['state']}).")
+        elif args.attempt is not None:
+            print(f"Attempt {args.attempt} of job {args.id} printed nothing.")
+        elif job["state"] == "processing":
+            print(f"Job {args.id} is running attempt {job['attempts']} and has printed nothing yet.")
+        else:
+            print(f"Job {args.id} printed nothing ({job['state']} after {job['attempts']} attempt(s)).")
+    return 0
+
+
+def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
+    """Stream the output of the job's running attempt until it is no longer processing
+    (a pending or failed job is waited for first)."""
+    import codecs
+
+    if job["state"] != "processing":
+        print(f"Waiting for job {args.id} to start ({job['state']})...", file=sys.stderr)
+    while job["state"] != "processing":
+        time.sleep(0.2)
+        job = store.get(args.id) or job
+        if job["state"] not in ACTIVE_STATES:
+            return 0
+    number = job["attempts"]
+    if args.attempt is not None and number != args.attempt:
+        return 0
+    marker = f"=== {args.id} attempt {number} started ".encode()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    printed = 0
+    newline = True  # whether what was written last ended a line
+    path: str | None = None
+    titled = False
+    last_check = 0.0
+    while True:
+        if path is None:
+            path = store.live_output(job)
+        chunk = _read_live(path, marker, printed) if path else None
+        if path and chunk is None:
+            path = None
+        if path and not titled:
+            with open(path, "rb") as handle:
+                current = _attempt_from_header(handle.readline(4096), args.id)
+            print((current or Attempt(number)).title())
+            titled = True
+        if chunk:
+            printed += len(chunk)
+            text = decoder.decode(chunk)
+            sys.stdout.write(text)
+            newline = text.endswith("\n") if text else newline
+            continue
+        if time.monotonic() - last_check >= 0.2:
+            last_check = time.monotonic()
+            job = store.get(args.id) or job
+            if job["state"] != "processing" or job["attempts"] != number:
+                break
+        time.sleep(0.05)
+    # The attempt is over: the rest of its output, and its end, from the log.
+    log_path, _ = store.log_files(args.id)
+    try:
+        with open(log_path, "rb") as handle:
+            ended = [a for a in parse_log(handle.read(), args.id) if a.number == number]
+    except FileNotFoundError:
+        ended = []
+    if not titled:
+        print(ended[-1].title() if ended else f"=== attempt {number}: {job.get('error') or 'exit code 0'}")
+    rest = decoder.decode(b"".join(ended[-1].output)[printed:] if ended else b"", final=True)
+    sys.stdout.write(rest)
+    if not (rest.endswith("\n") if rest else newline):
+        print()
+    if titled:
+        ending = ended[-1].ending if ended else (job.get("error") or f"exit code {job.get('exit_code')}")
+        print(f"=== attempt {number} ended: {ending}")
+    return 0
+
+
+# -- cancel, purge ----------------------------------------------------------
+
+
+def cmd_cancel(args: argparse.Namespace, store: Store) -> int:
+    results = store.cancel(args.ids)
+    failed = False
+    for job_id, (what, state) in results.items():
+        if what == "unknown":
+            print(f"error: no job with id {job_id!r}.", file=sys.stderr)
+            failed = True
+        elif what == "finished":
+            print(f"error: job {job_id!r} has already finished ({state}); nothing to cancel.", file=sys.stderr)
+            failed = True
+        elif what == "cancelled":
+            print(f"Cancelled job: {job_id} (was {state})")
+    asked = [job_id for job_id, (what, _) in results.items() if what == "requested"]
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while asked:
+        states = store.states_of(asked)
+        for job_id in [j for j in asked if states.get(j) != "processing"]:
+            asked.remove(job_id)
+            if states.get(job_id) == "cancelled":
+                print(f"Cancelled job: {job_id} (was processing; its command was killed)")
+            else:
+                print(f"error: job {job_id!r} finished ({states.get(job_id)}) before it could be cancelled.",
+                      file=sys.stderr)
+                failed = True
+        if asked and time.monotonic() > deadline:
+            for job_id in asked:
+                print(f"Cancel requested for job {job_id}: its worker has not confirmed yet; it will stop "
+                      "the command at its next check (queuectl show shows when).")
+            break
+        if asked:
+            time.sleep(0.1)
+    return 1 if failed else 0
+
+
+CANCEL_WAIT_S = 10.0  # how long `cancel` waits for a worker to confirm it killed a running job
+
+
+def cmd_purge(args: argparse.Namespace, store: Store) -> int:
+    states = [args.state] if args.state else list(FINISHED_STATES)
+    before = now_ts() - args.older_than if args.older_than is not None else None
+    planned = store.purge(states, before, apply=False)
+    if not planned:
+        print("Nothing to purge.")
+        return 0
+    what = f"{len(planned)} finished job(s) ({_count_by_state(planned, states)}) and their logs"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise QueueError(f"purge would delete {what} for good; run it again with --yes to confirm "
+                             "(there is no terminal to ask).")
+        answer = input(f"Delete {what} from {store.home}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("Nothing was deleted.")
+            return 1
+    removed = store.purge(states, before, apply=True)
+    print(f"Purged {len(removed)} job(s) ({_count_by_state(removed, states)}).")
+    return 0
+
+
+def _count_by_state(jobs: list[dict[str, Any]], states: list[str]) -> str:
+    return ", ".join(f"{sum(job['state'] == state for job in jobs)} {state}" for state in states)
+
+
+def finished_state(text: str) -> str:
+    state = normalize_state(text)
+    if state not in FINISHED_STATES:
+        raise argparse.ArgumentTypeError(f"purge deletes only finished jobs: {', '.join(FINISHED_STATES)}")
+    return state
+
+
+def duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text, "duration")
+    except QueueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# -- stats, wait --------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile (share 0.5 = median) of a list, None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def stats_data(store: Store, since: float | None) -> dict[str, Any]:
+    now = now_ts()
+    start = now - since if since is not None else None
+    jobs = store.finished_jobs(start)
+    ran = [job for job in jobs if job["state"] in ("completed", "dead")]
+    counts = {state: sum(job["state"] == state for job in jobs) for state in FINISHED_STATES}
+    run_times = [float(job["duration"]) if isinstance(job.get("duration"), (int, float)) else
+                 _epoch(job.get("finished_at")) - _epoch(job.get("started_at"))
+                 for job in ran if job.get("started_at") or isinstance(job.get("duration"), (int, float))]
+    waits = [_epoch(job.get("first_started_at") or job.get("started_at")) - _epoch(job.get("created_at"))
+             for job in jobs if job.get("created_at") and (job.get("first_started_at")
+                                                           or (job.get("started_at") and job.get("attempts") == 1))]
+    if start is None:  # from the first enqueue of these jobs to the last finish
+        start = min((_epoch(job.get("created_at")) for job in ran if job.get("created_at")), default=None)
+        end = max((_epoch(job.get("finished_at")) for job in ran), default=None)
+    else:
+        end = now
+    window = (end - start) if start is not None and end is not None else None
+    active = store.active_jobs()
+    due = [_epoch(job.get("run_at")) or _epoch(job.get("created_at")) for job in active
+           if job["state"] != "processing" and _epoch(job.get("run_at")) <= now]
+    attempts = [int(job.get("attempts", 0)) for job in ran]
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(max(0.0, value), 3)
+
+    return {
+        "window": {"since": iso(start) if start is not None else None, "until": iso(end) if end else None,
+                   "seconds": rounded(window)},
+        "finished": counts,
+        "success_rate": round(counts["completed"] / len(ran), 4) if ran else None,
+        "attempts": {"mean": round(sum(attempts) / len(attempts), 3) if attempts else None,
+                     "max": max(attempts, default=None)},
+        "run_time": {"p50": rounded(percentile(run_times, 0.5)), "p95": rounded(percentile(run_times, 0.95)),
+                     "max": rounded(max(run_times, default=None))},
+        "queue_wait": {"p50": rounded(percentile(waits, 0.5)), "p95": rounded(percentile(waits, 0.95))},
+        "throughput_per_minute": round(len(ran) * 60 / window, 3) if window else None,
+        "backlog": {**{state: sum(job["state"] == state for job in active) for state in ACTIVE_STATES},
+                    "oldest_due_age": rounded(now - min(due)) if due else None},
+    }
+
+
+def cmd_stats(args: argparse.Namespace, store: Store) -> int:
+    data = stats_data(store, args.since)
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    if args.json:
+        print_json(data)
+        return 0
+    f, b = data["finished"], data["backlog"]
+    window = data["window"]
+    rate = "-" if data["success_rate"] is None else f"{data['success_rate'] * 100:.1f}%"
+    print(f"Window         : {window['since'] or '-'} to {window['until'] or '-'}")
+    print(f"Finished       : {f['completed']} completed, {f['dead']} dead, {f['cancelled']} cancelled")
+    print(f"Success rate   : {rate} (completed / (completed + dead))")
+    print(f"Attempts/job   : mean {data['attempts']['mean'] if data['attempts']['mean'] is not None else '-'}, "
+          f"max {data['attempts']['max'] if data['attempts']['max'] is not None else '-'}")
+    print(f"Run time       : p50 {secs(data['run_time']['p50'])}, p95 {secs(data['run_time']['p95'])}, "
+          f"max {secs(data['run_time']['max'])}")
+    print(f"Queue wait     : p50 {secs(data['queue_wait']['p50'])}, p95 {secs(data['queue_wait']['p95'])}")
+    throughput = data["throughput_per_minute"]
+    print(f"Throughput     : {'-' if throughput is None else f'{throughput:g}'} jobs/min")
+    print(f"Backlog        : {b['pending']} pending, {b['processing']} processing, {b['failed']} failed; "
+          f"oldest due job waiting {secs(b['oldest_due_age'])}")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace, store: Store) -> int:
+    if args.timeout is not None and args.timeout < 0:
+        raise QueueError("--timeout must be 0 or more seconds.")
+    if args.ids:
+        ids = list(dict.fromkeys(args.ids))
+        known = store.states_of(ids)
+        unknown = [job_id for job_id in ids if job_id not in known]
+        if unknown:
+            raise QueueError(f"no job with id {unknown[0]!r}.")
+    else:
+        ids = [job["id"] for job in store.active_jobs()]
+        if not ids:
+            print("No pending or processing jobs.")
+            return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    pause, next_recover, warned = 0.05, 0.0, False
+    started = time.monotonic()
+    while True:
+        states = store.states_of(ids)
+        waiting = [job_id for job_id in ids if states.get(job_id) in ACTIVE_STATES]
+        if not waiting:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            left = ", ".join(f"{sum(states.get(j) == s for j in waiting)} {s}" for s in ACTIVE_STATES
+                             if any(states.get(j) == s for j in waiting))
+            print(f"Timed out after {args.timeout:g} s: {len(waiting)} of {len(ids)} job(s) not finished ({left}).")
+            return 124
+        if time.monotonic() >= next_recover:  # a dead worker's jobs go back to the queue meanwhile
+            next_recover = time.monotonic() + 1.0
+            store.recover_orphans()
+            if not warned and time.monotonic() - started > 2 and not any(w["alive"] for w in store.workers()):
+                print("note: no worker is running on this folder; start one with: queuectl worker start",
+                      file=sys.stderr)
+                warned = True
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())) if deadline is not None else pause)
+        pause = min(0.5, pause * 1.5)
+    finished = {state: sum(states.get(job_id) == state for job_id in ids) for state in FINISHED_STATES}
+    if finished["completed"] == len(ids):
+        print(f"All {len(ids)} job(s) completed.")
+        return 0
+    print(f"{len(ids)} job(s) finished: " + ", ".join(f"{n} {state}" for state, n in finished.items()) + ".")
+    return 1
 
 
 # -- dlq, config ----------------------------------------------------------
@@ -2949,13 +3602,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("list", cmd_list, "list jobs", "queuectl list --state pending --limit 20")
     p.add_argument("--state", type=normalize_state,
-                   help="pending, processing, failed, completed, dead (or processed, dlq)")
+                   help="pending, processing, failed, completed, dead, cancelled (or processed, dlq)")
     p.add_argument("--limit", type=int, metavar="N", help="show at most N jobs")
     p.add_argument("--json", action="store_true", help="print a JSON array only")
 
     p = add("show", cmd_show, "one job in full", "queuectl show job1 --json")
     p.add_argument("id")
     p.add_argument("--json", action="store_true", help="print JSON only")
+
+    p = add("logs", cmd_logs, "what a job printed, each attempt under a one-line header",
+            "queuectl logs job1\nqueuectl logs job1 --follow      (stream it while it runs)\n"
+            "queuectl logs job1 --attempt 2 --tail 20")
+    p.add_argument("id")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each attempt")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="stream new output until the job is no longer processing")
+    p.add_argument("--attempt", type=int, metavar="K", help="only attempt K")
+
+    p = add("cancel", cmd_cancel, "cancel jobs: pending ones at once, running ones have their command killed",
+            "queuectl cancel job1 job2")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = add("purge", cmd_purge, "delete finished jobs and their logs from the history",
+            "queuectl purge --state completed --older-than 7d --yes")
+    p.add_argument("--state", type=finished_state, help="completed, dead or cancelled (default: all three)")
+    p.add_argument("--older-than", type=duration_arg, metavar="DURATION",
+                   help="only jobs finished longer ago than this: 90s, 30m, 12h, 7d")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed when there is no terminal)")
+
+    p = add("stats", cmd_stats, "how the queue is doing: outcomes, run times, waits, throughput, backlog",
+            "queuectl stats --since 1h")
+    p.add_argument("--since", type=duration_arg, metavar="DURATION",
+                   help="only jobs finished in the last DURATION (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+
+    p = add("wait", cmd_wait, "wait until jobs finish: exit 0 all completed, 1 any dead or cancelled, 124 timeout",
+            "queuectl wait job1 job2 --timeout 60\nqueuectl wait                (every pending and processing job)")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 124)")
 
     dsub = group("dlq", "the Dead Letter Queue", "queuectl dlq retry --all")
     p = add("list", cmd_dlq_list, "jobs in the DLQ", "queuectl dlq list --json", dsub)

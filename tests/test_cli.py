@@ -20,7 +20,7 @@ from conftest import SCRIPT, Queue, wait_until
 import queuectl
 
 STATE_FILES = ("queue.json", "processed.json", "failed.json", "config.json")
-STATES = ("pending", "processing", "failed", "completed", "dead")
+STATES = ("pending", "processing", "failed", "completed", "dead", "cancelled")
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_id_flag_names_a_single_job_only(seeded):
 
 def test_status_counts_and_home(ran):
     data = ran.json("status")
-    assert data["counts"] == {"pending": 1, "processing": 0, "failed": 0, "completed": 1, "dead": 2}
+    assert data["counts"] == {"pending": 1, "processing": 0, "failed": 0, "completed": 1, "dead": 2, "cancelled": 0}
     assert data["scheduled"] == 1
     assert data["workers"] == []
     assert os.path.samefile(data["home"], ran.home)

@@ -528,7 +528,7 @@ def test_a_completion_torn_by_a_crash_is_repaired_and_nothing_is_lost(
         store.checkpoint([ran("h0")] + [queuectl.Outcome(j, 1, "released") for j in sorted(expected)], 0,
                          Identity())
         expected.add("h0")
-    _, claimed = store.checkpoint([], 1, Identity())
+    _, claimed, _ = store.checkpoint([], 1, Identity())
     assert [j["id"] for j in claimed] == ["j0"]
     payloads = []
 
@@ -636,7 +636,7 @@ def test_a_job_of_a_silent_worker_on_another_host_is_recovered_after_the_lease(q
     store = queuectl.Store(str(queue.home))
     store.enqueue([job("remote", "echo remote")])
     far = Identity(4242, "elsewhere")
-    _, claimed = store.checkpoint([], 1, far)
+    _, claimed, _ = store.checkpoint([], 1, far)
     assert [(j["id"], j["host"], j["attempts"]) for j in claimed] == [("remote", "elsewhere", 1)]
     # What the remote worker left in the shared folder: the started attempt's scratch file, a heartbeat.
     scratch = Path(store.scratch_file(far.host, far.pid, "Worker-1"))

@@ -108,7 +108,7 @@ class StoreMachine(RuleBasedStateMachine):
     def claim(self, want: int, which: int) -> None:
         worker = self.workers[which]
         due = self.ids_in("pending", "failed")
-        recorded, claimed = self.store.checkpoint([], want, worker)
+        recorded, claimed, _ = self.store.checkpoint([], want, worker)
         assert recorded == []
         assert len(claimed) == min(want, len(due)), (claimed, due)
         assert len({job["id"] for job in claimed}) == len(claimed)
@@ -128,7 +128,7 @@ class StoreMachine(RuleBasedStateMachine):
         worker = self.worker_by_pid(expected["worker"])
         outcome = queuectl.Outcome(job_id, expected["attempts"], kind="ran", exit_code=exit_code,
                                    error=None, worker="w1", started=queuectl.now_ts())
-        recorded, claimed = self.store.checkpoint([outcome], 0, worker)
+        recorded, claimed, _ = self.store.checkpoint([outcome], 0, worker)
         assert claimed == []
         if exit_code == 0:
             state = "completed"
@@ -147,7 +147,7 @@ class StoreMachine(RuleBasedStateMachine):
         expected = self.model[job_id]
         worker = self.worker_by_pid(expected["worker"])
         outcome = queuectl.Outcome(job_id, expected["attempts"], kind="released")
-        recorded, claimed = self.store.checkpoint([outcome], 0, worker)
+        recorded, claimed, _ = self.store.checkpoint([outcome], 0, worker)
         assert [(job["id"], what) for job, what in recorded] == [(job_id, "released")]
         expected.update(state="pending", attempts=max(0, expected["attempts"] - 1), worker=None)
 
@@ -165,7 +165,7 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             outcome = queuectl.Outcome(job_id, expected["attempts"] + 1, exit_code=0, started=queuectl.now_ts())
             worker = self.worker_by_pid(expected["worker"])
-        recorded, claimed = self.store.checkpoint([outcome], 0, worker)
+        recorded, claimed, _ = self.store.checkpoint([outcome], 0, worker)
         assert recorded == [] and claimed == []
 
     @precondition(lambda self: self.ids_in("processing"))

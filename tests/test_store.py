@@ -121,21 +121,21 @@ def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Pa
     config = store.config()
     store.enqueue([queuectl.normalize_job({"id": "j", "command": "true"}, config)])
     a, b = Identity(1_000_001), Identity(1_000_002)
-    _, claimed = store.checkpoint([], 1, a)
+    _, claimed, _ = store.checkpoint([], 1, a)
     assert claimed[0]["attempts"] == 1
     with store.locked():  # what recovery does once A counts as dead
         store._load_queue()
         store._requeue(dict(store._jobs["j"]), queuectl.now_ts(), counted=True)
         store._save_queue()
-    _, claimed = store.checkpoint([], 1, b)
+    _, claimed, _ = store.checkpoint([], 1, b)
     assert claimed[0]["attempts"] == 2 and claimed[0]["pid"] == b.pid
     late = queuectl.Outcome("j", 1, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
-    recorded, _ = store.checkpoint([late], 0, a)
+    recorded, _, _ = store.checkpoint([late], 0, a)
     assert recorded == []
     job = queuectl.Store(str(tmp_path)).get("j")
     assert job["state"] == "processing" and job["pid"] == b.pid
     mine = queuectl.Outcome("j", 2, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
-    recorded, _ = store.checkpoint([mine], 0, b)
+    recorded, _, _ = store.checkpoint([mine], 0, b)
     assert [what for _, what in recorded] == ["completed"]
 
 
@@ -165,5 +165,5 @@ def test_a_failed_write_does_not_leave_the_cache_ahead_of_the_file(tmp_path: Pat
     with pytest.raises(queuectl.QueueError, match="queue.json"):
         store.checkpoint([], 1, worker)
     monkeypatch.setattr(queuectl, "atomic_write", real)
-    _, claimed = store.checkpoint([], 1, worker)
+    _, claimed, _ = store.checkpoint([], 1, worker)
     assert [job["id"] for job in claimed] == ["j"], "the job must still be claimable"

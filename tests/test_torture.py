@@ -401,7 +401,7 @@ def test_enqueue_status_list_and_dlq_retry_race_with_two_workers(queue: Queue, t
         assert "bad_json" not in entry, f"{command} printed what is not JSON: {entry['bad_json']}"
         if entry["args"][0] == "status":
             counts = entry["value"]["counts"]
-            assert set(counts) == {"pending", "processing", "failed", "completed", "dead"}, counts
+            assert set(counts) == {"pending", "processing", "failed", "completed", "dead", "cancelled"}, counts
             totals.append(sum(counts.values()))
         elif entry["args"][0] == "list":
             jobs = entry["value"]
@@ -429,7 +429,7 @@ def test_enqueue_status_list_and_dlq_retry_race_with_two_workers(queue: Queue, t
     assert all(job["state"] == "completed" and job["attempts"] == 1 for job in processed.values()), (
         [job for job in processed.values() if job["attempts"] != 1])
     final = queue.json("status")["counts"]
-    assert final == {"pending": 0, "processing": 0, "failed": 0, "completed": total, "dead": 0}, final
+    assert final == {"pending": 0, "processing": 0, "failed": 0, "completed": total, "dead": 0, "cancelled": 0}, final
 
     print(f"\nraces: {total} jobs enqueued by {ENQUEUERS} processes in {enqueued_after:.1f} s, all done after "
           f"{elapsed:.1f} s; reader ran {dict(kinds)}")

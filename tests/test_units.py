@@ -411,8 +411,8 @@ def test_parse_array_file_accepts_a_reformatted_file():
     ("com1.txt", "_com1.txt.log"),
     ("LPT9", "_LPT9.log"),
     ("CONSOLE", "CONSOLE.log"),
-    ("job.", "job.log"),
-    ("job...", "job.log"),
+    ("job.", "job..log"),  # the name ends in .log, so Windows drops no dot
+    ("job...", "job....log"),
     ("a/b\\c:d", "a_b_c_d.log"),
 ])
 def test_safe_log_name(job_id, name):
@@ -563,7 +563,8 @@ def test_normalize_state_synonyms(text, state):
 
 def test_defaults_match_the_contract():
     assert queuectl.DEFAULT_CONFIG == {"max_retries": 3, "backoff_base": 2, "max_backoff": 3600, "job_timeout": 0,
-                                       "lease_timeout": 30, "poll_interval": 0.5, "failure_rate": 0.0}
+                                       "lease_timeout": 30, "poll_interval": 0.5, "failure_rate": 0.0,
+                                       "log_max_bytes": 10 * 1024 * 1024}
 
 
 def test_iso_round_trips_through_parse_time_for_any_moment():
@@ -572,3 +573,8 @@ def test_iso_round_trips_through_parse_time_for_any_moment():
     assert text == "2031-05-06T07:08:09.123Z"
     assert abs(queuectl.parse_time(text) - moment.timestamp()) < 1e-6
     assert datetime.fromtimestamp(queuectl.parse_time(text), timezone.utc) - moment < timedelta(milliseconds=1)
+
+
+def test_distinct_ids_get_distinct_log_names():
+    ids = ["job", "job.", "job..", "CON", "con", "CON.", "a.b", "a..b"]
+    assert len({queuectl.safe_log_name(job_id) for job_id in ids}) == len(ids)

@@ -160,7 +160,8 @@ def test_a_job_that_succeeds_is_reported_stored_and_logged(queue: Queue, tmp_pat
         assert line in lines, f"missing {line!r} in worker output:\n{out}"
     assert lines.index("Started 1 worker(s).") < lines.index("Worker-1 executing: echo Hello World (attempt 1)")
     assert lines.index("Hello World") < lines.index("Worker-1 finished: job1")
-    assert lines[-1] == "All workers stopped gracefully."
+    assert lines[-2] == "All workers stopped gracefully."
+    assert re.fullmatch(r"Summary: 1 completed, 0 failed attempt\(s\), 0 dead, 0 cancelled in \d+\.\d s\.", lines[-1])
 
     [job] = queue.file("processed.json")
     assert job["id"] == "job1" and job["state"] == "completed"
@@ -506,7 +507,8 @@ def test_worker_stop_lets_the_running_job_finish_then_the_worker_exits(queue: Qu
 
     out = out_path.read_text()
     assert rc == 0, out
-    assert out.splitlines()[-1] == "All workers stopped gracefully."
+    lines = out.splitlines()
+    assert lines[-2] == "All workers stopped gracefully." and lines[-1].startswith("Summary: 1 completed,")
     assert queue.states() == {"current": "completed", "next": "pending"}
     [done] = queue.file("processed.json")
     assert done["exit_code"] == 0 and done["output"] == "finished\n"
