@@ -766,8 +766,8 @@ class Store:
     """Every read and write of the state files, in queue verbs.
 
     queue.json holds active jobs (pending, processing, failed) and is replaced
-    atomically; processed.json (completed) and failed.json (dead, the DLQ) are
-    append-only histories written one job per line. A process keeps what it
+    atomically; processed.json (completed), failed.json (dead, the DLQ) and
+    cancelled.json are append-only histories written one job per line. A process keeps what it
     parsed and the line of every job, so it neither re-parses a file that has
     not changed since it wrote it nor re-serialises jobs that did not change.
     """
@@ -3468,9 +3468,12 @@ def cmd_wait(args: argparse.Namespace, store: Store) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     pause, next_recover, warned = 0.05, 0.0, False
     started = time.monotonic()
+    states: dict[str, str] = {}
+    waiting = ids
     while True:
-        states = store.states_of(ids)
-        waiting = [job_id for job_id in ids if states.get(job_id) in ACTIVE_STATES]
+        fresh = store.states_of(waiting)  # a finished job is not looked up again
+        states.update({job_id: fresh.get(job_id, "gone") for job_id in waiting})  # (gone: purged meanwhile)
+        waiting = [job_id for job_id in waiting if states.get(job_id) in ACTIVE_STATES]
         if not waiting:
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -3487,11 +3490,13 @@ def cmd_wait(args: argparse.Namespace, store: Store) -> int:
                 warned = True
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())) if deadline is not None else pause)
         pause = min(0.5, pause * 1.5)
-    finished = {state: sum(states.get(job_id) == state for job_id in ids) for state in FINISHED_STATES}
+    finished = {state: sum(states.get(job_id) == state for job_id in ids) for state in FINISHED_STATES + ("gone",)}
     if finished["completed"] == len(ids):
         print(f"All {len(ids)} job(s) completed.")
         return 0
-    print(f"{len(ids)} job(s) finished: " + ", ".join(f"{n} {state}" for state, n in finished.items()) + ".")
+    gone = finished.pop("gone")
+    print(f"{len(ids)} job(s) finished: " + ", ".join(f"{n} {state}" for state, n in finished.items())
+          + (f", {gone} purged before it was seen" if gone else "") + ".")
     return 1
 
 

@@ -78,9 +78,9 @@ class Queue:
         return json.loads(path.read_text("utf-8")) if path.exists() else []
 
     def states(self) -> dict[str, str]:
-        """id -> state over all three state files."""
+        """id -> state over the four job files."""
         result = {}
-        for name in ("queue.json", "processed.json", "failed.json"):
+        for name in ("queue.json", "processed.json", "failed.json", "cancelled.json"):
             for job in self.file(name):
                 result[job["id"]] = job["state"]
         return result
