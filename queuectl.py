@@ -67,7 +67,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "poll_interval": 0.5,
     "failure_rate": 0.0,
     "log_max_bytes": 10 * 1024 * 1024,
+    "shell": "auto",
 }
+
+# The shells a job can run in (config key and job field `shell`); auto is the
+# platform's: /bin/sh on POSIX, cmd.exe on Windows.
+SHELLS = ("auto", "sh", "bash", "cmd", "powershell", "pwsh")
 
 LOCK_TIMEOUT = 30.0
 OUTPUT_TAIL_BYTES = 4096
@@ -111,7 +116,7 @@ class CorruptFileError(QueueError):
 
 # Fields a user may give, and fields queuectl keeps itself (accepted on input
 # so a full record from the original specification can be enqueued again).
-INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout")
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "shell")
 RECORD_FIELDS = ("state", "attempts", "created_at", "updated_at")
 INT_FIELDS = ("max_retries", "priority")
 
@@ -252,6 +257,11 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
         timeout = parse_duration(timeout, f"{label}: timeout")
         if timeout == 0:
             timeout = None
+    shell = raw.get("shell")
+    if shell is not None:
+        if not isinstance(shell, str) or shell.strip().lower() not in SHELLS:
+            raise QueueError(f"{label}: shell must be one of {', '.join(SHELLS)}, not {shell!r}.")
+        shell = shell.strip().lower()
     if raw.get("run_at") is not None and raw.get("delay") is not None:
         raise QueueError(f"{label}: give run_at or delay, not both.")
     run_at = None
@@ -277,6 +287,8 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
         job["run_at"] = iso(run_at)
     if timeout is not None:
         job["timeout"] = timeout
+    if shell is not None:
+        job["shell"] = shell
     return job
 
 
@@ -363,6 +375,13 @@ QUOTING_ADVICE = (
     "or pipe the JSON to 'queuectl enqueue --file -'. In bash and pwsh 7.3+: "
     "--json '{\"id\":\"job1\",\"command\":\"sleep 2\"}'."
 )
+
+
+def split_json_message(pieces: list[str]) -> str:
+    """JSON typed with bash quoting into PowerShell ("{\"id\":\"job1\"}") reaches us
+    split at every \" (rows R5/R6 of notes/windows.md): whitespace is lost, so say so."""
+    return (f'the JSON arrived in {len(pieces)} pieces {pieces}: PowerShell splits "{{\\"id\\":...}}" at '
+            f"every \\\". {QUOTING_ADVICE}")
 
 
 def parse_json_argument(text: str, warn: Callable[[str], None]) -> list[tuple[str, Any]]:
@@ -2124,6 +2143,39 @@ def popen_options(platform: str = sys.platform) -> dict[str, Any]:
     return {"start_new_session": True}
 
 
+# Runs first in a PowerShell job: UTF-8 output (5.1 writes the OEM code page otherwise).
+POWERSHELL_PROLOGUE = ("try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch {}\n"
+                       "$OutputEncoding = New-Object System.Text.UTF8Encoding $false\n"
+                       "$ProgressPreference = 'SilentlyContinue'\n")
+# Runs last: a failed last statement is a failed job, with the native program's exit code if any.
+POWERSHELL_EPILOGUE = "\nif (-not $?) { if ($LASTEXITCODE) { exit $LASTEXITCODE } else { exit 1 } }\n"
+
+
+def shell_invocation(command: str, shell: str, platform: str = sys.platform,
+                     comspec: str | None = None) -> tuple[str | list[str], bool]:
+    """How to start a job's command in the chosen shell: (args, shell=) for Popen.
+
+    auto lets subprocess choose (/bin/sh -c on POSIX, %COMSPEC% /c on Windows).
+    PowerShell gets the command as -EncodedCommand (base64 of UTF-16LE), so no
+    quoting layer can change it, and runs without profile or prompts.
+    """
+    windows = platform == "win32"
+    if shell == "auto":
+        return command, True
+    if shell in ("sh", "bash"):
+        return ["/bin/sh" if shell == "sh" and not windows else shell, "-c", command], False
+    if shell == "cmd":
+        if windows:  # what subprocess builds for shell=True: cmd's own parsing of the rest of the line
+            return f'{comspec or os.environ.get("COMSPEC", "cmd.exe")} /c "{command}"', False
+        return ["cmd.exe", "/c", command], False
+    import base64
+
+    script = POWERSHELL_PROLOGUE + command + POWERSHELL_EPILOGUE
+    policy = ["-ExecutionPolicy", "Bypass"] if windows else []
+    return [shell, "-NoProfile", "-NonInteractive", *policy, "-EncodedCommand",
+            base64.b64encode(script.encode("utf-16-le")).decode("ascii")], False
+
+
 def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | None:
     """The command that kills a whole process tree on Windows (None: use killpg)."""
     if platform == "win32":
@@ -2191,7 +2243,7 @@ class Runner:
                 if item:
                     self._free.append(item)
 
-    def run(self, job: dict[str, Any], worker: str, timeout: float | None) -> Outcome:
+    def run(self, job: dict[str, Any], worker: str, timeout: float | None, shell: str = "auto") -> Outcome:
         import subprocess
 
         started = now_ts()
@@ -2211,11 +2263,13 @@ class Runner:
             result.kind = "cancelled"
             self._keep_output(job, out, len(header), result)
             return result
+        args, use_shell = shell_invocation(job["command"], job.get("shell") or shell)
         try:
-            proc = subprocess.Popen(job["command"], shell=True, stdin=subprocess.DEVNULL, env=env,
+            proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env,
                                     stdout=out, stderr=subprocess.STDOUT, **popen_options())
         except OSError as error:
-            result.error = f"could not start the command: {error.strerror}"
+            program = "the command" if use_shell else f"the {job.get('shell') or shell} shell"
+            result.error = f"could not start {program}: {error.strerror}"
             self._keep_output(job, out, len(header), result)
             return result
         if hasattr(os, "pwrite"):  # POSIX: fill in the header's pid without moving the shared offset
@@ -2491,6 +2545,7 @@ class WorkerPool:
         self.unrecorded: set[tuple[str, int]] = set()
         self.last_pickup = time.monotonic()
         self.job_timeout = float(store.config()["job_timeout"])
+        self.shell = store.config()["shell"]
         self.started_at = now_ts()
         self.heartbeat_stop = threading.Event()
         self.totals = {"completed": 0, "failed": 0, "dead": 0, "cancelled": 0}
@@ -2582,6 +2637,7 @@ class WorkerPool:
                     self._settled(outcomes)
                     self._cancel(cancels)
                     self.job_timeout = float(self.store.config()["job_timeout"])
+                    self.shell = self.store.config()["shell"]
                     failing_since = None
                 except QueueError as error:
                     # A lock held too long, a file edited by hand, a full disk: keep the
@@ -2706,7 +2762,7 @@ class WorkerPool:
             self.say(f"{name} executing: {job['command']} (attempt {job['attempts']})")
             timeout = job.get("timeout") or self.job_timeout or None
             try:
-                outcome = self.runner.run(job, name, timeout)
+                outcome = self.runner.run(job, name, timeout, self.shell)
             except Exception as error:  # never lose the job because of a bug here
                 outcome = Outcome(job["id"], job["attempts"], error=f"worker error: {error}", worker=name,
                                   started=now_ts())
@@ -2841,6 +2897,10 @@ CONFIG_RULES: dict[str, tuple[type, float, float | None]] = {
 
 
 def validate_config_value(name: str, value: Any) -> Any:
+    if name == "shell":
+        if not isinstance(value, str) or value.strip().lower() not in SHELLS:
+            raise QueueError(f"shell must be one of {', '.join(SHELLS)}, not {value!r}.")
+        return value.strip().lower()
     kind, low, high = CONFIG_RULES[name]
     if isinstance(value, str):
         text = value.strip()
@@ -2915,6 +2975,8 @@ def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
 def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
     sources = [s for s in (args.job, args.json, args.file) if s is not None]
     flags = args.id is not None or args.command is not None
+    if args.json is not None and args.job is not None and args.json.startswith("{\\"):
+        raise QueueError(split_json_message([args.json, args.job]), exit_code=2)
     if len(sources) > 1 or (sources and flags and args.command is not None):
         raise QueueError("give the job one way: positional JSON, --json, --file, or --id/--command.")
     if args.file is not None:
@@ -3684,7 +3746,9 @@ def configure_console() -> None:
 def main(argv: list[str] | None = None) -> int:
     configure_console()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        return unrecognized(parser, args, extra)
     store = Store(home_dir(args))
     try:
         if os.path.exists(store.home) and not os.path.isdir(store.home):
@@ -3705,6 +3769,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         flush_warnings(store)
+
+
+def unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
+    """Arguments argparse could not place: JSON split by PowerShell gets advice, the rest argparse's error."""
+    if getattr(args, "handler", None) is cmd_enqueue:
+        pieces = [value for value in (args.job, args.json) if value is not None] + extra
+        if pieces[0].startswith("{\\"):
+            print(f"error: {split_json_message(pieces)}", file=sys.stderr)
+            return 2
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return 2
 
 
 def main_entry() -> None:
