@@ -2272,8 +2272,8 @@ class Runner:
             result.error = f"could not start {program}: {error.strerror}"
             self._keep_output(job, out, len(header), result)
             return result
-        if hasattr(os, "pwrite"):  # POSIX: fill in the header's pid without moving the shared offset
-            os.pwrite(out.fileno(), f"{proc.pid:<{PID_FIELD}}".encode(), len(header) - PID_FIELD - 1)
+        # Fill in the header's pid, without moving the offset the command writes at.
+        write_pid(out.fileno(), path, proc.pid, len(header) - PID_FIELD - 1, hasattr(os, "pwrite"))
         with self._lock:
             self.running[job["id"]] = proc
         if self.abort.is_set() or job["id"] in self.cancelled:  # asked for while it started
@@ -2395,6 +2395,21 @@ def attempt_header(job_id: str, attempt: int, started: float, worker: str, ident
     worker's scratch file, and kills the command's process group it names."""
     return (f"=== {job_id} attempt {attempt} started {iso(started)} by {worker} "
             f"(pid {identity.pid} on {identity.host}), command pid {'?':<{PID_FIELD}}\n").encode()
+
+
+def write_pid(fd: int, path: str, pid: int, offset: int, has_pwrite: bool) -> None:
+    """Write a command's pid into its attempt header: pwrite on POSIX; on Windows
+    (no pwrite) through a second handle, whose own offset leaves the shared one alone."""
+    data = f"{pid:<{PID_FIELD}}".encode()
+    if has_pwrite:
+        os.pwrite(fd, data, offset)
+        return
+    second = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.lseek(second, offset, os.SEEK_SET)
+        os.write(second, data)
+    finally:
+        os.close(second)
 
 
 def attempt_mark(job_id: str, attempt: int, identity: WorkerIdentity) -> str:
@@ -2996,7 +3011,7 @@ def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
     if args.run_at is not None and args.delay is not None:
         raise QueueError("give run_at (--run-at) or delay (--delay), not both.")
     overrides = {"max_retries": args.max_retries, "priority": args.priority, "run_at": args.run_at,
-                 "delay": args.delay, "timeout": args.timeout}
+                 "delay": args.delay, "timeout": args.timeout, "shell": args.shell}
     if args.id is not None and args.command is None:
         if len(items) != 1:
             raise QueueError("--id can only name a single job.")
@@ -3647,6 +3662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-at", metavar="TIME", help="ISO-8601 time; without an offset it is local time")
     p.add_argument("--delay", metavar="DURATION", help="run after 90, 90s, 5m, 2h")
     p.add_argument("--timeout", metavar="SECONDS", help="kill the command after this long")
+    p.add_argument("--shell", metavar="SHELL", help=f"run it with {', '.join(SHELLS)} (default: config shell)")
 
     def group(name: str, help_text: str, example: str) -> Any:
         """A command with its own subcommands (worker, dlq, config)."""

@@ -578,3 +578,19 @@ def test_iso_round_trips_through_parse_time_for_any_moment():
 def test_distinct_ids_get_distinct_log_names():
     ids = ["job", "job.", "job..", "CON", "con", "CON.", "a.b", "a..b"]
     assert len({queuectl.safe_log_name(job_id) for job_id in ids}) == len(ids)
+
+
+@pytest.mark.parametrize("has_pwrite", [True, False])
+def test_write_pid_fills_the_header_without_moving_the_commands_offset(tmp_path, has_pwrite):
+    path = tmp_path / "scratch.out"
+    identity = queuectl.WorkerIdentity()
+    header = queuectl.attempt_header("job1", 1, 0.0, "Worker-1", identity)
+    with open(path, "w+b") as out:
+        out.write(header)
+        out.flush()
+        queuectl.write_pid(out.fileno(), str(path), 4242, len(header) - queuectl.PID_FIELD - 1, has_pwrite)
+        out.write(b"output\n")  # the command goes on writing where it was
+        out.flush()
+    data = path.read_bytes()
+    assert data == header.replace(b"?" + b" " * (queuectl.PID_FIELD - 1), b"4242".ljust(queuectl.PID_FIELD)) + b"output\n"
+    assert queuectl._LOG_HEADER.match(data.splitlines()[0] + b"\n")
