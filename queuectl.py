@@ -3231,6 +3231,16 @@ def parse_log(data: bytes, job_id: str) -> list[Attempt]:
     return attempts
 
 
+def read_log(store: Store, job_id: str) -> tuple[list[Attempt], dict[int, str]]:
+    """A job's attempts as its log holds them, and its late-output files by attempt."""
+    log_path, late = store.log_files(job_id)
+    try:
+        with open(log_path, "rb") as handle:
+            return parse_log(handle.read(), job_id), dict(late)
+    except FileNotFoundError:
+        return [], dict(late)
+
+
 def _print_text(data: bytes) -> None:
     sys.stdout.write(data.decode("utf-8", errors="replace"))
 
@@ -3273,12 +3283,7 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
         raise QueueError(f"no job with id {args.id!r}.")
     if args.attempt is not None and args.attempt > job["attempts"] and not args.follow:
         raise QueueError(f"job {args.id!r} has run {job['attempts']} attempt(s), not {args.attempt}.")
-    log_path, late_files = store.log_files(args.id)
-    try:
-        with open(log_path, "rb") as handle:
-            attempts = parse_log(handle.read(), args.id)
-    except FileNotFoundError:
-        attempts = []
+    attempts, late = read_log(store, args.id)
     live = store.live_output(job)
     if live and not args.follow:  # what the running attempt printed so far
         with open(live, "rb") as handle:
@@ -3288,7 +3293,6 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
                 attempts.append(current)
     if args.attempt is not None:
         attempts = [a for a in attempts if a.number == args.attempt]
-    late = dict(late_files)
     for attempt in attempts:
         _show_attempt(attempt, args.tail, late)
     if args.follow and job["state"] in ACTIVE_STATES:
@@ -3312,10 +3316,19 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
 
     if job["state"] != "processing":
         print(f"Waiting for job {args.id} to start ({job['state']})...", file=sys.stderr)
+    before = job["attempts"]
     while job["state"] != "processing":
         time.sleep(0.2)
         job = store.get(args.id) or job
-        if job["state"] not in ACTIVE_STATES:
+        if job["state"] not in ACTIVE_STATES or job["attempts"] > before and job["state"] != "processing":
+            # It ran (or was cancelled) between two looks: what it printed is in the log now.
+            attempts, late = read_log(store, args.id)
+            ran = [a for a in attempts if (a.number or 0) > before
+                   and (args.attempt is None or a.number == args.attempt)]
+            for attempt in ran:
+                _show_attempt(attempt, args.tail, late)
+            if not ran:
+                print(f"Job {args.id} is {job['state']} (attempt {job['attempts']} printed nothing).")
             return 0
     number = job["attempts"]
     if args.attempt is not None and number != args.attempt:
@@ -3351,12 +3364,7 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
                 break
         time.sleep(0.05)
     # The attempt is over: the rest of its output, and its end, from the log.
-    log_path, _ = store.log_files(args.id)
-    try:
-        with open(log_path, "rb") as handle:
-            ended = [a for a in parse_log(handle.read(), args.id) if a.number == number]
-    except FileNotFoundError:
-        ended = []
+    ended = [a for a in read_log(store, args.id)[0] if a.number == number]
     if not titled:
         print(ended[-1].title() if ended else f"=== attempt {number}: {job.get('error') or 'exit code 0'}")
     rest = decoder.decode(b"".join(ended[-1].output)[printed:] if ended else b"", final=True)
@@ -3421,7 +3429,11 @@ def cmd_purge(args: argparse.Namespace, store: Store) -> int:
         if not sys.stdin.isatty():
             raise QueueError(f"purge would delete {what} for good; run it again with --yes to confirm "
                              "(there is no terminal to ask).")
-        answer = input(f"Delete {what} from {store.home}? [y/N] ").strip().lower()
+        try:
+            answer = input(f"Delete {what} from {store.home}? [y/N] ").strip().lower()
+        except EOFError:  # Ctrl+D: no
+            answer = ""
+            print()
         if answer not in ("y", "yes"):
             print("Nothing was deleted.")
             return 1
