@@ -1450,6 +1450,7 @@ class Store:
                 job.pop(key, None)
             job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
                        error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
+            job.setdefault("first_started_at", job["started_at"])  # for `stats`: enqueue to first start
             if outcome.duration is not None:
                 job["duration"] = round(outcome.duration, 3)
             success = outcome.exit_code == 0 and outcome.error is None
@@ -1522,8 +1523,6 @@ class Store:
         if not counted:
             job["attempts"] = max(0, job["attempts"] - 1)
             job.pop("started_at", None)
-            if job["attempts"] == 0:
-                job.pop("first_started_at", None)
         self._update(job)
         self._index(job)
         return job
@@ -1547,7 +1546,6 @@ class Store:
             job = dict(job)
             job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
                        started_at=stamp, updated_at=stamp)
-            job.setdefault("first_started_at", stamp)  # for `stats`: the wait from enqueue to first start
             job.pop("run_at", None)
             self._update(job)
             claimed.append(job)
@@ -3589,6 +3587,463 @@ def cmd_wait(args: argparse.Namespace, store: Store) -> int:
     return 1
 
 
+# -- dashboard ----------------------------------------------------------------
+
+DASHBOARD_JOB_LIMIT = 200  # rows a dashboard tab shows (the newest first for finished jobs)
+
+
+def dashboard_jobs(store: Store, state: str | None, query: str, limit: int) -> list[dict[str, Any]]:
+    """Jobs for the dashboard: one state (finished ones newest first), filtered by text."""
+    jobs = store.jobs(state)
+    if state in FINISHED_STATES:
+        jobs.reverse()
+    if query:
+        needle = query.lower()
+        jobs = [job for job in jobs if needle in job["id"].lower() or needle in job["command"].lower()
+                or needle in str(job.get("error") or "").lower()]
+    return jobs[:limit]
+
+
+def job_detail(store: Store, job_id: str) -> dict[str, Any] | None:
+    """One job with the last part of its log (what `show` and `logs` print)."""
+    job = store.get(job_id)
+    if job is None:
+        return None
+    path = store.log_files(job_id)[0]
+    live = store.live_output(job)
+    tail = b""
+    for source in (path, live):
+        if source:
+            try:
+                with open(source, "rb") as handle:
+                    handle.seek(max(0, os.fstat(handle.fileno()).st_size - OUTPUT_TAIL_BYTES * 2))
+                    tail += handle.read()
+            except OSError:
+                pass
+    return {"job": job, "log": path, "log_tail": tail[-OUTPUT_TAIL_BYTES * 2:].decode("utf-8", "replace")}
+
+
+def timeline(store: Store, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
+    """Jobs that finished (completed, dead, cancelled) in each of the last `minutes` minutes, oldest first."""
+    now = now_ts() if now is None else now
+    start = (now // 60 - minutes + 1) * 60
+    buckets = [{"minute": iso(start + 60 * n), **dict.fromkeys(FINISHED_STATES, 0)} for n in range(minutes)]
+    for job in store.finished_jobs(start):
+        index = int((_epoch(job.get("finished_at") or job.get("updated_at")) - start) // 60)
+        if 0 <= index < minutes:
+            buckets[index][job["state"]] += 1
+    return buckets
+
+
+def safe_json(value: Any) -> bytes:
+    """JSON that is also safe inside HTML (no <, > or & that a browser could read as markup)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("utf-8")
+
+
+def make_dashboard_handler() -> type:
+    """The request handler class (http.server is imported only by `dashboard`). What it
+    serves comes from its server's `queuectl` attribute: store, token, read_only, hosts."""
+    import hmac
+    import secrets
+    from http.server import BaseHTTPRequestHandler
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    class DashboardHandler(BaseHTTPRequestHandler):
+        server_version = f"queuectl/{__version__}"
+
+        def log_message(self, *args: Any) -> None:
+            pass  # quiet: the terminal shows the URL and errors only
+
+        def _send(self, status: int, body: bytes, kind: str, extra: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("X-Frame-Options", "DENY")
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, value: Any) -> None:
+            self._send(status, safe_json(value), "application/json; charset=utf-8")
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self._handle(post=False)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle(post=True)
+
+        def _handle(self, post: bool) -> None:
+            run = self.server.queuectl  # type: ignore[attr-defined]
+            try:
+                if run.hosts is not None and self.headers.get("Host", "") not in run.hosts:
+                    # Bound to loopback, it answers only to a loopback name: no DNS rebinding.
+                    self._json(403, {"error": "this dashboard answers only to its own address"})
+                    return
+                url = urlsplit(self.path)
+                parts = [unquote(p) for p in url.path.split("/") if p]
+                query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+                if post:
+                    self._action(run, parts)
+                else:
+                    self._read(run, parts, query)
+            except (argparse.ArgumentTypeError, ValueError) as error:
+                self._json(400, {"error": str(error)})
+            except QueueError as error:  # a damaged file, a lock held too long
+                self._json(500, {"error": str(error)})
+            except OSError:
+                pass  # the browser went away
+
+        def _read(self, run: Any, parts: list[str], query: dict[str, str]) -> None:
+            store = run.store
+            if not parts:
+                nonce = secrets.token_urlsafe(12)
+                csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                       "connect-src 'self'; base-uri 'none'; form-action 'none'")
+                self._send(200, dashboard_page(store, run.token, nonce, run.read_only), "text/html; charset=utf-8",
+                           {"Content-Security-Policy": csp})
+            elif parts == ["api", "status"]:
+                self._json(200, status_data(store))
+            elif parts == ["api", "workers"]:
+                self._json(200, store.workers())
+            elif parts == ["api", "stats"]:
+                self._json(200, stats_data(store, duration_arg(query["since"]) if query.get("since") else None))
+            elif parts == ["api", "timeline"]:
+                self._json(200, timeline(store))
+            elif parts == ["api", "jobs"]:
+                state = normalize_state(query["state"]) if query.get("state") else None
+                limit = max(0, int(query.get("limit") or DASHBOARD_JOB_LIMIT))
+                self._json(200, dashboard_jobs(store, state, query.get("q", ""), limit))
+            elif len(parts) == 3 and parts[:2] == ["api", "jobs"]:
+                detail = job_detail(store, parts[2])
+                if detail is None:
+                    self._json(404, {"error": f"no job with id {parts[2]!r}"})
+                else:
+                    self._json(200, detail)
+            else:
+                self._json(404, {"error": "not found"})
+
+        def _action(self, run: Any, parts: list[str]) -> None:
+            """POST: retry a DLQ job, retry the whole DLQ, cancel a job; each needs the page's token."""
+            if not hmac.compare_digest(self.headers.get("X-Queuectl-Token", "").encode(), run.token.encode()):
+                self._json(403, {"error": "missing or wrong token: reload the page"})
+                return
+            if run.read_only:
+                self._json(403, {"error": "the dashboard is read-only (started with --read-only)"})
+                return
+            store = run.store
+            if parts == ["api", "dlq", "retry-all"]:
+                self._json(200, {"requeued": store.dlq_retry(None)})
+                return
+            if len(parts) != 4 or parts[:2] != ["api", "jobs"] or parts[3] not in ("retry", "cancel"):
+                self._json(404, {"error": "no such action"})
+                return
+            job_id = parts[2]
+            job = store.get(job_id)
+            if job is None:
+                self._json(404, {"error": f"no job with id {job_id!r}"})
+            elif parts[3] == "retry" and job["state"] != "dead":
+                self._json(409, {"error": f"job {job_id!r} is not in the DLQ (it is {job['state']})"})
+            elif parts[3] == "retry":
+                self._json(200, {"requeued": store.dlq_retry([job_id])})
+            else:
+                what, state = store.cancel([job_id])[job_id]
+                if what == "finished":
+                    self._json(409, {"error": f"job {job_id!r} has already finished ({state})"})
+                else:
+                    self._json(200, {"result": what, "was": state})
+
+    return DashboardHandler
+
+
+def dashboard_page(store: Store, token: str, nonce: str, read_only: bool) -> bytes:
+    """The page, with the first data embedded (escaped) so it shows at once."""
+    import html
+
+    initial = {"status": status_data(store), "jobs": dashboard_jobs(store, "pending", "", DASHBOARD_JOB_LIMIT),
+               "readOnly": read_only}
+    return (DASHBOARD_PAGE.replace("{{nonce}}", nonce).replace("{{token}}", html.escape(token))
+            .replace("{{home}}", html.escape(store.home)).replace("{{initial}}", safe_json(initial).decode())
+            .encode("utf-8"))
+
+
+def cmd_dashboard(args: argparse.Namespace, store: Store) -> int:
+    import secrets
+    import types
+    from http.server import ThreadingHTTPServer
+
+    if not 0 <= args.port <= 65535:
+        raise QueueError("--port must be between 0 and 65535.")
+    store.check_files()  # a damaged file is reported now, not as a broken page
+    server_class = ThreadingHTTPServer
+    if ":" in args.host:  # an IPv6 address
+        import socket
+
+        server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    try:
+        server = server_class((args.host, args.port), make_dashboard_handler())
+    except OSError as error:
+        raise QueueError(f"cannot listen on {args.host} port {args.port}: {error.strerror or error}"
+                         + ("; pick another with --port" if args.port else "") + ".") from None
+    server.daemon_threads = True
+    port = server.server_address[1]
+    loopback = args.host in ("localhost", "::1") or args.host.startswith("127.")
+    hosts = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]", args.host)} if loopback else None
+    server.queuectl = types.SimpleNamespace(  # type: ignore[attr-defined]
+        store=store, token=secrets.token_urlsafe(24), read_only=args.read_only, hosts=hosts)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{port}/"
+    if not loopback:
+        print(f"warning: the dashboard listens on {args.host}: anyone who can reach this machine on port "
+              f"{port} can see every job's command and output" + ("." if args.read_only else
+                                                                 ", and retry or cancel jobs from the page."),
+              file=sys.stderr)
+    print(f"Dashboard for {store.home}: {url}{' (read-only)' if args.read_only else ''}  (Ctrl+C to stop)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        print("Dashboard stopped.")
+    finally:
+        server.server_close()
+    return 0
+
+
+# The page: plain HTML, CSS and JavaScript, no build step and nothing fetched from elsewhere.
+# Every value is put in with textContent, never as markup.
+DASHBOARD_PAGE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="queuectl-token" content="{{token}}">
+<title>queuectl</title>
+<style nonce="{{nonce}}">
+body { font: 14px system-ui, sans-serif; margin: 0; color: #1d2330; background: #f4f5f7; }
+header { background: #1d2330; color: #fff; padding: 10px 20px; display: flex; gap: 16px; align-items: baseline; }
+header h1 { font-size: 18px; margin: 0; }
+header .home { color: #aab; font-family: monospace; }
+header .live { margin-left: auto; color: #8c8; }
+header .live.stale { color: #e88; }
+main { padding: 16px 20px; display: grid; gap: 16px; grid-template-columns: 1fr 1fr; }
+section { background: #fff; border-radius: 6px; padding: 12px 16px; box-shadow: 0 1px 2px #0002; }
+section.wide { grid-column: 1 / -1; }
+h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .05em; color: #667; margin: 0 0 8px; }
+.counts { display: flex; gap: 12px; flex-wrap: wrap; }
+.count { min-width: 110px; padding: 8px 12px; border-radius: 6px; background: #f4f5f7; }
+.count b { display: block; font-size: 30px; }
+.count.dead b { color: #c33; } .count.failed b { color: #c80; } .count.completed b { color: #283; }
+.count.processing b { color: #36c; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eee; vertical-align: top; }
+th { color: #667; font-weight: 600; }
+td.cmd { font-family: monospace; max-width: 480px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+tr.job { cursor: pointer; } tr.job:hover { background: #eef3ff; } tr.job.selected { background: #dde7ff; }
+.tabs { display: flex; gap: 4px; margin-bottom: 8px; align-items: center; }
+.tabs button { border: 1px solid #ccd; background: #fff; padding: 4px 10px; border-radius: 4px; cursor: pointer; }
+.tabs button.on { background: #1d2330; color: #fff; }
+.tabs input { margin-left: auto; padding: 4px 8px; width: 220px; }
+button.action { border: 1px solid #36c; color: #36c; background: #fff; border-radius: 4px; padding: 3px 10px;
+                cursor: pointer; }
+button.action.danger { border-color: #c33; color: #c33; }
+pre { background: #1d2330; color: #e6e6e6; padding: 8px; border-radius: 4px; max-height: 260px; overflow: auto;
+      white-space: pre-wrap; word-break: break-all; }
+.alive { color: #283; } .dead-worker { color: #c33; }
+.muted { color: #889; }
+#message { color: #c33; min-height: 1em; }
+#detail th { width: 150px; }
+#detail pre { max-height: 320px; }
+svg text { font-size: 10px; fill: #667; }
+</style>
+</head>
+<body>
+<header><h1>queuectl</h1><span class="home">{{home}}</span><span class="live" id="live">live</span></header>
+<main>
+<section class="wide"><h2>Jobs</h2><div class="counts" id="counts"></div></section>
+<section><h2>Workers</h2><table id="workers"></table></section>
+<section><h2>Running now</h2><table id="running"></table></section>
+<section class="wide"><h2>Finished per minute, last hour</h2><div id="chart"></div></section>
+<section class="wide">
+  <div class="tabs" id="tabs"></div>
+  <div id="message"></div>
+  <table id="jobs"></table>
+</section>
+<section class="wide" id="detail" hidden></section>
+</main>
+<script type="application/json" id="initial">{{initial}}</script>
+<script nonce="{{nonce}}">
+"use strict";
+const TOKEN = document.querySelector('meta[name="queuectl-token"]').content;
+const INITIAL = JSON.parse(document.getElementById("initial").textContent);
+const STATES = ["pending", "processing", "failed", "completed", "dead", "cancelled"];
+let tab = "pending", filter = "", selected = null;
+{ // a link can name a tab and a job: #dead/job7
+  const [state, job] = location.hash.slice(1).split("/");
+  if (STATES.includes(state)) tab = state;
+  if (job) selected = decodeURIComponent(job);
+}
+function remember() {
+  history.replaceState(null, "", `#${tab}${selected ? "/" + encodeURIComponent(selected) : ""}`);
+}
+
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+function fill(id, ...nodes) { document.getElementById(id).replaceChildren(...nodes); }
+function ago(stamp) {
+  if (!stamp) return "-";
+  const s = Math.max(0, (Date.now() - Date.parse(stamp)) / 1000);
+  return s < 90 ? s.toFixed(1) + " s" : s < 5400 ? (s / 60).toFixed(1) + " min" : (s / 3600).toFixed(1) + " h";
+}
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+async function act(path) {
+  try { await api(path, {method: "POST", headers: {"X-Queuectl-Token": TOKEN}}); fill("message"); }
+  catch (error) { fill("message", error.message); }
+  refresh();
+}
+
+function showCounts(status) {
+  fill("counts", ...STATES.map(state => el("div", {class: "count " + state},
+    el("b", {"data-state": state}, status.counts[state]), state === "dead" ? "dead (DLQ)" : state)));
+}
+function showWorkers(workers) {
+  fill("workers", el("tr", {}, ...["pid", "host", "threads", "last heartbeat", ""].map(h => el("th", {}, h))),
+    ...workers.map(w => el("tr", {}, el("td", {}, w.pid), el("td", {}, w.host), el("td", {}, w.threads),
+      el("td", {}, ago(w.heartbeat_at) + " ago"),
+      el("td", {class: w.alive ? "alive" : "dead-worker"}, w.alive ? "alive" : "not responding"))));
+  if (!workers.length) fill("workers", el("tr", {}, el("td", {class: "muted"}, "No worker is running.")));
+}
+function showRunning(jobs) {
+  fill("running", el("tr", {}, ...["id", "attempt", "running for", "command"].map(h => el("th", {}, h))),
+    ...jobs.map(j => el("tr", {class: "job", onclick: () => select(j.id)}, el("td", {}, j.id),
+      el("td", {}, j.attempts), el("td", {}, ago(j.started_at)), el("td", {class: "cmd"}, j.command))));
+  if (!jobs.length) fill("running", el("tr", {}, el("td", {class: "muted"}, "Nothing is running.")));
+}
+function showChart(minutes) {
+  const NS = "http://www.w3.org/2000/svg", width = 900, height = 110, bar = width / minutes.length;
+  const top = Math.max(1, ...minutes.map(m => m.completed + m.dead + m.cancelled));
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height + 16}`);
+  svg.setAttribute("width", "100%");
+  const rect = (x, y, h, color, title) => {
+    const r = document.createElementNS(NS, "rect");
+    const attributes = {x, y, width: Math.max(1, bar - 2), height: h, fill: color};
+    for (const [k, v] of Object.entries(attributes)) r.setAttribute(k, v);
+    const t = document.createElementNS(NS, "title"); t.textContent = title; r.append(t); svg.append(r);
+  };
+  minutes.forEach((m, i) => {
+    const label = `${m.minute.slice(11, 16)} UTC: ${m.completed} completed, ${m.dead} dead, ${m.cancelled} cancelled`;
+    let y = height;
+    for (const [n, color] of [[m.completed, "#2a8"], [m.dead, "#c33"], [m.cancelled, "#999"]]) {
+      const h = n / top * (height - 4); y -= h; if (n) rect(i * bar, y, h, color, label);
+    }
+  });
+  for (const [x, text, anchor] of [[0, "-60 min", "start"], [width, "now", "end"]]) {
+    const t = document.createElementNS(NS, "text");
+    t.setAttribute("x", x); t.setAttribute("y", height + 12); t.setAttribute("text-anchor", anchor);
+    t.textContent = text; svg.append(t);
+  }
+  const total = minutes.reduce((a, m) => [a[0] + m.completed, a[1] + m.dead], [0, 0]);
+  fill("chart", svg, el("div", {class: "muted"},
+    `${total[0]} completed (green), ${total[1]} dead (red) in the last hour; peak ${top}/min`));
+}
+function showTabs(counts) {
+  const input = el("input", {type: "search", placeholder: "filter by id, command, error", value: filter});
+  input.addEventListener("input", () => { filter = input.value; loadJobs(); });
+  const choose = state => () => { tab = state; remember(); loadJobs(); showTabs(counts); };
+  const buttons = STATES.map(s => el("button", {class: s === tab ? "on" : "", onclick: choose(s)},
+    `${s} (${counts[s]})`));
+  fill("tabs", ...buttons, input);
+  if (document.activeElement?.type === "search") input.focus();
+}
+function showJobs(jobs) {
+  const button = (j, what, style) => el("button", {class: style, onclick: event => {
+    event.stopPropagation(); act(`/api/jobs/${encodeURIComponent(j.id)}/${what}`);
+  }}, what);
+  const actions = j => {
+    if (INITIAL.readOnly) return "";
+    if (j.state === "dead") return button(j, "retry", "action");
+    if (["pending", "processing", "failed"].includes(j.state)) return button(j, "cancel", "action danger");
+    return "";
+  };
+  const titles = ["id", "state", "attempts", "priority", "updated", "command", "last error", ""];
+  const head = el("tr", {}, ...titles.map(h => el("th", {}, h)));
+  if (tab === "dead" && jobs.length && !INITIAL.readOnly)
+    head.lastChild.append(el("button", {class: "action", onclick: () => act("/api/dlq/retry-all")}, "retry all"));
+  const row = j => ({class: j.id === selected ? "job selected" : "job", onclick: () => select(j.id)});
+  fill("jobs", head, ...jobs.map(j => el("tr", row(j),
+    el("td", {}, j.id), el("td", {}, j.state), el("td", {}, j.attempts), el("td", {}, j.priority ?? 0),
+    el("td", {}, ago(j.updated_at) + " ago"), el("td", {class: "cmd", title: j.command}, j.command),
+    el("td", {}, j.error || ""), el("td", {}, actions(j)))));
+  if (!jobs.length) {
+    const none = `No ${tab} jobs${filter ? " match" : ""}.`;
+    document.getElementById("jobs").append(el("tr", {}, el("td", {class: "muted"}, none)));
+  }
+}
+async function loadJobs() {
+  try { showJobs(await api(`/api/jobs?state=${tab}&q=${encodeURIComponent(filter)}`)); }
+  catch (error) { fill("message", error.message); }
+}
+async function select(id) { selected = id; remember(); await showDetail(); loadJobs(); }
+async function showDetail() {
+  const box = document.getElementById("detail");
+  if (!selected) { box.hidden = true; return; }
+  try {
+    const d = await api(`/api/jobs/${encodeURIComponent(selected)}`);
+    const fields = Object.entries(d.job).filter(([k]) => k !== "output");
+    box.replaceChildren(el("h2", {}, "Job " + d.job.id),
+      el("table", {}, ...fields.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v ?? "-")))),
+      el("h2", {}, "Last error"), el("div", {}, d.job.error || "-"),
+      el("h2", {}, "Output (end of " + d.log + ")"), el("pre", {}, d.log_tail || d.job.output || "(no output)"));
+    box.hidden = false;
+  } catch (error) { box.replaceChildren(el("div", {}, error.message)); }
+}
+function live(style, text) {
+  const badge = document.getElementById("live");
+  badge.className = style;
+  badge.textContent = text;
+}
+async function refresh() {
+  try {
+    const [status, workers, running, minutes] = await Promise.all([api("/api/status"), api("/api/workers"),
+      api("/api/jobs?state=processing"), api("/api/timeline")]);
+    showCounts(status); showTabs(status.counts); showWorkers(workers); showRunning(running); showChart(minutes);
+    await loadJobs(); if (selected) await showDetail();
+    live("live", "live");
+  } catch (error) {
+    live("live stale", "not updating: " + error.message);
+  }
+}
+showCounts(INITIAL.status); showTabs(INITIAL.status.counts);
+if (tab === "pending") showJobs(INITIAL.jobs);
+refresh();
+setInterval(refresh, 2000);
+</script>
+</body>
+</html>
+"""
+
+
 # -- dlq, config ----------------------------------------------------------
 
 
@@ -3735,6 +4190,14 @@ def build_parser() -> argparse.ArgumentParser:
             "queuectl wait job1 job2 --timeout 60\nqueuectl wait                (every pending and processing job)")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 124)")
+
+    p = add("dashboard", cmd_dashboard, "a live web page of the queue, with retry and cancel buttons",
+            "queuectl dashboard                 (then open http://127.0.0.1:8787/)\n"
+            "queuectl dashboard --port 9000 --open --read-only")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+    p.add_argument("--open", action="store_true", help="open it in the web browser")
+    p.add_argument("--read-only", action="store_true", help="no retry or cancel actions")
 
     dsub = group("dlq", "the Dead Letter Queue", "queuectl dlq retry --all")
     p = add("list", cmd_dlq_list, "jobs in the DLQ", "queuectl dlq list --json", dsub)

@@ -564,7 +564,7 @@ def test_normalize_state_synonyms(text, state):
 def test_defaults_match_the_contract():
     assert queuectl.DEFAULT_CONFIG == {"max_retries": 3, "backoff_base": 2, "max_backoff": 3600, "job_timeout": 0,
                                        "lease_timeout": 30, "poll_interval": 0.5, "failure_rate": 0.0,
-                                       "log_max_bytes": 10 * 1024 * 1024}
+                                       "log_max_bytes": 10 * 1024 * 1024, "shell": "auto"}
 
 
 def test_iso_round_trips_through_parse_time_for_any_moment():
@@ -592,5 +592,6 @@ def test_write_pid_fills_the_header_without_moving_the_commands_offset(tmp_path,
         out.write(b"output\n")  # the command goes on writing where it was
         out.flush()
     data = path.read_bytes()
-    assert data == header.replace(b"?" + b" " * (queuectl.PID_FIELD - 1), b"4242".ljust(queuectl.PID_FIELD)) + b"output\n"
+    filled = header.replace(b"?" + b" " * (queuectl.PID_FIELD - 1), b"4242".ljust(queuectl.PID_FIELD))
+    assert data == filled + b"output\n"
     assert queuectl._LOG_HEADER.match(data.splitlines()[0] + b"\n")
