@@ -365,6 +365,11 @@ def repair_shell_json(text: str) -> tuple[Any, str] | None:
                 value = int(value)
             elif value == "null":
                 value = None
+            elif "\\" in value:  # the JSON escapes the shell left in place: \\ is one backslash
+                try:
+                    value = json.loads(f'"{value}"')
+                except ValueError:
+                    return None
             job[mark.group(1)] = value
         return job, "the quotes PowerShell stripped were restored"
     return None
@@ -602,7 +607,8 @@ def _is_zombie(pid: int) -> bool:
 def _windows_pid_alive(pid: int) -> bool:
     import ctypes  # Windows only
 
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    # use_last_error: OpenProcess's error must be kept for get_last_error (windll's is not)
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
     synchronize, wait_timeout = 0x00100000, 0x00000102
     handle = kernel32.OpenProcess(synchronize, False, pid)
     if not handle:
@@ -1542,7 +1548,10 @@ class Store:
             if job is None or job["state"] == "processing" or self._seq.get(job_id) != seq:
                 continue
             if job.get("run_at") and _epoch(job["run_at"]) > now:
-                continue  # re-filed under 'due later' when it failed
+                # Not due after all (a retry's run_at, rounded to the millisecond, can be a
+                # moment later than the clock that filed it): file it under 'due later'.
+                heapq.heappush(self._scheduled, (_epoch(job["run_at"]), job_id))
+                continue
             job = dict(job)
             job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
                        started_at=stamp, updated_at=stamp)
@@ -4265,7 +4274,7 @@ def main(argv: list[str] | None = None) -> int:
 def unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     """Arguments argparse could not place: JSON split by PowerShell gets advice, the rest argparse's error."""
     if getattr(args, "handler", None) is cmd_enqueue:
-        pieces = [value for value in (args.job, args.json) if value is not None] + extra
+        pieces = [value for value in (args.json, args.job) if value is not None] + extra
         if pieces[0].startswith("{\\"):
             print(f"error: {split_json_message(pieces)}", file=sys.stderr)
             return 2
