@@ -382,11 +382,23 @@ QUOTING_ADVICE = (
 )
 
 
+def looks_split(first: str) -> bool:
+    """Is this argument the start of a JSON object that the shell cut into pieces?"""
+    if not first.lstrip("'").startswith("{"):
+        return False
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
 def split_json_message(pieces: list[str]) -> str:
-    """JSON typed with bash quoting into PowerShell ("{\"id\":\"job1\"}") reaches us
-    split at every \" (rows R5/R6 of notes/windows.md): whitespace is lost, so say so."""
-    return (f'the JSON arrived in {len(pieces)} pieces {pieces}: PowerShell splits "{{\\"id\\":...}}" at '
-            f"every \\\". {QUOTING_ADVICE}")
+    """JSON that a shell cut into several arguments: PowerShell at every \" of bash-style
+    quoting (rows R5/R6 of notes/windows.md), cmd.exe and PowerShell 5.1 at a space their
+    quote counting left outside quotes. The whitespace is lost, so say so, not guess."""
+    return (f"the JSON arrived in {len(pieces)} pieces {pieces}: the shell split it (PowerShell splits "
+            f'"{{\\"id\\":...}}" at every \\", cmd.exe at spaces outside its quotes). {QUOTING_ADVICE}')
 
 
 def parse_json_argument(text: str, warn: Callable[[str], None]) -> list[tuple[str, Any]]:
@@ -2997,7 +3009,7 @@ def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
 def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
     sources = [s for s in (args.job, args.json, args.file) if s is not None]
     flags = args.id is not None or args.command is not None
-    if args.json is not None and args.job is not None and args.json.startswith("{\\"):
+    if args.json is not None and args.job is not None and looks_split(args.json):
         raise QueueError(split_json_message([args.json, args.job]), exit_code=2)
     if len(sources) > 1 or (sources and flags and args.command is not None):
         raise QueueError("give the job one way: positional JSON, --json, --file, or --id/--command.")
@@ -4275,7 +4287,7 @@ def unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extr
     """Arguments argparse could not place: JSON split by PowerShell gets advice, the rest argparse's error."""
     if getattr(args, "handler", None) is cmd_enqueue:
         pieces = [value for value in (args.json, args.job) if value is not None] + extra
-        if pieces[0].startswith("{\\"):
+        if looks_split(pieces[0]):
             print(f"error: {split_json_message(pieces)}", file=sys.stderr)
             return 2
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
