@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT, Queue, fast, q, wait_until
+from conftest import SCRIPT, Queue, fast, q, wait_for_state, wait_running, wait_until
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals, process groups and ptys")
 
@@ -35,42 +35,6 @@ HEADER = re.compile(r"=== attempt (\d+), started (\S+) by (Worker-\d+) \(pid (\d
 
 def enqueue(queue: Queue, job_id: str, command: str, *extra: str) -> None:
     queue.ok("enqueue", "--id", job_id, "--command", command, *extra)
-
-
-def snapshot(queue: Queue) -> dict[str, dict[str, Any]] | None:
-    """id -> job over the four job files, read without the lock; None when a file was
-    caught mid-write (the caller polls again)."""
-    jobs: dict[str, dict[str, Any]] = {}
-    for name in ("queue.json", "processed.json", "failed.json", "cancelled.json"):
-        path = queue.home / name
-        try:
-            data = json.loads(path.read_text("utf-8")) if path.exists() else []
-        except (ValueError, OSError):
-            return None
-        for job in data:
-            jobs[job["id"]] = job
-    return jobs
-
-
-def job_of(queue: Queue, job_id: str) -> dict[str, Any] | None:
-    jobs = snapshot(queue)
-    return None if jobs is None else jobs.get(job_id)
-
-
-def wait_for_state(queue: Queue, job_id: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        job = job_of(queue, job_id)
-        return job if job and job["state"] == state else None
-
-    return wait_until(reached, timeout, what=f"job {job_id} to be {state}")
-
-
-def wait_running(queue: Queue, job_id: str, worker: subprocess.Popen, timeout: float = 15.0) -> dict[str, Any]:
-    def running() -> dict[str, Any] | None:
-        job = job_of(queue, job_id)
-        return job if job and job["state"] == "processing" and job.get("pid") == worker.pid else None
-
-    return wait_until(running, timeout, what=f"job {job_id} to run in worker pid {worker.pid}")
 
 
 def process_gone(pid: int) -> bool:

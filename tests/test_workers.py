@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Queue, SCRIPT, fast, q, wait_until
+from conftest import SCRIPT, Queue, fast, job_of, job_snapshot, q, wait_for_state, wait_running, wait_until
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and process groups")
 
@@ -42,46 +42,9 @@ def enqueue_many(queue: Queue, jobs: list[dict[str, Any]]) -> None:
     queue.ok("enqueue", "--file", str(path))
 
 
-def snapshot(queue: Queue) -> dict[str, dict[str, Any]] | None:
-    """id -> job over the three state files, read without the lock; None when a file was
-    caught mid-append (the caller polls again)."""
-    jobs: dict[str, dict[str, Any]] = {}
-    for name in ("queue.json", "processed.json", "failed.json"):
-        path = queue.home / name
-        try:
-            data = json.loads(path.read_text("utf-8")) if path.exists() else []
-        except (ValueError, OSError):
-            return None
-        for job in data:
-            jobs[job["id"]] = job
-    return jobs
-
-
-def job_of(queue: Queue, job_id: str) -> dict[str, Any] | None:
-    jobs = snapshot(queue)
-    return None if jobs is None else jobs.get(job_id)
-
-
-def wait_for_state(queue: Queue, job_id: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        job = job_of(queue, job_id)
-        return job if job and job["state"] == state else None
-
-    return wait_until(reached, timeout, what=f"job {job_id} to be {state}")
-
-
-def wait_running(queue: Queue, job_id: str, worker: subprocess.Popen, timeout: float = 15.0) -> dict[str, Any]:
-    """Until the job is processing in this worker process."""
-    def running() -> dict[str, Any] | None:
-        job = job_of(queue, job_id)
-        return job if job and job["state"] == "processing" and job.get("pid") == worker.pid else None
-
-    return wait_until(running, timeout, what=f"job {job_id} to run in worker pid {worker.pid}")
-
-
 def completed_count(queue: Queue) -> int:
     """Jobs in processed.json, read without the lock (-1 when caught mid-append)."""
-    jobs = snapshot(queue)
+    jobs = job_snapshot(queue)
     return -1 if jobs is None else sum(job["state"] == "completed" for job in jobs.values())
 
 
