@@ -127,6 +127,41 @@ def wait_running(queue: Queue, job_id: str, worker: subprocess.Popen, timeout: f
     return wait_until(running, timeout, what=f"job {job_id} to run in worker pid {worker.pid}")
 
 
+def process_gone(pid: int) -> bool:
+    """True once pid has exited. A zombie counts as gone: a grandchild is reparented, and a
+    PID 1 that does not reap orphans (as in this container) leaves a killed one a zombie for ever."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def kill_leftover(pid: int | None) -> None:
+    """Cleanup: kill a process a test started through a job, with its process group."""
+    if not pid:
+        return
+    try:
+        group = os.getpgid(pid)
+        if group != os.getpgrp():
+            os.killpg(group, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """Kill a process started in its own session, with its whole group, and reap it."""
     if proc.poll() is None:

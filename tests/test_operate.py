@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT, Queue, fast, q, wait_for_state, wait_running, wait_until
+from conftest import (SCRIPT, Queue, fast, kill_leftover, process_gone, q, read_pid, wait_for_state, wait_running,
+                      wait_until)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals, process groups and ptys")
 
@@ -35,41 +36,6 @@ HEADER = re.compile(r"=== attempt (\d+), started (\S+) by (Worker-\d+) \(pid (\d
 
 def enqueue(queue: Queue, job_id: str, command: str, *extra: str) -> None:
     queue.ok("enqueue", "--id", job_id, "--command", command, *extra)
-
-
-def process_gone(pid: int) -> bool:
-    """True once pid has exited. A zombie counts as gone: the grandchild is reparented, and
-    a PID 1 that does not reap orphans leaves a killed one a zombie for ever."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def kill_leftover(pid: int | None) -> None:
-    """Cleanup: kill a process a test started through a job, with its process group."""
-    if not pid:
-        return
-    try:
-        group = os.getpgid(pid)
-        if group != os.getpgrp():
-            os.killpg(group, signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def stop_worker(queue: Queue, worker: subprocess.Popen) -> int:

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT, Queue, fast, job_of, job_snapshot, q, wait_for_state, wait_running, wait_until
+from conftest import (SCRIPT, Queue, fast, job_of, job_snapshot, kill_leftover, process_gone, q, read_pid,
+                      wait_for_state, wait_running, wait_until)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and process groups")
 
@@ -56,41 +57,6 @@ def nothing_processing(queue: Queue) -> None:
 def finish(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     """Wait for a worker to exit on its own, within a deadline."""
     return proc.wait(timeout=timeout)
-
-
-def process_gone(pid: int) -> bool:
-    """True once pid has exited. A zombie counts as gone: this container's PID 1 does not
-    reap orphans, so a killed grandchild stays a zombie there for ever."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def kill_leftover(pid: int | None) -> None:
-    """Cleanup: kill a process a test started through a job, with its process group."""
-    if not pid:
-        return
-    try:
-        group = os.getpgid(pid)
-        if group != os.getpgrp():
-            os.killpg(group, signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def attempt_starts(queue: Queue, job_id: str) -> list[float]:
@@ -577,10 +543,12 @@ def test_two_ctrl_c_kill_the_command_tree_and_return_the_job_uncounted(queue: Qu
 
 def test_sigterm_is_a_graceful_stop(queue: Queue, tmp_path: Path) -> None:
     fast(queue)
-    enqueue(queue, "sleeper", "sleep 1.5; echo done")
+    started = tmp_path / "started"
+    enqueue(queue, "sleeper", f"touch {q(started)}; sleep 1.5; echo done")
     out_path = tmp_path / "worker.out"
     worker = queue.start_worker(log=out_path)
     wait_running(queue, "sleeper", worker)
+    wait_until(started.exists, what="the command to start")  # claimed is not yet started: that one would go back
 
     worker.send_signal(signal.SIGTERM)
     rc = finish(worker, timeout=20)
