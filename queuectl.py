@@ -3659,7 +3659,8 @@ def timeline(store: Store, minutes: int = 60, now: float | None = None) -> list[
 def safe_json(value: Any) -> bytes:
     """JSON that is also safe inside HTML (no <, > or & that a browser could read as markup)."""
     text = json.dumps(value, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("utf-8")
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.encode("utf-8", "replace")  # a folder name that is not UTF-8 shows '?', as on the terminal
 
 
 def make_dashboard_handler() -> type:
@@ -3786,9 +3787,10 @@ def dashboard_page(store: Store, token: str, nonce: str, read_only: bool) -> byt
 
     initial = {"status": status_data(store), "jobs": dashboard_jobs(store, "pending", "", DASHBOARD_JOB_LIMIT),
                "readOnly": read_only}
-    return (DASHBOARD_PAGE.replace("{{nonce}}", nonce).replace("{{token}}", html.escape(token))
-            .replace("{{home}}", html.escape(store.home)).replace("{{initial}}", safe_json(initial).decode())
-            .encode("utf-8"))
+    values = {"nonce": nonce, "token": html.escape(token), "home": html.escape(store.home),
+              "initial": safe_json(initial).decode("utf-8")}
+    # One pass: a value that happens to contain {{name}} is not filled in again.
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], DASHBOARD_PAGE).encode("utf-8", "replace")
 
 
 def cmd_dashboard(args: argparse.Namespace, store: Store) -> int:

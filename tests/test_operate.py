@@ -190,9 +190,10 @@ def test_logs_attempt_and_tail_select_one_attempt_and_its_last_lines(queue: Queu
     assert len(beyond.stderr.splitlines()) == 1 and "2 attempt(s)" in beyond.stderr
 
 
-def test_logs_of_an_unknown_id_is_one_error_line(queue: Queue) -> None:
+@pytest.mark.parametrize("command", ["logs", "cancel", "wait"])
+def test_an_unknown_id_is_one_error_line(queue: Queue, command: str) -> None:
     enqueue(queue, "known", "echo hi")
-    proc = queue.run("logs", "nosuchjob")
+    proc = queue.run(command, "nosuchjob")
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and "nosuchjob" in proc.stderr
@@ -402,13 +403,6 @@ def test_cancel_a_finished_job_fails_and_names_its_state(queue: Queue, tmp_path:
         assert len(proc.stderr.splitlines()) == 1 and state in proc.stderr, proc.stderr
     assert queue.states() == {"done": "completed", "broken": "dead"}
     assert queue.file("cancelled.json") == []
-
-
-def test_cancel_an_unknown_id_fails(queue: Queue) -> None:
-    proc = queue.run("cancel", "ghost")
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    assert len(proc.stderr.splitlines()) == 1 and "ghost" in proc.stderr
 
 
 def test_cancel_with_mixed_ids_cancels_the_valid_ones_and_exits_1(queue: Queue, tmp_path: Path) -> None:
