@@ -1457,6 +1457,8 @@ class Store:
             if outcome.kind not in ("ran", "cancelled"):
                 # Never started, or killed by a second Ctrl+C: not an attempt.
                 if cancelled:
+                    job["attempts"] = max(0, job["attempts"] - 1)
+                    job.pop("started_at", None)
                     to_cancelled.append(self._cancelled(job, now, "cancelled before it started"))
                     done.append((job, "cancelled"))
                     continue
@@ -1638,6 +1640,9 @@ class Store:
                 job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
                            exit_code=None)
             if "cancel_requested_at" in job:
+                if not started:  # claimed ahead, never run: not an attempt
+                    job["attempts"] = max(0, job["attempts"] - 1)
+                    job.pop("started_at", None)
                 to_cancelled.append(self._cancelled(job, now, "cancelled; its worker had died"))
             elif started and job["attempts"] >= max(1, job.get("max_retries", 1)):
                 for key in ("pid", "host"):
@@ -2117,8 +2122,9 @@ _EPOCH_CACHE: dict[str, float] = {}
 
 
 def _epoch(text: str | None) -> float:
-    """Epoch seconds of a stored timestamp (cached: the same strings recur)."""
-    if not text:
+    """Epoch seconds of a stored timestamp (cached: the same strings recur). Anything
+    that is not a timestamp string (a hand-edited file) counts as the epoch."""
+    if not text or type(text) is not str:
         return 0.0
     value = _EPOCH_CACHE.get(text)
     if value is not None:
@@ -3186,7 +3192,7 @@ def cmd_show(args: argparse.Namespace, store: Store) -> int:
     print(f"{'log':<{width}}: {store.log_files(job['id'])[0]}")
     if job.get("output"):
         print("output (last part):")
-        print(job["output"].rstrip("\n"))
+        print(str(job["output"]).rstrip("\n"))
     return 0
 
 
@@ -3560,8 +3566,8 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, store: Store) -> int:
-    if args.timeout is not None and args.timeout < 0:
-        raise QueueError("--timeout must be 0 or more seconds.")
+    if args.timeout is not None and not 0 <= args.timeout < 1e9:  # (also refuses nan and inf)
+        raise QueueError("--timeout must be a number of seconds, 0 or more (leave it out to wait for ever).")
     if args.ids:
         ids = list(dict.fromkeys(args.ids))
         known = store.states_of(ids)
