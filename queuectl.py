@@ -2352,10 +2352,13 @@ class Runner:
         with os.fdopen(fd, "ab") as log:
             out.seek(0)
             copy_bytes(out, log, start)  # the header
-            if end - start > limit:  # copy only the newest output that the log would keep
-                log.write(f"=== {end - start - limit} bytes of older output removed (log_max_bytes)\n".encode())
-                out.seek(end - limit)
-            copy_bytes(out, log, min(end - start, limit))
+            room = max(0, limit - start - 200)  # what fits beside the header, this note and the footer
+            size = end - start
+            if size > room:  # copy only the newest output that the log would keep, from a whole line
+                out.seek(end - room)
+                size = room - len(out.readline(4096))
+                log.write(f"=== {end - start - size} bytes of older output removed (log_max_bytes)\n".encode())
+            copy_bytes(out, log, size)
             if end > start and not _ends_with_newline(out, end):
                 log.write(b"\n")
             log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())

@@ -327,6 +327,36 @@ def test_ctrl_c_stops_logs_follow_waiting_for_a_pending_job(queue: Queue, tmp_pa
     assert time.monotonic() - sent < 2.0
 
 
+
+def test_log_max_bytes_keeps_the_newest_output_of_every_attempt(queue: Queue, tmp_path: Path) -> None:
+    fast(queue, log_max_bytes=2048, backoff_base=1, max_backoff=0.05)
+    # Each attempt prints 400 numbered lines (about 5 KB) and fails; 3 attempts are ~15 KB of output.
+    enqueue(queue, "chatty", "seq -f 'line %g' 1 400; exit 1", "--max-retries", "3")
+    burst(queue, tmp_path / "worker.out")
+    log = queue.home / "logs" / "chatty.log"
+    data = log.read_bytes()
+    assert len(data) <= 2048
+    text = data.decode()
+    assert text.startswith("=== older output removed: this log keeps the newest 2048 bytes (log_max_bytes)\n")
+    assert text.endswith("line 400\n=== attempt 3 ended: exit code 1\n")  # the newest output is kept
+    assert "line 1\n" not in text
+    shown = queue.ok("logs", "chatty")  # the cut log still reads as attempts
+    assert shown.splitlines()[-1] == "line 400" and ": exit code 1" in shown
+
+
+def test_one_attempt_larger_than_log_max_bytes_keeps_its_header_and_its_end(queue: Queue, tmp_path: Path) -> None:
+    fast(queue, log_max_bytes=4096)
+    enqueue(queue, "big", "seq -f 'row %g' 1 5000")
+    burst(queue, tmp_path / "worker.out")
+    text = (queue.home / "logs" / "big.log").read_text()
+    assert len(text.encode()) <= 4096
+    first, second = text.splitlines()[:2]
+    assert first.startswith("=== big attempt 1 started ")
+    assert re.fullmatch(r"=== \d+ bytes of older output removed \(log_max_bytes\)", second)
+    assert re.fullmatch(r"row \d+", text.splitlines()[2])  # a whole line
+    assert text.endswith("row 5000\n=== attempt 1 ended: exit code 0\n")
+    assert queue.ok("logs", "big", "--tail", "1").splitlines()[-1] == "row 5000"
+
 # -- cancel -----------------------------------------------------------------------
 
 
