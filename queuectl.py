@@ -804,9 +804,10 @@ class Store:
 
     queue.json holds active jobs (pending, processing, failed) and is replaced
     atomically; processed.json (completed), failed.json (dead, the DLQ) and
-    cancelled.json are append-only histories written one job per line. A process keeps what it
-    parsed and the line of every job, so it neither re-parses a file that has
-    not changed since it wrote it nor re-serialises jobs that did not change.
+    cancelled.json are append-only histories written one job per line. A
+    process keeps what it parsed and the line of every job, so it neither
+    re-parses a file that has not changed since it wrote it nor re-serialises
+    jobs that did not change.
     """
 
     _process_locks: dict[str, Any] = {}
@@ -1289,9 +1290,10 @@ class Store:
         others: dict[str, dict[str, Any]] = {}
         if source != "active":
             others.update((job["id"], job) for job in self._active())
+        ids = [job["id"] for job in jobs]
         for state, name in HISTORY_FILE_OF.items():
             if state != source:
-                others.update((job["id"], job) for job in self._history_copies(name, [job["id"] for job in jobs]))
+                others.update((job["id"], job) for job in self._history_copies(name, ids))
         # On a tie (the same millisecond) the history copy wins: finishing writes it first.
         keep_tie = source != "active"
         return [job for job in jobs if job["id"] not in others
@@ -2280,14 +2282,13 @@ class Runner:
         with self._lock:
             self._held[(job["id"], job["attempts"])] = (path, out)
         result = Outcome(job["id"], job["attempts"], worker=worker, started=started)
-        # The mark lets recovery find the command even if this process dies before it knows its pid.
-        env = dict(os.environ, QUEUECTL_ATTEMPT=attempt_mark(job["id"], job["attempts"], self.identity))
-        if job["id"] in self.cancelled:
+        if job["id"] in self.cancelled:  # cancelled as it was about to start: it never runs
             with self._lock:
                 self.cancelled.discard(job["id"])
-            result.kind = "cancelled"
-            self._keep_output(job, out, len(header), result)
+            result.kind = "released"
             return result
+        # The mark lets recovery find the command even if this process dies before it knows its pid.
+        env = dict(os.environ, QUEUECTL_ATTEMPT=attempt_mark(job["id"], job["attempts"], self.identity))
         args, use_shell = shell_invocation(job["command"], job.get("shell") or shell)
         try:
             proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env,
