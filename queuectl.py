@@ -26,10 +26,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of every start)
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
 # subprocess, signal, socket, datetime and random are imported where they are
 # used: a one-shot command such as `enqueue` should not pay for the worker's.
@@ -4131,7 +4132,9 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argparse tree; with `only`, just that command's branch (building all of
+    them costs a one-shot command more than the rest of its parsing)."""
     parser = Parser(prog="queuectl", description="A job queue for shell commands that lives in a folder.",
                     epilog="Example:\n  queuectl enqueue --id hello --command \"echo hello\"\n"
                            "  queuectl worker start --count 2 --burst")
@@ -4148,108 +4151,126 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("enqueue", cmd_enqueue, "add one or more jobs",
-            "queuectl enqueue --id job1 --command \"sleep 2\"\n"
-            "queuectl enqueue '{\"id\":\"job1\",\"command\":\"sleep 2\"}'\n"
-            "queuectl enqueue --file jobs.json        (an object, an array, or one object per line)")
-    p.add_argument("job", nargs="?", help="the job as JSON (or - for stdin)")
-    p.add_argument("--json", metavar="TEXT", help="the job(s) as JSON (or - for stdin)")
-    p.add_argument("--file", metavar="PATH", help="read jobs from a file (- for stdin)")
-    p.add_argument("--id", help="job id (1-64 letters, digits, . _ -)")
-    p.add_argument("--command", help="the shell command to run")
-    p.add_argument("--max-retries", type=str, metavar="N", help="attempts before the DLQ (default: config)")
-    p.add_argument("--priority", type=str, metavar="N", help="higher runs first (default 0)")
-    p.add_argument("--run-at", metavar="TIME", help="ISO-8601 time; without an offset it is local time")
-    p.add_argument("--delay", metavar="DURATION", help="run after 90, 90s, 5m, 2h")
-    p.add_argument("--timeout", metavar="SECONDS", help="kill the command after this long")
-    p.add_argument("--shell", metavar="SHELL", help=f"run it with {', '.join(SHELLS)} (default: config shell)")
-
     def group(name: str, help_text: str, example: str) -> Any:
         """A command with its own subcommands (worker, dlq, config)."""
         actions = add(name, None, help_text, example).add_subparsers(dest="action", metavar="ACTION")
         actions.required = True
         return actions
 
-    wsub = group("worker", "start or stop workers", "queuectl worker start --count 4")
-    p = add("start", cmd_worker_start, "run workers in the foreground until stopped",
-            "queuectl worker start --count 4\nqueuectl worker start --burst     (exit when nothing is due)",
-            wsub)
-    p.add_argument("--count", type=int, default=1, metavar="N", help="threads in this process (default 1)")
-    p.add_argument("--burst", action="store_true", help="exit when nothing is due or running")
-    p = add("stop", cmd_worker_stop, "ask every worker on this folder to finish its job and exit",
-            "queuectl worker stop --wait", wsub)
-    p.add_argument("--wait", action="store_true", help="return once they have exited")
+    def wanted(name: str) -> bool:
+        return only is None or name == only
 
-    p = add("status", cmd_status, "counts per state and the workers", "queuectl status --json")
-    p.add_argument("--json", action="store_true", help="print JSON only")
+    if wanted("enqueue"):
+        p = add("enqueue", cmd_enqueue, "add one or more jobs",
+                "queuectl enqueue --id job1 --command \"sleep 2\"\n"
+                "queuectl enqueue '{\"id\":\"job1\",\"command\":\"sleep 2\"}'\n"
+                "queuectl enqueue --file jobs.json        (an object, an array, or one object per line)")
+        p.add_argument("job", nargs="?", help="the job as JSON (or - for stdin)")
+        p.add_argument("--json", metavar="TEXT", help="the job(s) as JSON (or - for stdin)")
+        p.add_argument("--file", metavar="PATH", help="read jobs from a file (- for stdin)")
+        p.add_argument("--id", help="job id (1-64 letters, digits, . _ -)")
+        p.add_argument("--command", help="the shell command to run")
+        p.add_argument("--max-retries", type=str, metavar="N", help="attempts before the DLQ (default: config)")
+        p.add_argument("--priority", type=str, metavar="N", help="higher runs first (default 0)")
+        p.add_argument("--run-at", metavar="TIME", help="ISO-8601 time; without an offset it is local time")
+        p.add_argument("--delay", metavar="DURATION", help="run after 90, 90s, 5m, 2h")
+        p.add_argument("--timeout", metavar="SECONDS", help="kill the command after this long")
+        p.add_argument("--shell", metavar="SHELL",
+                       help=f"run it with {', '.join(SHELLS)} (default: config shell)")
 
-    p = add("list", cmd_list, "list jobs", "queuectl list --state pending --limit 20")
-    p.add_argument("--state", type=normalize_state,
-                   help="pending, processing, failed, completed, dead, cancelled (or processed, dlq)")
-    p.add_argument("--limit", type=int, metavar="N", help="show at most N jobs")
-    p.add_argument("--json", action="store_true", help="print a JSON array only")
+    if wanted("worker"):
+        wsub = group("worker", "start or stop workers", "queuectl worker start --count 4")
+        p = add("start", cmd_worker_start, "run workers in the foreground until stopped",
+                "queuectl worker start --count 4\nqueuectl worker start --burst     (exit when nothing is due)",
+                wsub)
+        p.add_argument("--count", type=int, default=1, metavar="N", help="threads in this process (default 1)")
+        p.add_argument("--burst", action="store_true", help="exit when nothing is due or running")
+        p = add("stop", cmd_worker_stop, "ask every worker on this folder to finish its job and exit",
+                "queuectl worker stop --wait", wsub)
+        p.add_argument("--wait", action="store_true", help="return once they have exited")
 
-    p = add("show", cmd_show, "one job in full", "queuectl show job1 --json")
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true", help="print JSON only")
+    if wanted("status"):
+        p = add("status", cmd_status, "counts per state and the workers", "queuectl status --json")
+        p.add_argument("--json", action="store_true", help="print JSON only")
 
-    p = add("logs", cmd_logs, "what a job printed, each attempt under a one-line header",
-            "queuectl logs job1\nqueuectl logs job1 --follow      (stream it while it runs)\n"
-            "queuectl logs job1 --attempt 2 --tail 20")
-    p.add_argument("id")
-    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each attempt")
-    p.add_argument("--follow", "-f", action="store_true",
-                   help="stream new output until the job is no longer processing")
-    p.add_argument("--attempt", type=int, metavar="K", help="only attempt K")
+    if wanted("list"):
+        p = add("list", cmd_list, "list jobs", "queuectl list --state pending --limit 20")
+        p.add_argument("--state", type=normalize_state,
+                       help="pending, processing, failed, completed, dead, cancelled (or processed, dlq)")
+        p.add_argument("--limit", type=int, metavar="N", help="show at most N jobs")
+        p.add_argument("--json", action="store_true", help="print a JSON array only")
 
-    p = add("cancel", cmd_cancel, "cancel jobs: pending ones at once, running ones have their command killed",
-            "queuectl cancel job1 job2")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    if wanted("show"):
+        p = add("show", cmd_show, "one job in full", "queuectl show job1 --json")
+        p.add_argument("id")
+        p.add_argument("--json", action="store_true", help="print JSON only")
 
-    p = add("purge", cmd_purge, "delete finished jobs and their logs from the history",
-            "queuectl purge --state completed --older-than 7d --yes")
-    p.add_argument("--state", type=finished_state, help="completed, dead or cancelled (default: all three)")
-    p.add_argument("--older-than", type=duration_arg, metavar="DURATION",
-                   help="only jobs finished longer ago than this: 90s, 30m, 12h, 7d")
-    p.add_argument("--yes", action="store_true", help="do not ask (needed when there is no terminal)")
+    if wanted("logs"):
+        p = add("logs", cmd_logs, "what a job printed, each attempt under a one-line header",
+                "queuectl logs job1\nqueuectl logs job1 --follow      (stream it while it runs)\n"
+                "queuectl logs job1 --attempt 2 --tail 20")
+        p.add_argument("id")
+        p.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each attempt")
+        p.add_argument("--follow", "-f", action="store_true",
+                       help="stream new output until the job is no longer processing")
+        p.add_argument("--attempt", type=int, metavar="K", help="only attempt K")
 
-    p = add("stats", cmd_stats, "how the queue is doing: outcomes, run times, waits, throughput, backlog",
-            "queuectl stats --since 1h")
-    p.add_argument("--since", type=duration_arg, metavar="DURATION",
-                   help="only jobs finished in the last DURATION (default: all)")
-    p.add_argument("--json", action="store_true", help="print JSON only")
+    if wanted("cancel"):
+        p = add("cancel", cmd_cancel, "cancel jobs: pending ones at once, running ones have their command killed",
+                "queuectl cancel job1 job2")
+        p.add_argument("ids", nargs="+", metavar="ID")
 
-    p = add("wait", cmd_wait, "wait until jobs finish: exit 0 all completed, 1 any dead or cancelled, 124 timeout",
-            "queuectl wait job1 job2 --timeout 60\nqueuectl wait                (every pending and processing job)")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 124)")
+    if wanted("purge"):
+        p = add("purge", cmd_purge, "delete finished jobs and their logs from the history",
+                "queuectl purge --state completed --older-than 7d --yes")
+        p.add_argument("--state", type=finished_state, help="completed, dead or cancelled (default: all three)")
+        p.add_argument("--older-than", type=duration_arg, metavar="DURATION",
+                       help="only jobs finished longer ago than this: 90s, 30m, 12h, 7d")
+        p.add_argument("--yes", action="store_true", help="do not ask (needed when there is no terminal)")
 
-    p = add("dashboard", cmd_dashboard, "a live web page of the queue, with retry and cancel buttons",
-            "queuectl dashboard                 (then open http://127.0.0.1:8787/)\n"
-            "queuectl dashboard --port 9000 --open --read-only")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
-    p.add_argument("--open", action="store_true", help="open it in the web browser")
-    p.add_argument("--read-only", action="store_true", help="no retry or cancel actions")
+    if wanted("stats"):
+        p = add("stats", cmd_stats, "how the queue is doing: outcomes, run times, waits, throughput, backlog",
+                "queuectl stats --since 1h")
+        p.add_argument("--since", type=duration_arg, metavar="DURATION",
+                       help="only jobs finished in the last DURATION (default: all)")
+        p.add_argument("--json", action="store_true", help="print JSON only")
 
-    dsub = group("dlq", "the Dead Letter Queue", "queuectl dlq retry --all")
-    p = add("list", cmd_dlq_list, "jobs in the DLQ", "queuectl dlq list --json", dsub)
-    p.add_argument("--json", action="store_true", help="print a JSON array only")
-    p = add("retry", cmd_dlq_retry, "move dead jobs back to pending (attempts reset to 0)",
-            "queuectl dlq retry job1 job2\nqueuectl dlq retry --all", dsub)
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--all", action="store_true", help="every job in the DLQ")
+    if wanted("wait"):
+        p = add("wait", cmd_wait, "wait until jobs finish: exit 0 all completed, 1 any dead or cancelled, 124 timeout",
+                "queuectl wait job1 job2 --timeout 60\nqueuectl wait                (every pending and processing job)")
+        p.add_argument("ids", nargs="*", metavar="ID")
+        p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 124)")
 
-    csub = group("config", "show or change settings", "queuectl config set max-retries 5")
-    p = add("show", cmd_config_show, "every setting", "queuectl config show --json", csub)
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p = add("get", cmd_config_get, "one setting", "queuectl config get max_retries", csub)
-    p.add_argument("key")
-    p.add_argument("--json", action="store_true", help="print the value as JSON")
-    p = add("set", cmd_config_set, "change a setting (saved in config.json)",
-            "queuectl config set backoff-base 3", csub)
-    p.add_argument("key")
-    p.add_argument("value")
+    if wanted("dashboard"):
+        p = add("dashboard", cmd_dashboard, "a live web page of the queue, with retry and cancel buttons",
+                "queuectl dashboard                 (then open http://127.0.0.1:8787/)\n"
+                "queuectl dashboard --port 9000 --open --read-only")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+        p.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+        p.add_argument("--open", action="store_true", help="open it in the web browser")
+        p.add_argument("--read-only", action="store_true", help="no retry or cancel actions")
+
+    if wanted("dlq"):
+        dsub = group("dlq", "the Dead Letter Queue", "queuectl dlq retry --all")
+        p = add("list", cmd_dlq_list, "jobs in the DLQ", "queuectl dlq list --json", dsub)
+        p.add_argument("--json", action="store_true", help="print a JSON array only")
+        p = add("retry", cmd_dlq_retry, "move dead jobs back to pending (attempts reset to 0)",
+                "queuectl dlq retry job1 job2\nqueuectl dlq retry --all", dsub)
+        p.add_argument("ids", nargs="*", metavar="ID")
+        p.add_argument("--all", action="store_true", help="every job in the DLQ")
+
+    if wanted("config"):
+        csub = group("config", "show or change settings", "queuectl config set max-retries 5")
+        p = add("show", cmd_config_show, "every setting", "queuectl config show --json", csub)
+        p.add_argument("--json", action="store_true", help="print JSON only")
+        p = add("get", cmd_config_get, "one setting", "queuectl config get max_retries", csub)
+        p.add_argument("key")
+        p.add_argument("--json", action="store_true", help="print the value as JSON")
+        p = add("set", cmd_config_set, "change a setting (saved in config.json)",
+                "queuectl config set backoff-base 3", csub)
+        p.add_argument("key")
+        p.add_argument("value")
     return parser
 
 
@@ -4267,9 +4288,26 @@ def configure_console() -> None:
             pass
 
 
+COMMANDS = ("enqueue", "worker", "status", "list", "show", "logs", "cancel", "purge", "stats", "wait",
+            "dashboard", "dlq", "config")
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The command an argument list names, or None (help, a typo, nothing: build every branch)."""
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--home":
+            next(rest, None)
+        elif arg in ("-h", "--help"):
+            return None
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_console()
-    parser = build_parser()
+    parser = build_parser(command_named(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         return unrecognized(parser, args, extra)

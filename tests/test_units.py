@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -595,3 +596,17 @@ def test_write_pid_fills_the_header_without_moving_the_commands_offset(tmp_path,
     filled = header.replace(b"?" + b" " * (queuectl.PID_FIELD - 1), b"4242".ljust(queuectl.PID_FIELD))
     assert data == filled + b"output\n"
     assert queuectl._LOG_HEADER.match(data.splitlines()[0] + b"\n")
+
+
+def test_every_command_is_listed_for_the_parser_that_builds_one_branch():
+    parser = queuectl.build_parser()
+    names = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert tuple(names) == queuectl.COMMANDS
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["enqueue", "--id", "x"], "enqueue"), (["--home", "status", "list"], "list"), (["--home=d", "show", "x"], "show"),
+    (["-h", "status"], None), (["statsu"], None), ([], None), (["--version"], None),
+])
+def test_command_named_finds_the_branch_to_build(argv, name):
+    assert queuectl.command_named(argv) == name
