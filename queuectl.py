@@ -1760,13 +1760,68 @@ class Store:
             return self._active()
 
     def finished_jobs(self, since: float | None = None) -> list[dict[str, Any]]:
-        """Finished jobs (completed, dead, cancelled), those finished at `since` or later."""
+        """Finished jobs (completed, dead, cancelled), those finished at `since` or later.
+        With `since`, only the ends of the history files are read."""
         with self.locked(write=False):
             jobs = []
-            for state, name in HISTORY_FILE_OF.items():
-                jobs += [job for job in self._latest_only(self._repair_history(name), state)
+            for state in FINISHED_STATES:
+                listed = self._history_newest(state, since=since)
+                jobs += [job for job in listed
                          if since is None or _epoch(job.get("finished_at") or job.get("updated_at")) >= since]
             return jobs
+
+    def newest(self, state: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` jobs to reach a finished state, newest first (the end of its file only)."""
+        with self.locked(write=False):
+            return self._history_newest(state, limit=limit)
+
+    def _history_newest(self, state: str, limit: int | None = None,
+                        since: float | None = None) -> list[dict[str, Any]]:
+        name = HISTORY_FILE_OF[state]
+        listed = None if limit is None and since is None else self._read_backwards(name, limit, since)
+        if listed is None:  # everything asked for, or a file not in queuectl's layout
+            listed = self._repair_history(name)[::-1][:limit]
+        return self._latest_only(listed, state)
+
+    def _read_backwards(self, name: str, limit: int | None, since: float | None) -> list[dict[str, Any]] | None:
+        """Jobs from the end of a history file, newest first: `limit` of them, or back to
+        `since` (with 5 minutes to spare: jobs are appended in the order they finish, give or
+        take a batch or another host's clock). None when the file is not in queuectl's layout."""
+        path = self.path(name)
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise QueueError(f"cannot read {path}: {error.strerror}.") from None
+        jobs: list[dict[str, Any]] = []
+        with handle:
+            position = os.fstat(handle.fileno()).st_size - 3
+            handle.seek(max(0, position))
+            if position < 1 or handle.read(3) != b"\n]\n":
+                return None
+            carry = b""
+            while position > 0:
+                start = max(0, position - (1 << 20))
+                handle.seek(start)
+                lines = (handle.read(position - start) + carry).split(b"\n")
+                carry, position = (lines.pop(0) if start else b""), start
+                for line in reversed(lines):
+                    if limit is not None and len(jobs) >= limit:
+                        return jobs
+                    if not line or line == b"[":
+                        continue
+                    try:
+                        job = json.loads(line[:-1] if line.endswith(b",") else line)
+                    except (ValueError, RecursionError):
+                        return None
+                    if type(job) is not dict:
+                        return None
+                    check_record(path, job, (STATE_OF_FILE[name],))
+                    jobs.append(job)
+                    if since is not None and _epoch(job.get("finished_at") or job.get("updated_at")) < since - 300:
+                        return jobs
+        return jobs
 
     def purge(self, states: Iterable[str], before: float | None, apply: bool) -> list[dict[str, Any]]:
         """Finished jobs in these states that finished before `before` (all when
@@ -3626,6 +3681,8 @@ DASHBOARD_JOB_LIMIT = 200  # rows a dashboard tab shows (the newest first for fi
 
 def dashboard_jobs(store: Store, state: str | None, query: str, limit: int) -> list[dict[str, Any]]:
     """Jobs for the dashboard: one state (finished ones newest first), filtered by text."""
+    if state in FINISHED_STATES and not query:
+        return store.newest(state, limit)  # the end of the file only, however long the history
     jobs = store.jobs(state)
     if state in FINISHED_STATES:
         jobs.reverse()

@@ -3,6 +3,7 @@ index, the lock, and reads that must not parse what they do not need."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,45 @@ def test_a_failed_write_does_not_leave_the_cache_ahead_of_the_file(tmp_path: Pat
     monkeypatch.setattr(queuectl, "atomic_write", real)
     _, claimed, _ = store.checkpoint([], 1, worker)
     assert [job["id"] for job in claimed] == ["j"], "the job must still be claimable"
+
+
+def finished_history(home: Path, count: int, name: str = "processed.json", state: str = "completed") -> list[dict]:
+    """`count` jobs finished one second apart, ending now, in queuectl's layout."""
+    now = time.time()
+    jobs = [{"id": f"{state}{n}", "command": "echo " + "x" * 60, "state": state, "attempts": 1,
+             "finished_at": queuectl.iso(now - count + n), "updated_at": queuectl.iso(now - count + n)}
+            for n in range(count)]
+    (home / name).write_bytes(queuectl.render_array(queuectl.dump_line(job).encode() for job in jobs))
+    return jobs
+
+
+def test_the_newest_finished_jobs_are_read_from_the_end_of_the_file(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = finished_history(tmp_path, 30_000)  # about 3.5 MB: lines cross the 1 MB read boundaries
+    store = queuectl.Store(str(tmp_path))
+    monkeypatch.setattr(store, "_repair_history", lambda name: pytest.fail("parsed the whole history"))
+    for limit in (0, 1, 200, 9_000, 30_000, 40_000):
+        assert store.newest("completed", limit) == jobs[::-1][:limit]
+    assert store.newest("dead", 5) == []  # no failed.json
+
+
+def test_jobs_finished_since_a_time_are_read_from_the_end_of_the_file(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = finished_history(tmp_path, 20_000)
+    store = queuectl.Store(str(tmp_path))
+    read = []
+    real = store._read_backwards
+    monkeypatch.setattr(store, "_read_backwards", lambda *args: read.append(real(*args)) or read[-1])
+    since = time.time() - 3600
+    assert sorted(j["id"] for j in store.finished_jobs(since)) == sorted(
+        j["id"] for j in jobs if queuectl._epoch(j["finished_at"]) >= since)
+    assert 3600 <= len(read[0]) <= 3600 + 302  # the hour, and the 5 minutes of slack it reads beyond it
+
+
+def test_a_history_file_in_another_layout_is_read_whole_and_still_right(tmp_path: Path) -> None:
+    jobs = finished_history(tmp_path, 50)
+    (tmp_path / "processed.json").write_text(json.dumps(jobs, indent=2))  # reformatted by a person
+    store = queuectl.Store(str(tmp_path))
+    assert store.newest("completed", 3) == jobs[::-1][:3]
+    (tmp_path / "failed.json").write_text("[\n]\n")
+    assert store.newest("dead", 3) == []
