@@ -484,6 +484,20 @@ def render_array(lines: Iterable[bytes]) -> bytes:
     return b"[\n" + body + b"\n]\n" if body else b"[\n]\n"
 
 
+def jobs_a_line(text: str) -> int | None:
+    """How many jobs a file holds if it is in queuectl's layout ("[", one job a line,
+    each starting with its id, "]"), else None. (The history index checks the same
+    shape a megabyte at a time: _scan_into.)"""
+    if text == "[\n]\n":
+        return 0
+    if not (text.startswith('[\n{"id":"') and text.endswith("}\n]\n")):
+        return None
+    lines = text.count("\n") - 2
+    if text.count('\n{"id":"') != lines or text.count("},\n") != lines - 1:
+        return None
+    return lines
+
+
 def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list[bytes], bool]:
     """Parse a one-job-per-line JSON array: (jobs, lines, repaired).
 
@@ -495,16 +509,15 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptFileError(path, "not UTF-8 text") from None
-    if text.startswith("[\n{") and text.endswith("}\n]\n"):
-        # queuectl's own layout: one C-speed parse of the whole array, and the lines beside it
+    count = jobs_a_line(text)
+    if count:  # queuectl's own layout: one C-speed parse of the whole array, and the lines beside it
         try:
             whole = json.loads(text)
         except (ValueError, RecursionError):
             whole = None
         lines = data[2:-3].split(b",\n")
-        # Line i must be job i: as many lines as jobs, and every line starts a job.
-        if (isinstance(whole, list) and len(whole) == len(lines) == data.count(b'\n{"id":"')
-                and all(type(job) is dict for job in whole)):
+        # Line i must be job i: as many lines as jobs.
+        if isinstance(whole, list) and len(whole) == len(lines) == count and all(type(job) is dict for job in whole):
             return whole, lines, False
     raw_lines = text.split("\n")
     while raw_lines and not raw_lines[-1].strip():
@@ -1401,13 +1414,9 @@ class Store:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if text == "[\n]\n":
-            return text
-        if not (text.startswith("[\n{") and text.endswith("}\n]\n")):
-            return None
-        lines = text.count("\n") - 2
-        if text.count("\n{") != lines or text.count("},\n") != lines - 1:
-            return None
+        lines = jobs_a_line(text)
+        if not lines:
+            return text if lines == 0 else None
         if sum(text.count(f'"state":"{state}"') for state in ACTIVE_STATES) != lines:
             return None  # a job in a state that does not belong here: the full parser says which
         try:
