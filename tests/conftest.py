@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -119,10 +120,21 @@ def wait_for_state(queue: Queue, job_id: str, state: str, timeout: float = 15.0)
 
 
 def wait_running(queue: Queue, job_id: str, worker: subprocess.Popen, timeout: float = 15.0) -> dict[str, Any]:
-    """Until the job is processing in this worker process."""
+    """Until the job's command runs in this worker process: claimed by it, and its attempt's
+    header (with the command's pid) written. A job only claimed ahead would be handed back
+    unstarted by a graceful stop."""
+    import queuectl
+
     def running() -> dict[str, Any] | None:
         job = job_of(queue, job_id)
-        return job if job and job["state"] == "processing" and job.get("pid") == worker.pid else None
+        if not (job and job["state"] == "processing" and job.get("pid") == worker.pid):
+            return None
+        scratch = queuectl.Store(str(queue.home)).live_output(job)
+        try:
+            header = Path(scratch).read_bytes().split(b"\n", 1)[0] if scratch else b""
+        except OSError:
+            return None
+        return job if re.search(rb"command pid \d+", header) else None
 
     return wait_until(running, timeout, what=f"job {job_id} to run in worker pid {worker.pid}")
 
