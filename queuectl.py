@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ CONFIG_FILE = "config.json"
 STOP_FILE = "stop.flag"
 HISTORY_INDEX_FILE = "history.idx"
 LOCK_FILE = "queuectl.lock"
+STATE_FILES = (QUEUE_FILE, PROCESSED_FILE, FAILED_FILE, CANCELLED_FILE, CONFIG_FILE, STOP_FILE)
 LOGS_DIR = "logs"
 WORKERS_DIR = "workers"
 
@@ -886,13 +888,36 @@ class Store:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _read(self, name: str) -> bytes | None:
-        try:
-            with open(self.path(name), "rb") as handle:
-                return handle.read()
+        path = self.path(name)
+        try:  # O_NONBLOCK: a FIFO put in a file's place must not hang the command
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             return None
         except OSError as error:
-            raise QueueError(f"cannot read {self.path(name)}: {error.strerror}.") from None
+            raise QueueError(f"cannot read {path}: {error.strerror}.") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise not_a_file(path, mode)
+            with os.fdopen(fd, "rb") as handle:
+                fd = -1
+                return handle.read()
+        except OSError as error:
+            raise QueueError(f"cannot read {path}: {error.strerror}.") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def check_kinds(self) -> None:
+        """Every state file that exists is a regular file (a FIFO would hang every
+        reader while it holds the lock). A few stat calls per lock acquisition."""
+        for name in STATE_FILES:
+            try:
+                mode = os.stat(self.path(name)).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                raise not_a_file(self.path(name), mode)
 
     def _write(self, name: str, data: bytes | list[bytes], durable: bool = True) -> None:
         self.ensure_home()
@@ -2067,10 +2092,13 @@ def _quietly(action: Callable[[], object]) -> None:
 
 
 def make_file_lock(path: str, platform: str = sys.platform) -> Any:
-    """The cross-process lock on queuectl.lock.
+    """The cross-process lock of the data folder that holds the lock file `path`.
 
-    On Windows, filelock.FileLock. On POSIX, the same flock(2) lock that
-    filelock's UnixFileLock takes, taken directly: importing filelock costs
+    On Windows, filelock.FileLock on queuectl.lock: a file that is open there
+    cannot be deleted, so the lock cannot vanish while it is held. On POSIX a
+    lock file can be deleted by anyone at any time (and a fresh opener would
+    lock a new file while the first holder is still inside), so the lock is
+    flock(2) on the data folder itself, taken directly: importing filelock costs
     more than Python's own start-up, and every one-shot command would pay it.
     """
     if platform == "win32":
@@ -2080,37 +2108,57 @@ def make_file_lock(path: str, platform: str = sys.platform) -> Any:
     return PosixFileLock(path)
 
 
+# flock(2) on a folder fails with these where locks are emulated with fcntl
+# (NFS): there queuectl.lock is locked instead, and must not be deleted.
+_NO_FOLDER_LOCK = {"EBADF", "EINVAL", "ENOLCK", "EOPNOTSUPP", "ENOTSUP"}
+
+
 class PosixFileLock:
-    """flock(2) on a lock file, with a timeout; a thread lock in front so the
-    threads of one process exclude each other too."""
+    """flock(2) on the data folder (the folder that holds the lock file `path`),
+    with a timeout; a thread lock in front so the threads of one process
+    exclude each other too. The folder cannot vanish while it is open and
+    locked: if it is removed and made again, the new one is locked."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.target = os.path.dirname(os.path.abspath(path))
         self._fd: int | None = None
         self._threads = threading.Lock()
 
+    def _open(self) -> int:
+        if self.target == self.path:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return os.open(self.target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
     def acquire(self, timeout: float = LOCK_TIMEOUT) -> None:
+        import errno
         import fcntl
 
         if not self._threads.acquire(timeout=timeout):
-            raise LockTimeout(self.path)
+            raise LockTimeout(self.target)
         try:
             deadline = time.monotonic() + timeout
             delay = 0.0005
             while True:
                 if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                    self._fd = self._open()
                 try:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise LockTimeout(self.path) from None
+                        raise LockTimeout(self.target) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.01)
                     continue
+                except OSError as error:
+                    if self.target == self.path or errno.errorcode.get(error.errno) not in _NO_FOLDER_LOCK:
+                        raise
+                    os.close(self._fd)  # this file system cannot lock a folder: lock the file
+                    self._fd, self.target = None, self.path
+                    continue
                 if self._same_file():
                     return
-                os.close(self._fd)  # the lock file was replaced under us: lock the new one
+                os.close(self._fd)  # the folder (or lock file) was replaced under us: lock the new one
                 self._fd = None
         except BaseException:
             self._threads.release()
@@ -2118,9 +2166,10 @@ class PosixFileLock:
 
     def _same_file(self) -> bool:
         try:
-            return os.fstat(self._fd).st_ino == os.stat(self.path).st_ino  # type: ignore[arg-type]
+            held, there = os.fstat(self._fd), os.stat(self.target)  # type: ignore[arg-type]
         except OSError:
             return False
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
     def release(self) -> None:
         import fcntl
@@ -2129,6 +2178,14 @@ class PosixFileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
         finally:
             self._threads.release()
+
+
+def not_a_file(path: str, mode: int) -> QueueError:
+    """The error for a state file that is a folder, a FIFO, a device or a socket."""
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
+    return QueueError(f"{path} is {kind}, not a regular file; nothing was changed. "
+                      "Move it away, then run the command again.")
 
 
 class _Locked:
@@ -2153,7 +2210,13 @@ class _Locked:
                     raise QueueError(f"the queue in {store.home} is locked by another queuectl process "
                                      f"for more than {LOCK_TIMEOUT:.0f} s; try again.") from None
                 if isinstance(error, OSError):
-                    raise QueueError(f"cannot lock {store.path(LOCK_FILE)}: {error.strerror}.") from None
+                    raise QueueError(f"cannot lock the queue in {store.home}: {error.strerror}.") from None
+                raise
+            try:
+                store.check_kinds()
+            except QueueError:
+                store._file_lock().release()
+                store._thread_lock.release()
                 raise
         store._depth += 1
         return store
@@ -2275,8 +2338,12 @@ def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | Non
     return None
 
 
-def kill_tree(proc: subprocess.Popen, platform: str = sys.platform) -> None:
+def kill_tree(proc: subprocess.Popen, mark: str, platform: str = sys.platform) -> None:
+    """Kill a command's process group, and the processes that left it (setsid)
+    but still carry its attempt's mark in their environment (Linux only)."""
     kill_process_group(proc.pid, platform)
+    if platform.startswith("linux"):
+        kill_marked(mark)
     try:
         proc.kill()
     except OSError:
@@ -2299,7 +2366,7 @@ class Runner:
         self.logs = store.path(LOGS_DIR)
         self.store = store
         self.identity = identity
-        self.running: dict[str, subprocess.Popen] = {}
+        self.running: dict[str, tuple[subprocess.Popen, str]] = {}  # job id -> (command, attempt mark)
         self.cancelled: set[str] = set()  # ids `queuectl cancel` asked to stop
         self.abort = threading.Event()
         self._lock = threading.Lock()
@@ -2353,7 +2420,9 @@ class Runner:
             result.kind = "released"
             return result
         # The mark lets recovery find the command even if this process dies before it knows its pid.
-        env = dict(os.environ, QUEUECTL_ATTEMPT=attempt_mark(job["id"], job["attempts"], self.identity))
+        # QUEUECTL_HOME: a job that enqueues a follow-up job reaches this queue, not its folder's.
+        mark = attempt_mark(job["id"], job["attempts"], self.identity)
+        env = dict(os.environ, QUEUECTL_ATTEMPT=mark, QUEUECTL_HOME=self.store.home)
         args, use_shell = shell_invocation(job["command"], job.get("shell") or shell)
         try:
             proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env,
@@ -2366,13 +2435,13 @@ class Runner:
         # Fill in the header's pid, without moving the offset the command writes at.
         write_pid(out.fileno(), path, proc.pid, len(header) - PID_FIELD - 1, hasattr(os, "pwrite"))
         with self._lock:
-            self.running[job["id"]] = proc
+            self.running[job["id"]] = (proc, mark)
         if self.abort.is_set() or job["id"] in self.cancelled:  # asked for while it started
-            kill_tree(proc)
+            kill_tree(proc, mark)
         try:
-            finished = self._wait(proc, timeout)
+            finished = self._wait(proc, mark, timeout)
         except BaseException:
-            kill_tree(proc)  # never leave a command running that nobody watches
+            kill_tree(proc, mark)  # never leave a command running that nobody watches
             raise
         finally:
             with self._lock:
@@ -2449,7 +2518,7 @@ class Runner:
             if remove_files:
                 _quietly(lambda path=path: os.unlink(path))
 
-    def _wait(self, proc: subprocess.Popen, timeout: float | None) -> bool:
+    def _wait(self, proc: subprocess.Popen, mark: str, timeout: float | None) -> bool:
         """Wait for the command; False when the timeout killed its tree."""
         import subprocess
 
@@ -2460,7 +2529,7 @@ class Runner:
             proc.wait(timeout)
             return True
         except subprocess.TimeoutExpired:
-            kill_tree(proc)
+            kill_tree(proc, mark)
             proc.wait()
             return False
 
@@ -2468,17 +2537,17 @@ class Runner:
         """`queuectl cancel`: kill this job's command tree, now or as it starts."""
         with self._lock:
             self.cancelled.add(job_id)
-            proc = self.running.get(job_id)
-        if proc is not None:
-            kill_tree(proc)
+            running = self.running.get(job_id)
+        if running is not None:
+            kill_tree(*running)
 
     def kill_all(self) -> None:
         """Second Ctrl+C: kill every running command's process tree."""
         self.abort.set()
         with self._lock:
             procs = list(self.running.values())
-        for proc in procs:
-            kill_tree(proc)
+        for proc, mark in procs:
+            kill_tree(proc, mark)
 
 
 PID_FIELD = 10  # room in the header for the command's pid, written once it is known

@@ -68,15 +68,21 @@ def test_a_damaged_line_in_appended_history_is_reported(tmp_path: Path) -> None:
         queuectl.Store(str(tmp_path)).history_count("completed")
 
 
-def test_the_posix_lock_excludes_another_process_and_times_out(tmp_path: Path) -> None:
-    lock_path = str(tmp_path / "queuectl.lock")
+def hold_lock(home: Path) -> subprocess.Popen:
+    """Another process that holds the queue's lock until killed."""
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
-                               lock_path], stdout=subprocess.PIPE, text=True)
+                               "import sys, time, queuectl; queuectl.PosixFileLock(sys.argv[1]).acquire(); "
+                               "print('held', flush=True); time.sleep(30)",
+                               str(home / "queuectl.lock")], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(queuectl.__file__).parent))
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_the_posix_lock_excludes_another_process_and_times_out(tmp_path: Path) -> None:
+    holder = hold_lock(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        lock = queuectl.PosixFileLock(lock_path)
+        lock = queuectl.PosixFileLock(str(tmp_path / "queuectl.lock"))
         started = time.monotonic()
         with pytest.raises(queuectl.LockTimeout):
             lock.acquire(timeout=0.3)
@@ -88,26 +94,62 @@ def test_the_posix_lock_excludes_another_process_and_times_out(tmp_path: Path) -
     lock.release()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="flock is POSIX")
+def test_the_lock_is_the_data_folder_so_deleting_files_cannot_open_it(tmp_path: Path) -> None:
+    holder = hold_lock(tmp_path)
+    try:
+        for path in tmp_path.iterdir():  # what a tmp cleaner or a tidy user would do
+            path.unlink()
+        (tmp_path / "queuectl.lock").write_text("")
+        with pytest.raises(queuectl.LockTimeout):
+            queuectl.PosixFileLock(str(tmp_path / "queuectl.lock")).acquire(timeout=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock is POSIX")
+def test_a_replaced_data_folder_is_locked_anew(tmp_path: Path) -> None:
+    home = tmp_path / "q"
+    home.mkdir()
+    lock = queuectl.PosixFileLock(str(home / "queuectl.lock"))
+    lock.acquire(timeout=1)
+    lock.release()
+    home.rmdir()
+    home.mkdir()
+    lock.acquire(timeout=1)
+    try:
+        assert os.fstat(lock._fd).st_ino == home.stat().st_ino
+    finally:
+        lock.release()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock is POSIX")
+def test_where_a_folder_cannot_be_locked_the_lock_file_is(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import fcntl
+
+    real = fcntl.flock
+
+    def nfs_like(fd: int, operation: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_like)
+    lock = queuectl.PosixFileLock(str(tmp_path / "queuectl.lock"))
+    lock.acquire(timeout=1)
+    try:
+        assert os.fstat(lock._fd).st_ino == (tmp_path / "queuectl.lock").stat().st_ino
+    finally:
+        lock.release()
+
+
 def test_windows_takes_filelock_and_posix_takes_flock(tmp_path: Path) -> None:
     import filelock
 
     assert isinstance(queuectl.make_file_lock(str(tmp_path / "l"), "win32"), filelock.BaseFileLock)
     assert isinstance(queuectl.make_file_lock(str(tmp_path / "l"), "linux"), queuectl.PosixFileLock)
-
-
-@pytest.mark.skipif(os.name != "posix", reason="flock is POSIX")
-def test_a_replaced_lock_file_is_locked_anew(tmp_path: Path) -> None:
-    lock_path = tmp_path / "queuectl.lock"
-    lock = queuectl.PosixFileLock(str(lock_path))
-    lock.acquire(timeout=1)
-    lock.release()
-    lock_path.unlink()
-    lock_path.write_text("")
-    lock.acquire(timeout=1)
-    try:
-        assert os.fstat(lock._fd).st_ino == lock_path.stat().st_ino
-    finally:
-        lock.release()
 
 
 class Identity:

@@ -845,7 +845,8 @@ def test_kill_tree_on_windows_kills_the_tree_then_the_process(monkeypatch):
             order.append("kill")
             raise ProcessLookupError(3, "already gone")  # an OSError: ignored
 
-    queuectl.kill_tree(FakeProc(), "win32")  # type: ignore[arg-type]
+    monkeypatch.setattr(queuectl, "kill_marked", never("kill_marked"))  # no /proc on Windows
+    queuectl.kill_tree(FakeProc(), "job#1@WINBOX:7", "win32")  # type: ignore[arg-type]
     assert order == ["taskkill /T /F /PID 99", "kill"]
 
 

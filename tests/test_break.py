@@ -1,0 +1,97 @@
+"""Defects an outside test campaign found (issue "Tried to break it"), each proved with real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import (SCRIPT, Queue, fast, kill_group, kill_leftover, process_gone, q, read_pid, wait_for_state,
+                      wait_until)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, sessions and SIGKILL")
+
+
+def test_deleting_the_lock_file_while_processes_run_loses_and_doubles_nothing(queue: Queue, tmp_path: Path) -> None:
+    fast(queue)
+    runs = tmp_path / "runs"
+    workers = [queue.start_worker("--count", "4") for _ in range(2)]
+    # A tidy user (or a tmp cleaner) removing the lock file every 10 ms while 4 enqueuers add 60 jobs each.
+    remover = subprocess.Popen(["sh", "-c", f"while :; do rm -f {q(queue.home / 'queuectl.lock')}; sleep 0.01; done"],
+                               start_new_session=True)
+    enqueuers = []
+    for n in range(4):
+        script = (f"for i in $(seq 60); do {q(Path(sys.executable))} {q(Path(SCRIPT))} enqueue --id e{n}-$i "
+                  f"--command \"echo e{n}-$i >> {q(runs)}\" >/dev/null && echo e{n}-$i; done")
+        enqueuers.append(subprocess.Popen(["sh", "-c", script], env=queue.env(), stdout=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+    try:
+        acknowledged = set()
+        for proc in enqueuers:
+            out, _ = proc.communicate(timeout=120)
+            acknowledged |= set(out.split())
+        assert len(acknowledged) == 240
+
+        def drained() -> bool:
+            return len(queue.file("processed.json")) >= 240 and not queue.file("queue.json")
+
+        wait_until(drained, 60, what="all 240 jobs to complete")
+    finally:
+        kill_group(remover)
+        for proc in workers + enqueuers:
+            kill_group(proc)
+    completed = [job["id"] for job in queue.file("processed.json")]
+    assert sorted(completed) == sorted(acknowledged)  # none lost, none recorded twice
+    ran = runs.read_text().split()
+    assert sorted(ran) == sorted(acknowledged)  # every job ran exactly once
+
+
+def test_a_job_that_enqueues_a_follow_up_reaches_its_own_queue(queue: Queue, tmp_path: Path) -> None:
+    fast(queue)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    follow_up = f"{q(Path(sys.executable))} {q(Path(SCRIPT))} enqueue --id second --command true"
+    queue.ok("enqueue", "--id", "first", "--command", follow_up)
+    env = queue.env()
+    del env["QUEUECTL_HOME"]  # the worker knows its queue from --home only, and runs in another folder
+    worker = subprocess.run([sys.executable, SCRIPT, "--home", str(queue.home), "worker", "start", "--burst"],
+                            env=env, cwd=str(elsewhere), capture_output=True, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert {job["id"] for job in queue.file("processed.json")} == {"first", "second"}
+    assert not (elsewhere / "queue.json").exists()
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_timeout_and_cancel_kill_children_that_left_the_session(queue: Queue, tmp_path: Path, how: str) -> None:
+    fast(queue)
+    pid_file = tmp_path / "escaped.pid"
+    command = f"setsid sh -c 'echo $$ > {q(pid_file)}; exec sleep 60' & sleep 60"
+    extra = ["--timeout", "1", "--max-retries", "1"] if how == "timeout" else []
+    queue.ok("enqueue", "--id", "esc", "--command", command, *extra)
+    queue.start_worker()
+    pid = wait_until(lambda: read_pid(pid_file), 15, what="the escaped child to start")
+    try:
+        if how == "cancel":
+            queue.ok("cancel", "esc")
+        wait_for_state(queue, "esc", "dead" if how == "timeout" else "cancelled")
+        wait_until(lambda: process_gone(pid), 5, what="the child that called setsid to be killed")
+    finally:
+        kill_leftover(pid)
+
+
+@pytest.mark.parametrize("name", ["queue.json", "processed.json", "failed.json", "cancelled.json", "config.json",
+                                  "stop.flag"])
+def test_a_state_file_replaced_by_a_fifo_is_an_error_not_a_hang(queue: Queue, name: str) -> None:
+    queue.ok("enqueue", "--id", "a", "--command", "true")
+    path = queue.home / name
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path)
+    for command in (["status"], ["show", "a"], ["enqueue", "--id", "b", "--command", "true"]):
+        proc = queue.run(*command, timeout=20)
+        assert proc.returncode == 1
+        assert proc.stderr == f"error: {path} is a FIFO, not a regular file; nothing was changed. " \
+                              "Move it away, then run the command again.\n"
