@@ -2331,6 +2331,36 @@ def shell_invocation(command: str, shell: str, platform: str = sys.platform,
             base64.b64encode(script.encode("utf-16-le")).decode("ascii")], False
 
 
+# The longest command line each platform starts: Linux's limit on one argument
+# (MAX_ARG_STRLEN, which `sh -c COMMAND` meets first; macOS allows more), and
+# Windows' on a whole command line, cmd.exe's own being shorter.
+POSIX_ARGUMENT_MAX = 131071
+WINDOWS_LINE_MAX = 32767
+CMD_LINE_MAX = 8191
+
+
+def command_too_long(command: str, shell: str, platform: str = sys.platform) -> str | None:
+    """Why this platform could never start the command in this shell (None: it can),
+    so that such a job is refused at enqueue instead of failing every attempt."""
+    args, _ = shell_invocation(command, shell, platform, comspec="cmd.exe")
+    if platform == "win32":
+        if isinstance(args, str):  # auto: subprocess puts cmd.exe /c "..." around it
+            size = len(args) + (len('cmd.exe /c ""') if shell == "auto" else 0)
+        else:
+            size = sum(len(arg) + 3 for arg in args)  # with quotes and a space each, at most
+        limit, unit = (CMD_LINE_MAX if shell in ("auto", "cmd") else WINDOWS_LINE_MAX), "characters"
+        if size <= limit:
+            return None
+    else:
+        size = max(len(arg.encode("utf-8")) for arg in ([args] if isinstance(args, str) else args))
+        limit, unit = POSIX_ARGUMENT_MAX, "bytes"
+        if size <= limit:
+            return None
+    encoded = " once encoded for PowerShell" if shell in ("powershell", "pwsh") else ""
+    return (f"the command line would be {size:,} {unit}{encoded}, and this system starts at most "
+            f"{limit:,}; put the command in a script file and enqueue a command that runs it.")
+
+
 def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | None:
     """The command that kills a whole process tree on Windows (None: use killpg)."""
     if platform == "win32":
@@ -3192,7 +3222,11 @@ def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
                     raw[key] = value
                     if key in ("run_at", "delay"):
                         raw.pop("delay" if key == "run_at" else "run_at", None)
-        jobs.append(normalize_job(raw, config, label, now))
+        job = normalize_job(raw, config, label, now)
+        too_long = command_too_long(job["command"], job.get("shell") or config["shell"])
+        if too_long:
+            raise QueueError(f"{label}: {too_long}")
+        jobs.append(job)
     store.enqueue(jobs)
     for job in jobs:
         print(f"Enqueued job: {job['id']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,33 @@ def test_a_state_file_replaced_by_a_fifo_is_an_error_not_a_hang(queue: Queue, na
         assert proc.returncode == 1
         assert proc.stderr == f"error: {path} is a FIFO, not a regular file; nothing was changed. " \
                               "Move it away, then run the command again.\n"
+
+
+def test_a_command_too_long_to_start_is_refused_at_enqueue(queue: Queue) -> None:
+    (queue.home / "huge.json").write_text(json.dumps({"id": "huge", "command": "echo " + "x" * 200_000}))
+    proc = queue.run("enqueue", "--file", str(queue.home / "huge.json"))
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: {queue.home / 'huge.json'}: the command line would be 200,005 bytes, "
+                           "and this system starts at most 131,071; put the command in a script file and enqueue a command that runs it.\n")
+    assert queue.file("queue.json") == []
+    longest = "echo " + "x" * (131_071 - 5)  # exactly the limit: accepted, and it runs
+    (queue.home / "long.json").write_text(json.dumps({"id": "long", "command": longest}))
+    queue.ok("enqueue", "--file", str(queue.home / "long.json"))
+    fast(queue)
+    queue.ok("worker", "start", "--burst")
+    assert [job["id"] for job in queue.file("processed.json")] == ["long"]
+
+
+@pytest.mark.parametrize("shell, platform, length, fits", [
+    ("auto", "linux", 131_071, True), ("auto", "linux", 131_072, False),
+    ("powershell", "linux", 40_000, True), ("powershell", "linux", 60_000, False),
+    ("auto", "win32", 8_178, True), ("auto", "win32", 8_179, False),
+    ("cmd", "win32", 8_178, True), ("cmd", "win32", 8_179, False),
+    ("bash", "win32", 32_000, True), ("bash", "win32", 33_000, False),
+    ("powershell", "win32", 11_000, True), ("powershell", "win32", 13_000, False),
+])
+def test_the_longest_command_each_platform_and_shell_can_start(shell: str, platform: str, length: int,
+                                                               fits: bool) -> None:
+    import queuectl
+
+    assert (queuectl.command_too_long("x" * length, shell, platform) is None) == fits
