@@ -103,7 +103,8 @@ def test_a_command_too_long_to_start_is_refused_at_enqueue(queue: Queue) -> None
     proc = queue.run("enqueue", "--file", str(queue.home / "huge.json"))
     assert proc.returncode == 1
     assert proc.stderr == (f"error: {queue.home / 'huge.json'}: the command line would be 200,005 bytes, "
-                           "and this system starts at most 131,071; put the command in a script file and enqueue a command that runs it.\n")
+                           "and this system starts at most 131,071; put the command in a script file and "
+                           "enqueue a command that runs it.\n")
     assert queue.file("queue.json") == []
     longest = "echo " + "x" * (131_071 - 5)  # exactly the limit: accepted, and it runs
     (queue.home / "long.json").write_text(json.dumps({"id": "long", "command": longest}))
