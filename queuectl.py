@@ -2276,6 +2276,21 @@ def _epoch(text: str | None) -> float:
 # --------------------------------------------------------------------------
 
 
+# What a terminal would act on rather than show: C0 and C1 controls (ESC starts
+# the sequences that retitle a window, rewrite the screen or set the clipboard)
+# and the marks that reorder text (bidirectional overrides).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str, terminal: bool = True) -> str:
+    """Text from a job (its command, its output) as it may be printed to a
+    terminal: controls shown as escapes (\\x1b), so none reaches it raw."""
+    if not terminal:
+        return text
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                         else f"\\u{ord(m.group()):04x}", text)
+
+
 def safe_log_name(job_id: str) -> str:
     """A file name for any valid id, on every platform. A valid id is already a
     valid name, bar Windows' device names (CON, NUL.txt, ...): those get a '_'
@@ -3333,8 +3348,9 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
             hint = " (jobs that used up their attempts are in the DLQ: queuectl list --state dead)"
         print(f"No {args.state + ' ' if args.state else ''}jobs.{hint}")
         return 0
+    terminal = sys.stdout.isatty()
     rows = [[j["id"], j["state"], str(j.get("attempts", 0)), str(j.get("priority", 0)),
-             job_time_column(j), j["command"].replace("\n", " ")] for j in jobs]
+             job_time_column(j), escape_controls(j["command"].replace("\n", " "), terminal)] for j in jobs]
     width = _terminal_width()
     print(format_table(rows, ["ID", "STATE", "ATTEMPTS", "PRIORITY", "NEXT RUN / FINISHED", "COMMAND"], width))
     return 0
@@ -3359,12 +3375,13 @@ def cmd_show(args: argparse.Namespace, store: Store) -> int:
              "cancel_requested_at", "worker", "pid", "host", "exit_code", "error"]
     keys = [k for k in order if k in job] + [k for k in job if k not in order and k != "output"]
     width = max(len(key) for key in keys)
+    terminal = sys.stdout.isatty()
     for key in keys:
-        print(f"{key:<{width}}: {'-' if job[key] is None else job[key]}")
+        print(f"{key:<{width}}: {'-' if job[key] is None else escape_controls(str(job[key]), terminal)}")
     print(f"{'log':<{width}}: {store.log_files(job['id'])[0]}")
     if job.get("output"):
         print("output (last part):")
-        print(str(job["output"]).rstrip("\n"))
+        print(escape_controls(str(job["output"]).rstrip("\n"), terminal))
     return 0
 
 

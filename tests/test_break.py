@@ -127,3 +127,46 @@ def test_the_longest_command_each_platform_and_shell_can_start(shell: str, platf
     import queuectl
 
     assert (queuectl.command_too_long("x" * length, shell, platform) is None) == fits
+
+
+def run_on_terminal(queue: Queue, *args: str) -> bytes:
+    """What queuectl prints when its stdout is a terminal (a pty)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))  # wide enough for the command
+    try:
+        proc = subprocess.Popen([sys.executable, SCRIPT, *args], env=queue.env(), stdout=side,
+                                stderr=subprocess.PIPE)
+        os.close(side)
+        side = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the program closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        return out
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+
+
+def test_escape_sequences_from_a_job_never_reach_the_terminal_raw(queue: Queue) -> None:
+    fast(queue)
+    title = "printf '\\033]0;pwned\\007\\033[2J\\342\\200\\256'"  # retitle, clear screen, reorder text
+    queue.ok("enqueue", "--id", "esc", "--command", title + "; echo '\x1b[31mred'")
+    queue.ok("worker", "start", "--burst")
+    for args in (("show", "esc"), ("list",), ("list", "--state", "completed")):
+        shown = run_on_terminal(queue, *args)
+        assert b"\x1b" not in shown and "\u202e".encode() not in shown, (args, shown)
+        assert b"\\x1b" in shown, (args, shown)
+    assert "\x1b]0;pwned\x07" in queue.ok("show", "esc")  # a pipe or a file gets the text as it is
