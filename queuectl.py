@@ -176,8 +176,9 @@ def parse_time(text: str) -> float:
         seconds = moment.timestamp()
     except (ValueError, OverflowError, OSError):
         seconds = -1.0
-    if not 0 <= seconds < MAX_EPOCH:
-        raise QueueError(f"run_at {text!r} is out of range; use a time between 1970 and 9999.")
+    if not 0 <= seconds <= MAX_EPOCH:
+        raise QueueError(f"run_at {text!r} is out of range; use a time from 1970-01-01T00:00:00Z "
+                         "to 9999-12-31T23:59:59Z.")
     return seconds
 
 
@@ -274,7 +275,7 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
         run_at = parse_time(raw["run_at"])
     elif raw.get("delay") is not None:
         run_at = now + parse_duration(raw["delay"], f"{label}: delay")
-        if run_at >= MAX_EPOCH:
+        if run_at > MAX_EPOCH:
             raise QueueError(f"{label}: delay {raw['delay']!r} reaches past the year 9999.")
     job: dict[str, Any] = {
         "id": job_id,
@@ -564,6 +565,15 @@ def parse_array_file(path: str, data: bytes) -> tuple[list[dict[str, Any]], list
     if not isinstance(value, list) or not all(isinstance(j, dict) for j in value):
         raise CorruptFileError(path, "expected a JSON array of job objects")
     return value, [dump_line(j).encode("utf-8") for j in value], True
+
+
+def repair_reason(data: bytes) -> str:
+    """Why parse_array_file had to repair a file: edited (it is whole JSON) or torn."""
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return "a write had been cut short"
+    return "it was edited into another layout"
 
 
 def _valid_fast(job: dict[str, Any], allowed: tuple[str, ...]) -> bool:
@@ -1008,8 +1018,7 @@ class Store:
             repaired = render_array(lines) != data
         if repaired:
             self._write(name, render_array(lines))
-            self.warnings.append(f"note: rewrote {self.path(name)} in queuectl's layout "
-                                 "(a write had been cut short, or the file was edited).")
+            self.warnings.append(f"note: rewrote {self.path(name)} in queuectl's layout ({repair_reason(data)}).")
         return jobs
 
     def history_count(self, state: str) -> int:
@@ -1129,7 +1138,7 @@ class Store:
         self._reset_cache(by_id, dict(zip((job["id"] for job in jobs), lines)))
         if repaired:
             self._save_queue()
-            self.warnings.append(f"note: repaired {path} (a write had been cut short).")
+            self.warnings.append(f"note: rewrote {path} in queuectl's layout ({repair_reason(data)}).")
         self._remember_queue_file()
 
     def _load_appended(self, old_size: int) -> bool:

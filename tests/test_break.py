@@ -170,3 +170,24 @@ def test_escape_sequences_from_a_job_never_reach_the_terminal_raw(queue: Queue) 
         assert b"\x1b" not in shown and "\u202e".encode() not in shown, (args, shown)
         assert b"\\x1b" in shown, (args, shown)
     assert "\x1b]0;pwned\x07" in queue.ok("show", "esc")  # a pipe or a file gets the text as it is
+
+
+def test_the_last_time_iso_8601_can_say_is_accepted_and_the_range_is_named(queue: Queue) -> None:
+    queue.ok("enqueue", "--id", "last", "--command", "true", "--run-at", "9999-12-31T23:59:59Z")
+    assert queue.file("queue.json")[0]["run_at"] == "9999-12-31T23:59:59.000Z"
+    proc = queue.run("enqueue", "--id", "early", "--command", "true", "--run-at", "1969-12-31T23:59:59Z")
+    assert proc.returncode == 1
+    assert proc.stderr == ("error: run_at '1969-12-31T23:59:59Z' is out of range; use a time from "
+                           "1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z.\n")
+
+
+def test_a_hand_reformatted_queue_file_is_not_called_a_cut_short_write(queue: Queue) -> None:
+    queue.ok("enqueue", "--id", "a", "--command", "true")
+    path = queue.home / "queue.json"
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=2))  # what an editor's "format" does
+    proc = queue.run("status")
+    assert proc.returncode == 0
+    assert proc.stderr == f"note: rewrote {path} in queuectl's layout (it was edited into another layout).\n"
+    path.write_text(path.read_text()[:-4])  # a torn append: the last line cut short
+    proc = queue.run("status")
+    assert proc.stderr == f"note: rewrote {path} in queuectl's layout (a write had been cut short).\n"
