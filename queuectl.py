@@ -1748,12 +1748,13 @@ class Store:
                 raise
             return [job["id"] for job in requeued]
 
-    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+    def cancel(self, ids: list[str], watch: HistoryWatch | None = None) -> dict[str, tuple[str, str]]:
         """Cancel jobs. A pending or failed job goes to cancelled.json at once; a
         processing job is marked, and its worker kills the command and records
         it (a dead worker's job is settled here). Returns id -> (outcome, state):
         ("cancelled", was), ("requested", "processing"), ("finished", state) or
-        ("unknown", "")."""
+        ("unknown", ""). With a watch, how the requested jobs end stays
+        readable even if another command purges them at once."""
         with self.locked():
             self._load_queue()
             now = now_ts()
@@ -1783,6 +1784,8 @@ class Store:
                         results[job["id"]] = ("cancelled", "processing")
             if to_cancelled or requested:
                 self._save_queue()
+            if requested and watch is not None:
+                self._watch_history(watch)
             return results
 
     def states_of(self, ids: Iterable[str]) -> dict[str, str]:
@@ -1796,6 +1799,14 @@ class Store:
             for job_id in set(active) & set(self.ids_in_history(list(active))):
                 states[job_id] = self.get(job_id)["state"]  # a crash left two copies: the latest wins
             return states
+
+    def _watch_history(self, watch: HistoryWatch) -> None:
+        """Start watching what is appended to the history files from now on (with the
+        lock held). A missing file is created empty, so that it is watched too."""
+        for name in HISTORY_FILE_OF.values():
+            if watch.paths and not os.path.exists(self.path(name)):
+                self._write(name, render_array([]))
+        watch.look(fresh=False)
 
     def active_jobs(self) -> list[dict[str, Any]]:
         """Every pending, processing and failed job."""
@@ -2060,6 +2071,56 @@ class Store:
             os.unlink(self.path(STOP_FILE))
         except FileNotFoundError:
             pass
+
+
+class HistoryWatch:
+    """Open descriptors on the history files, to learn how a job ended even if a
+    purge removes it before anyone looks: a purge replaces a file, and a file
+    that is open outlives its name (POSIX; on Windows holding it open would make
+    the purge fail, so nothing is watched there)."""
+
+    def __init__(self, paths: list[str], platform: str = sys.platform) -> None:
+        self.paths = paths if platform != "win32" else []
+        self.held: dict[tuple[int, int], tuple[int, int]] = {}  # (device, inode) -> (fd, offset read from)
+
+    def look(self, fresh: bool = True) -> None:
+        """Open the files not held yet: from their end at the start of the watch,
+        whole when they appeared (or were replaced) since."""
+        for path in self.paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in self.held or not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                continue
+            # An append replaces a file's last 3 bytes ("\n]\n"): read from there.
+            self.held[(st.st_dev, st.st_ino)] = (fd, 0 if fresh else max(0, st.st_size - 3))
+
+    def endings(self, ids: Iterable[str]) -> dict[str, str]:
+        """The state each of these jobs was recorded in since the watch began (the latest copy wins)."""
+        wanted = set(ids)
+        found: dict[str, tuple[float, str]] = {}
+        for fd, offset in self.held.values():
+            data = os.pread(fd, os.fstat(fd).st_size - offset, offset).decode("utf-8", "replace")
+            for match in _LINE_ID.finditer(data):
+                if match.group(1) not in wanted:
+                    continue
+                line = data[match.start():data.find("\n", match.start())].rstrip(",")
+                try:
+                    job = json.loads(line)
+                except ValueError:
+                    continue  # a line still being written
+                stamp = _epoch(job.get("updated_at"))
+                if job["id"] not in found or stamp >= found[job["id"]][0]:
+                    found[job["id"]] = (stamp, job.get("state"))
+        return {job_id: state for job_id, (_, state) in found.items()}
+
+    def close(self) -> None:
+        for fd, _ in self.held.values():
+            _quietly(lambda fd=fd: os.close(fd))
+        self.held = {}
 
 
 def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
@@ -3604,7 +3665,15 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, store: Store) -> int:
-    results = store.cancel(args.ids)
+    watch = HistoryWatch([store.path(name) for name in HISTORY_FILE_OF.values()])
+    try:
+        return _cancel(args, store, watch)
+    finally:
+        watch.close()
+
+
+def _cancel(args: argparse.Namespace, store: Store, watch: HistoryWatch) -> int:
+    results = store.cancel(args.ids, watch)
     failed = False
     for job_id, (what, state) in results.items():
         if what == "unknown":
@@ -3618,13 +3687,21 @@ def cmd_cancel(args: argparse.Namespace, store: Store) -> int:
     asked = [job_id for job_id, (what, _) in results.items() if what == "requested"]
     deadline = time.monotonic() + CANCEL_WAIT_S
     while asked:
+        watch.look()
         states = store.states_of(asked)
+        gone = [job_id for job_id in asked if job_id not in states]  # ended, then purged by another command
+        states.update(watch.endings(gone))
         for job_id in [j for j in asked if states.get(j) != "processing"]:
             asked.remove(job_id)
+            purged = " (purged since)" if job_id in gone else ""
             if states.get(job_id) == "cancelled":
-                print(f"Cancelled job: {job_id} (was processing; its command was killed)")
+                print(f"Cancelled job: {job_id} (was processing; its command was killed){purged}")
+            elif states.get(job_id) is None:
+                print(f"error: job {job_id!r} ended and was purged by another command before its end "
+                      "could be read.", file=sys.stderr)
+                failed = True
             else:
-                print(f"error: job {job_id!r} finished ({states.get(job_id)}) before it could be cancelled.",
+                print(f"error: job {job_id!r} finished ({states.get(job_id)}) before it could be cancelled{purged}.",
                       file=sys.stderr)
                 failed = True
         if asked and time.monotonic() > deadline:

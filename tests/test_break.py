@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (SCRIPT, Queue, fast, kill_group, kill_leftover, process_gone, q, read_pid, wait_for_state,
-                      wait_until)
+                      wait_running, wait_until)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, sessions and SIGKILL")
 
@@ -191,3 +191,33 @@ def test_a_hand_reformatted_queue_file_is_not_called_a_cut_short_write(queue: Qu
     path.write_text(path.read_text()[:-4])  # a torn append: the last line cut short
     proc = queue.run("status")
     assert proc.stderr == f"note: rewrote {path} in queuectl's layout (a write had been cut short).\n"
+
+
+def test_cancel_reports_a_cancelled_job_that_another_command_purged_at_once(queue: Queue, monkeypatch,
+                                                                              capsys) -> None:
+    import time
+
+    import queuectl
+
+    fast(queue)
+    queue.ok("enqueue", "--id", "long", "--command", "sleep 60")
+    worker = queue.start_worker()
+    wait_running(queue, "long", worker)
+    real_sleep = time.sleep
+    purged: list[int] = []
+
+    def purge_in_the_gap(seconds: float) -> None:
+        """cancel's pause between two looks: the worker records the cancel, and a purge removes it."""
+        monkeypatch.setattr(time, "sleep", real_sleep)  # once (subprocess sleeps too)
+        deadline = time.monotonic() + 15
+        while queue.states().get("long") != "cancelled" and time.monotonic() < deadline:
+            real_sleep(0.02)
+        purged.append(queue.run("purge", "--state", "cancelled", "--yes").returncode)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", purge_in_the_gap)
+    code = queuectl.main(["--home", str(queue.home), "cancel", "long"])
+    out, err = capsys.readouterr()
+    assert purged == [0] and "long" not in queue.states()
+    assert (code, err) == (0, "")
+    assert out == "Cancelled job: long (was processing; its command was killed) (purged since)\n"
