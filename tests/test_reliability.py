@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -289,14 +290,33 @@ def test_a_state_file_that_is_a_folder_is_one_clear_error(queue: Queue, name: st
     assert (queue.home / name).is_dir()
 
 
+@contextmanager
+def read_only(home: Path) -> Iterator[None]:
+    """The folder read-only: by its mode, or for root (whom modes do not stop) by a
+    read-only bind mount of it."""
+    if os.geteuid() != 0:
+        home.chmod(0o500)
+        try:
+            yield
+        finally:
+            home.chmod(0o700)
+        return
+    mount = subprocess.run(["sh", "-c", f'mount --bind "{home}" "{home}" && mount -o remount,ro,bind "{home}"'],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        subprocess.run(["umount", str(home)], capture_output=True)
+        pytest.skip(f"root cannot make a read-only bind mount here: {mount.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(home)], check=True)
+
+
 @posix_only
-@pytest.mark.skipif(os.name == "posix" and os.geteuid() == 0,
-                    reason="root ignores file permissions, so a read-only folder is writable")
 def test_a_read_only_data_folder_is_one_clear_error_and_nothing_changes(queue: Queue, tmp_path: Path) -> None:
     home = tmp_path / "read-only"
     queue.ok("--home", str(home), "config", "set", "max_retries", "2")
-    home.chmod(0o500)
-    try:
+    with read_only(home):
         before = snapshot(home)
         for args, path in [(("enqueue", "--id", "a", "--command", "true"), home / "queue.json"),
                            (("config", "set", "max_retries", "5"), home / "config.json"),
@@ -308,8 +328,6 @@ def test_a_read_only_data_folder_is_one_clear_error_and_nothing_changes(queue: Q
         assert queue.run("--home", str(home), "status").returncode == 0, "reading needs no write access"
         assert snapshot(home) == before
         assert sorted(p.name for p in home.iterdir()) == ["config.json"]  # POSIX locks the folder itself
-    finally:
-        home.chmod(0o700)
 
 
 @pytest.fixture
