@@ -1,8 +1,9 @@
 """The web dashboard as a user meets it: a real `queuectl dashboard` process, asked over HTTP.
 
 Every test starts the server on a free port (`--port 0`, the URL read from its first line),
-talks to it with urllib (no proxy), and stops it at the end, so no server is left running.
-What the API answers is checked against what the command line prints for the same folder.
+signs in as a browser does (the printed URL's token, swapped for a cookie), talks to it with
+urllib (no proxy), and stops it at the end, so no server is left running. What the API answers
+is checked against what the command line prints for the same folder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from conftest import SCRIPT, Queue, fast, kill_group, process_gone, wait_until
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and process groups")
 
-FIRST_LINE = re.compile(r"Dashboard for (?P<home>.+): (?P<url>http://(?P<host>[^/\s]+):(?P<port>\d+)/)")
+FIRST_LINE = re.compile(r"Dashboard for (?P<home>.+): "
+                        r"(?P<url>http://(?P<host>[^/\s]+):(?P<port>\d+)/\?token=(?P<token>[\w-]+))(?: |$)")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP proxy
 XSS = '<script>alert(1)</script>'
 
@@ -78,15 +80,19 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 class Dashboard:
-    """`queuectl dashboard --port 0 ARGS` on a queue's folder, in its own session."""
+    """`queuectl dashboard --port 0 ARGS` on a queue's folder, in its own session, signed in.
 
-    def __init__(self, queue: Queue, *args: str) -> None:
+    get/post send the cookie the printed URL gave (`token=...`, the default), a cookie of this
+    dashboard's name holding another value (`token="wrong"`), or none (`token=None`)."""
+
+    def __init__(self, queue: Queue, *args: str, env: dict[str, str] | None = None) -> None:
         self.queue = queue
         self.err_path = queue.home.parent / f"dashboard-{time.monotonic_ns()}.err"
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, SCRIPT, "dashboard", "--port", "0", *args],
-                                         env=queue.env(), cwd=str(queue.home), stdout=subprocess.PIPE,
-                                         stderr=err, start_new_session=True, preexec_fn=_default_sigint)
+                                         env={**queue.env(), **(env or {})}, cwd=str(queue.home),
+                                         stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+                                         preexec_fn=_default_sigint)
         queue.procs.append(self.proc)  # killed at teardown whatever happens
         self.first_line = read_line(self.proc)
         match = FIRST_LINE.match(self.first_line)
@@ -94,12 +100,28 @@ class Dashboard:
         self.match = match
         self.port = int(match["port"])
         self.base = f"http://127.0.0.1:{self.port}"
+        self.token = match["token"]
+        self.cookie_name = f"queuectl-{self.port}"
+        self.sign_in()
+
+    def sign_in(self) -> Response:
+        """Open the printed URL as a browser does: the answer sets the cookie and moves on to `/`."""
+        answer = request(self.match["url"])
+        assert answer.status == 200, answer
+        assert answer.headers["Set-Cookie"] == (f"{self.cookie_name}={self.token}; HttpOnly; SameSite=Strict; "
+                                                "Path=/"), answer.headers
+        return answer
 
     def stderr(self) -> str:
         return self.err_path.read_text("utf-8", "replace")
 
-    def get(self, path: str, **headers: str) -> Response:
-        return request(self.base + path, headers=headers)
+    def _headers(self, token: Any, headers: dict[str, str]) -> dict[str, str]:
+        if token is not None:
+            headers.setdefault("Cookie", f"{self.cookie_name}={self.token if token is ... else token}")
+        return headers
+
+    def get(self, path: str, token: Any = ..., **headers: str) -> Response:
+        return request(self.base + path, headers=self._headers(token, headers))
 
     def get_json(self, path: str) -> Any:
         answer = self.get(path)
@@ -107,20 +129,13 @@ class Dashboard:
         assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
         return answer.json()
 
-    def post(self, path: str, token: str | None = None, **headers: str) -> Response:
-        if token is not None:
-            headers["X-Queuectl-Token"] = token
-        return request(self.base + path, "POST", headers)
+    def post(self, path: str, token: Any = ..., **headers: str) -> Response:
+        return request(self.base + path, "POST", self._headers(token, headers))
 
     def page(self) -> str:
         answer = self.get("/")
         assert answer.status == 200, answer
         return answer.body.decode("utf-8")
-
-    def token(self) -> str:
-        match = re.search(r'<meta name="queuectl-token" content="([^"]+)">', self.page())
-        assert match, "no token in the page"
-        return match[1]
 
     def close(self) -> None:
         kill_group(self.proc)
@@ -132,8 +147,8 @@ def dashboards(queue: Queue):
     """start(*args, on=queue) -> a running Dashboard; all of them are stopped at teardown."""
     started: list[Dashboard] = []
 
-    def start(*args: str, on: Queue = queue) -> Dashboard:
-        dashboard = Dashboard(on, *args)
+    def start(*args: str, on: Queue = queue, env: dict[str, str] | None = None) -> Dashboard:
+        dashboard = Dashboard(on, *args, env=env)
         started.append(dashboard)
         return dashboard
 
@@ -281,7 +296,7 @@ def test_jobs_filters_order_and_detail(queue: Queue, dashboards: Any) -> None:
 # -- 3. actions: the token, what they do, and --read-only ----------------------------
 
 
-def test_actions_need_the_token_and_do_what_they_say(queue: Queue, dashboards: Any) -> None:
+def test_actions_need_the_cookie_and_their_own_origin_and_do_what_they_say(queue: Queue, dashboards: Any) -> None:
     fast(queue, max_retries=1)
     for job_id in ("d1", "d2", "d3"):
         queue.ok("enqueue", "--id", job_id, "--command", "exit 4")
@@ -290,44 +305,53 @@ def test_actions_need_the_token_and_do_what_they_say(queue: Queue, dashboards: A
     queue.ok("enqueue", "--id", "p1", "--command", "echo waiting")
     queue.ok("enqueue", "--id", "p2", "--command", "echo waiting too")
     dash = dashboards()
-    token = dash.token()
-    assert len(token) >= 20
+    token, own = dash.token, f"http://127.0.0.1:{dash.port}"
 
     actions = ["/api/jobs/d1/retry", "/api/dlq/retry-all", "/api/jobs/p1/cancel", "/api/jobs/k1/cancel"]
     before = folder_bytes(queue)
     for path in actions:
         for bad in (None, "", "wrong-" + token, token[:-1], token.upper() if token.upper() != token else "x"):
-            answer = dash.post(path, bad)
-            assert answer.status == 403, (path, bad, answer)
-            assert "token" in answer.json()["error"]
+            answer = dash.post(path, bad, Origin=own)
+            assert answer.status == 403 and answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert answer.body.startswith(b"Forbidden: open the address"), (path, bad, answer)
+        assert dash.post(path + "?token=" + token, None).status == 403  # the URL's token only signs a GET in
+        assert dash.post(path, None, Authorization="Bearer wrong").status == 403
+        assert dash.post(path, None, **{"X-Queuectl-Token": token}).status == 403  # the old header is no key
+        # Signed in, but sent by a page of another site or of another port on 127.0.0.1 (which
+        # SameSite counts as the same site, so the cookie comes along): refused.
+        for origin in (f"http://127.0.0.1:{dash.port + 1}", "http://evil.example", "null", own + "/x"):
+            assert dash.post(path, Origin=origin).status == 403, origin
+        assert dash.post(path, Origin=own, **{"Sec-Fetch-Site": "same-site"}).status == 403
         assert dash.get(path).status == 404  # a GET never acts
     assert folder_bytes(queue) == before
     assert queue.states() == {"d1": "dead", "d2": "dead", "d3": "dead", "k1": "completed",
                               "p1": "pending", "p2": "pending"}
 
-    answer = dash.post("/api/jobs/d1/retry", token)
+    # As the page sends it: the cookie, from its own origin.
+    answer = dash.post("/api/jobs/d1/retry", Origin=own, **{"Sec-Fetch-Site": "same-origin"})
     assert (answer.status, answer.json()) == (200, {"requeued": ["d1"]})
     shown = queue.json("show", "d1")
     assert shown["state"] == "pending" and shown["attempts"] == 0
     for path, status in (("/api/jobs/d1/retry", 409), ("/api/jobs/k1/retry", 409), ("/api/jobs/p1/retry", 409),
                          ("/api/jobs/nosuch/retry", 404), ("/api/jobs/p1/explode", 404)):
-        answer = dash.post(path, token)
+        answer = dash.post(path)
         assert answer.status == status and answer.json()["error"], (path, answer)
 
-    answer = dash.post("/api/dlq/retry-all", token)
+    # A script: the token in an Authorization header, no cookie, no Origin.
+    answer = dash.post("/api/dlq/retry-all", None, Authorization=f"Bearer {token}")
     assert answer.status == 200 and sorted(answer.json()["requeued"]) == ["d2", "d3"]
     assert queue.json("dlq", "list") == []
     assert [queue.json("show", job_id)["state"] for job_id in ("d2", "d3")] == ["pending", "pending"]
-    assert dash.post("/api/dlq/retry-all", token).json() == {"requeued": []}
+    assert dash.post("/api/dlq/retry-all").json() == {"requeued": []}
 
-    answer = dash.post("/api/jobs/p1/cancel", token)
+    answer = dash.post("/api/jobs/p1/cancel")
     assert (answer.status, answer.json()) == (200, {"result": "cancelled", "was": "pending"})
     assert queue.json("show", "p1")["state"] == "cancelled"
     before = folder_bytes(queue)
     for path in ("/api/jobs/p1/cancel", "/api/jobs/k1/cancel"):  # finished: cancelled, completed
-        answer = dash.post(path, token)
+        answer = dash.post(path)
         assert answer.status == 409 and "already finished" in answer.json()["error"], (path, answer)
-    assert dash.post("/api/jobs/nosuch/cancel", token).status == 404
+    assert dash.post("/api/jobs/nosuch/cancel").status == 404
     assert folder_bytes(queue) == before
     assert dash.get_json("/api/status")["counts"] == queue.json("status")["counts"] == {
         "pending": 4, "processing": 0, "failed": 0, "completed": 1, "dead": 0, "cancelled": 1}
@@ -341,10 +365,9 @@ def test_read_only_refuses_every_action(queue: Queue, dashboards: Any) -> None:
     page = dash.page()
     initial = json.loads(re.search(r'<script type="application/json" id="initial">(.*?)</script>', page)[1])
     assert initial["readOnly"] is True
-    token = dash.token()
     before = folder_bytes(queue)
     for path in ("/api/jobs/bad/retry", "/api/dlq/retry-all", "/api/jobs/p1/cancel"):
-        answer = dash.post(path, token)
+        answer = dash.post(path)
         assert answer.status == 403 and "read-only" in answer.json()["error"], (path, answer)
     assert folder_bytes(queue) == before
     assert queue.states() == {"ok1": "completed", "ok2": "completed", "bad": "dead", "p1": "pending"}
@@ -444,7 +467,7 @@ def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
         pid = int(header[1])
         assert dash.get_json("/api/jobs?state=processing")[0]["id"] == "sleeper"
 
-        answer = dash.post("/api/jobs/sleeper/cancel", dash.token())
+        answer = dash.post("/api/jobs/sleeper/cancel")
         assert (answer.status, answer.json()) == (200, {"result": "requested", "was": "processing"})
         wait_until(lambda: dash.get_json("/api/jobs/sleeper")["job"]["state"] == "cancelled", 5,
                    what="the dashboard to show sleeper cancelled")
@@ -455,7 +478,7 @@ def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
         assert counts["cancelled"] == 1 and counts["processing"] == 0
         assert [job["id"] for job in dash.get_json("/api/jobs?state=cancelled")] == ["sleeper"]
         assert worker.poll() is None  # the worker goes on
-        assert dash.post("/api/jobs/sleeper/cancel", dash.token()).status == 409
+        assert dash.post("/api/jobs/sleeper/cancel").status == 409
     finally:
         kill_group(worker)
         if pid is not None and not process_gone(pid):
@@ -469,14 +492,14 @@ def test_host_header_guard(queue: Queue, dashboards: Any) -> None:
     history(queue)
     dash = dashboards()
     port = dash.port
-    token = dash.token()
     before = folder_bytes(queue)
     for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", "127.0.0.1"):
-        for path in ("/", "/api/status", "/api/jobs/bad"):
+        for path in ("/", "/api/status", "/api/jobs/bad", "/?token=" + dash.token):
             answer = dash.get(path, Host=host)
             assert answer.status == 403, (host, path, answer)
-            assert b"bad" not in answer.body and answer.json()["error"]
-        assert dash.post("/api/jobs/bad/retry", token, Host=host).status == 403
+            assert answer.body == b"Forbidden: this dashboard answers only to its own address.\n"
+            assert "Set-Cookie" not in answer.headers
+        assert dash.post("/api/jobs/bad/retry", Host=host, Origin=f"http://{host}").status == 403
     assert folder_bytes(queue) == before
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
         assert dash.get("/api/status", Host=host).status == 200, host
@@ -485,7 +508,8 @@ def test_host_header_guard(queue: Queue, dashboards: Any) -> None:
 def test_first_line_and_ctrl_c(queue: Queue, dashboards: Any) -> None:
     dash = dashboards()
     assert dash.match["home"] == str(queue.home)
-    assert dash.match["url"] == f"http://127.0.0.1:{dash.port}/" and dash.port > 0
+    assert dash.match["url"] == f"http://127.0.0.1:{dash.port}/?token={dash.token}" and dash.port > 0
+    assert len(dash.token) >= 40 and dashboards().token != dash.token  # 32 random bytes, new for each run
     assert dash.get_json("/api/status")["home"] == str(queue.home)
     dash.proc.send_signal(signal.SIGINT)
     assert dash.proc.wait(timeout=10) == 0
@@ -628,7 +652,13 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
     history(queue, failing=command)
     dash = dashboards()
 
+    # Without the token the browser gets the bare 403, and no job.
     dom, root = render(browser, dash.base + "/#dead", tmp_path / "profile")
+    assert "Forbidden: open the address that `queuectl dashboard` printed" in dom
+    assert "bad" not in dom and root.all("b") == [] and root.all("script") == []
+
+    # The printed URL (with a tab to open): the token becomes a cookie, and the page renders.
+    dom, root = render(browser, dash.match["url"] + "#dead", tmp_path / "profile")
     assert len(root.all("b")) == 6  # the six counts; no <b> element came from the command
     counts = {b.attrs["data-state"]: b.text() for b in root.all("b")}
     assert counts == {"pending": "0", "processing": "0", "failed": "0", "completed": "2", "dead": "1",
@@ -646,9 +676,11 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
     assert [b.text() for b in root.all("button", class_="on")] == ["dead (1)"]
     assert [s.text() for s in root.all("span", id="live")] == ["live"]  # its API calls all worked
     assert [d.text() for d in root.all("div", id="message")] == [""]
+    assert dash.token not in dom
 
-    # A link to one job opens its detail: the output, markup and all, shown as text.
-    dom, root = render(browser, dash.base + "/#dead/bad", tmp_path / "profile2")
+    # A link to one job opens its detail: the output, markup and all, shown as text. (The cookie
+    # lasts as long as the browser, so a new browser signs in with the printed URL again.)
+    dom, root = render(browser, dash.match["url"] + "#dead/bad", tmp_path / "profile")
     [detail] = root.all("section", id="detail")
     assert "hidden" not in detail.attrs
     assert [h.text() for h in detail.all("h2")][0] == "Job bad"
@@ -659,7 +691,7 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
 
     # --read-only: the same page without a single action button.
     read_only = dashboards("--read-only")
-    dom, root = render(browser, read_only.base + "/#dead", tmp_path / "profile3")
+    dom, root = render(browser, read_only.match["url"] + "#dead", tmp_path / "profile3")
     [table] = root.all("table", id="jobs")
     assert [[td.text() for td in row.all("td")][:2] for row in table.all("tr", class_="job")] == [["bad", "dead"]]
     assert table.all("button") == [] and root.all("button", class_="action") == []
