@@ -8,6 +8,7 @@ is checked against what the command line prints for the same folder.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -293,6 +295,45 @@ def test_jobs_filters_order_and_detail(queue: Queue, dashboards: Any) -> None:
         assert word in answer.json()["error"]
 
 
+def test_bad_query_parameters_are_a_400_with_one_clear_sentence(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    dash = dashboards()
+    states = "pending, processing, failed, completed, dead, cancelled (or processed, dlq)"
+    cases = {
+        "/api/jobs?limit=abc": "limit must be a whole number from 0 to 10000, not 'abc'.",
+        "/api/jobs?limit=-1": "limit must be a whole number from 0 to 10000, not '-1'.",
+        "/api/jobs?limit=2.5": "limit must be a whole number from 0 to 10000, not '2.5'.",
+        "/api/jobs?limit=10001": "limit must be a whole number from 0 to 10000, not '10001'.",
+        "/api/jobs?limit=99999999999999999999": "limit must be a whole number from 0 to 10000, "
+                                                "not '99999999999999999999'.",
+        "/api/jobs?limit=%C2%B2": "limit must be a whole number from 0 to 10000, not '\u00b2'.",  # a digit to isdigit()
+        "/api/jobs?state=nope": f"unknown state 'nope'; valid states: {states}.",
+        "/api/jobs?state=dead&limit=1&stat=dead": "unknown parameter 'stat': /api/jobs takes state, q, limit.",
+        "/api/stats?since=abc": "since 'abc' is not a duration; use e.g. 90, 90s, 5m or 2h.",
+        "/api/stats?since=-5m": "since '-5m' is not a duration; use e.g. 90, 90s, 5m or 2h.",
+        "/api/stats?since=99999999999d": "since '99999999999d' is too long; the most is 1e9 seconds (about 31 years).",
+        "/api/stats?until=1h": "unknown parameter 'until': /api/stats takes since.",
+        "/api/timeline?minutes=0": "minutes must be a whole number from 1 to 1440, not '0'.",
+        "/api/timeline?minutes=1e3": "minutes must be a whole number from 1 to 1440, not '1e3'.",
+        "/api/status?verbose=1": "unknown parameter 'verbose': /api/status takes no parameters.",
+        "/api/workers?x": "unknown parameter 'x': /api/workers takes no parameters.",
+    }
+    for path, message in cases.items():
+        answer = dash.get(path)
+        assert answer.status == 400 and answer.headers["Content-Type"] == "application/json; charset=utf-8", path
+        assert answer.json() == {"error": message}, path
+
+    # Good values, and empty ones (the defaults), still work; odd ids are a 404, never a crash.
+    assert len(dash.get_json("/api/timeline?minutes=5")) == 5 and len(dash.get_json("/api/timeline")) == 60
+    assert len(dash.get_json("/api/jobs?state=&q=&limit=")) == 3
+    assert [job["id"] for job in dash.get_json("/api/jobs?state=%20Dead%20&limit=10000")] == ["bad"]
+    assert dash.get_json("/api/stats?since=")["finished"] == dash.get_json("/api/stats")["finished"]
+    for job_id in ("%00", "..", "..%2F..%2Fqueue.json", "%2Fetc%2Fpasswd", "x" * 5000, "%FF%FE"):
+        answer = dash.get(f"/api/jobs/{job_id}")
+        assert answer.status == 404 and answer.json()["error"].startswith("no job with id"), (job_id, answer)
+    assert dash.proc.poll() is None and dash.stderr() == ""  # no traceback, still serving
+
+
 # -- 3. actions: the token, what they do, and --read-only ----------------------------
 
 
@@ -485,7 +526,105 @@ def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-# -- 6. who may talk to it, and how it stops ----------------------------------------
+# -- 6. who may talk to it (the token, the cookie, the Host), and how it stops -------
+
+
+FORBIDDEN = b"Forbidden: open the address that `queuectl dashboard` printed; its token lets this browser in.\n"
+SECRET = "s3cret-output-42"
+
+
+def test_without_the_token_every_path_is_a_bare_403(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    queue.ok("enqueue", "--id", "secret", "--command", f"echo {SECRET}")
+    queue.ok("worker", "start", "--burst")
+    dash = dashboards()
+    token = dash.token
+    paths = ["/", "/api/status", "/api/workers", "/api/stats", "/api/timeline", "/api/jobs",
+             "/api/jobs?state=completed", "/api/jobs/secret", "/api/jobs/nosuch", "/api/nope", "/favicon.ico",
+             "/api/jobs?limit=abc", "/?token=", "/?token=wrong", f"/?token={token[:-1]}", f"/?token={token}x",
+             f"/?token={token}&token=wrong", f"/api/jobs/secret?token={token.upper()}"]
+    cookies = [None, "", "wrong", token[:-1], token + "x", token.upper(), f'"{token}"']  # values of its cookie
+    others = [{"Cookie": f"queuectl-{dash.port + 1}={token}"},  # the cookie of another port's dashboard
+              {"Cookie": f"token={token}"}, {"Authorization": f"Bearer {token[:-1]}"}, {"Authorization": token},
+              {"Authorization": f"Basic {token}"}, {"X-Queuectl-Token": token}]
+    for path in paths:
+        for answer in [dash.get(path, c) for c in cookies] + [dash.get(path, None, **h) for h in others]:
+            assert answer.status == 403, (path, answer)
+            assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert answer.body == FORBIDDEN and SECRET.encode() not in answer.body
+            assert "Set-Cookie" not in answer.headers
+
+    # The printed URL: a page that sets the cookie and goes on to the same address without the token.
+    for path, target in ((f"/?token={token}", "/"),
+                         (f"/api/jobs?state=completed&token={token}&limit=1", "/api/jobs?state=completed&limit=1"),
+                         (f"//evil.example/?token={token}", "/evil.example/")):  # never to another host
+        answer = dash.get(path, None)
+        assert answer.status == 200 and answer.headers["Content-Type"] == "text/html; charset=utf-8", path
+        assert answer.headers["Set-Cookie"] == f"queuectl-{dash.port}={token}; HttpOnly; SameSite=Strict; Path=/"
+        page = answer.body.decode()
+        script = re.search(r"<script nonce=[^>]+>location\.replace\((\"[^\"]*\") \+ location\.hash\);</script>", page)
+        assert script and json.loads(script[1]) == target, page  # replace: no history entry with the token
+        refresh = re.search(r'<meta http-equiv="refresh" content="0; url=([^"]*)">', page)
+        assert refresh and html.unescape(refresh[1]) == target, page
+        assert token not in page and SECRET not in page and "ok1" not in page
+        assert re.search(r"script-src 'nonce-[\w-]+'", answer.headers["Content-Security-Policy"])
+
+    # With the cookie (a browser) or the Bearer header (a script): everything.
+    assert f"{SECRET}\n" in dash.get_json("/api/jobs/secret")["log_tail"]
+    assert '"completed": 3' in dash.page()  # the counts, embedded
+    by_script = dash.get("/api/jobs?state=completed", None, Authorization=f"Bearer {token}")
+    assert by_script.status == 200 and [job["id"] for job in by_script.json()][0] == "secret"
+    assert dash.get("/api/status", Cookie=f"other=1; {dash.cookie_name}=wrong; {dash.cookie_name}={token}").status \
+        == 200  # among the other cookies a browser sends to 127.0.0.1
+
+    # The token is on the owner's terminal only: not in the page, the API, the data folder, stderr.
+    answers = [dash.get(path).body for path in ("/", "/api/status", "/api/jobs", "/api/jobs/secret", "/api/stats")]
+    assert all(token.encode() not in body for body in answers)
+    assert all(token.encode() not in path.read_bytes() for path in queue.home.rglob("*") if path.is_file())
+    assert dash.stderr() == ""
+    assert token.encode() not in Path(f"/proc/{dash.proc.pid}/cmdline").read_bytes()
+
+
+def test_read_only_needs_the_token_too(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    dash = dashboards("--read-only")
+    for path in ("/", "/api/status", "/api/jobs?state=dead", "/api/jobs/bad"):
+        assert (dash.get(path, None).status, dash.get(path, None).body) == (403, FORBIDDEN), path
+        assert dash.get(path).status == 200, path
+    assert dash.post("/api/jobs/bad/retry", None).body == FORBIDDEN
+
+
+def test_a_restart_makes_a_new_token_and_the_old_cookie_worthless(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    first = dashboards()
+    old = first.token
+    first.close()
+    second = dashboards("--port", str(first.port))  # the same port, so the same cookie name
+    assert second.port == first.port and second.cookie_name == first.cookie_name and second.token != old
+    assert second.get("/api/status", old).body == FORBIDDEN
+    assert second.get("/", old).status == 403
+    assert second.get(f"/?token={old}", None).status == 403
+    assert second.get_json("/api/status")["counts"]["dead"] == 1
+
+
+def test_open_hands_the_browser_an_owner_only_file_not_the_token(queue: Queue, dashboards: Any,
+                                                                tmp_path: Path) -> None:
+    """`--open`: the browser's command line (which every local user can read) names a file that
+    only the owner can read and that forwards to the URL; the file is gone when the dashboard stops."""
+    recorder, seen = tmp_path / "browser.sh", tmp_path / "seen"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}.tmp && mv {seen}.tmp {seen}\n')
+    recorder.chmod(0o700)
+    dash = dashboards("--open", env={"BROWSER": str(recorder)})
+    uri = wait_until(lambda: seen.exists() and seen.read_text(), 15, what="the browser to be started")
+    assert uri.startswith("file:///") and dash.token not in uri
+    opener = Path(urllib.request.url2pathname(uri[len("file://"):]))
+    assert queue.home not in opener.parents
+    assert opener.stat().st_mode & 0o777 == 0o600
+    text = opener.read_text("utf-8")
+    assert f'<meta http-equiv="refresh" content="0; url={dash.match["url"]}">' in text
+    dash.proc.send_signal(signal.SIGINT)
+    assert dash.proc.wait(timeout=10) == 0
+    assert not opener.exists()
 
 
 def test_host_header_guard(queue: Queue, dashboards: Any) -> None:
@@ -519,7 +658,89 @@ def test_first_line_and_ctrl_c(queue: Queue, dashboards: Any) -> None:
         OPENER.open(dash.base + "/api/status", timeout=5)
 
 
-# -- 7. where it listens, and when it refuses to start --------------------------------
+# -- 7. many connections, and connections that say nothing ----------------------------
+
+linux_only = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
+                                reason="reads the listen queue and threads from Linux's /proc")
+
+
+def listen_queue(port: int) -> int:
+    """Connections the kernel holds for the dashboard to accept (a listening socket's rx_queue)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@linux_only
+def test_200_concurrent_requests_are_all_answered(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    dash = dashboards()
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda: answers.append(dash.get("/api/status").status)) for _ in range(200)]
+    os.kill(dash.proc.pid, signal.SIGSTOP)  # stopped, it accepts nothing: every connection waits in the backlog
+    try:
+        for thread in threads:
+            thread.start()
+        # A backlog of 5 held 6 of them and left the rest resending their SYN for up to 8 s.
+        wait_until(lambda: listen_queue(dash.port) == 200, 15, what="all 200 connections held in the backlog")
+    finally:
+        os.kill(dash.proc.pid, signal.SIGCONT)
+    started = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert answers == [200] * 200
+    assert time.monotonic() - started < 10
+
+
+def test_a_silent_or_half_sent_connection_is_closed_after_the_idle_timeout(queue: Queue, dashboards: Any) -> None:
+    dash = dashboards(env={"QUEUECTL_DASHBOARD_IDLE_TIMEOUT": "1"})  # (10 s by default)
+    started = time.monotonic()
+    held = []
+    for sent in (b"", b"GET /api/sta", b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % dash.port):
+        connection = socket.create_connection(("127.0.0.1", dash.port), timeout=15)
+        connection.sendall(sent)
+        held.append(connection)
+    try:
+        assert dash.get_json("/api/status")["home"] == str(queue.home)  # they do not hold others up
+        for connection in held:
+            assert connection.recv(1024) == b""  # closed by the server, nothing said
+        assert 0.9 <= time.monotonic() - started < 10
+        assert dash.get_json("/api/status")["home"] == str(queue.home)
+    finally:
+        for connection in held:
+            connection.close()
+
+
+@linux_only
+def test_idle_connections_take_at_most_128_threads_and_then_go(queue: Queue, dashboards: Any) -> None:
+    dash = dashboards(env={"QUEUECTL_DASHBOARD_IDLE_TIMEOUT": "1"})
+    tasks = Path(f"/proc/{dash.proc.pid}/task")
+    held = [socket.create_connection(("127.0.0.1", dash.port), timeout=15) for _ in range(300)]
+    try:
+        most, waited = 0, 0
+        with selectors.DefaultSelector() as selector:
+            for connection in held:
+                selector.register(connection, selectors.EVENT_READ)
+            deadline = time.monotonic() + 20
+            while selector.get_map() and time.monotonic() < deadline:
+                most = max(most, len(list(tasks.iterdir())))
+                waited = max(waited, listen_queue(dash.port))
+                for key, _ in selector.select(0.05):
+                    assert key.fileobj.recv(1024) == b""  # closed by the server after its idle timeout
+                    selector.unregister(key.fileobj)
+            assert not selector.get_map(), f"{len(selector.get_map())} of 300 connections still open"
+        # The main thread and 128 handlers (a finishing one may linger an instant); the rest waited their turn.
+        assert 100 <= most <= 1 + 128 + 4, most
+        assert waited >= 100, waited
+        assert dash.get_json("/api/status")["home"] == str(queue.home)
+    finally:
+        for connection in held:
+            connection.close()
+
+
+# -- 8. where it listens, and when it refuses to start --------------------------------
 
 
 def test_non_loopback_bind_warns_and_serves(queue: Queue, dashboards: Any) -> None:
@@ -567,7 +788,7 @@ def test_file_damaged_while_serving_is_a_500_naming_it(queue: Queue, dashboards:
     assert dash.proc.poll() is None  # it goes on serving
 
 
-# -- 8. a real browser renders the page ----------------------------------------------
+# -- 9. a real browser renders the page ----------------------------------------------
 
 
 class Node:
