@@ -4473,7 +4473,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if wanted("dashboard"):
         p = add("dashboard", cmd_dashboard, "a live web page of the queue, with retry and cancel buttons",
-                "queuectl dashboard                 (then open http://127.0.0.1:8787/)\n"
+                "queuectl dashboard                 (then open the address it prints, with its token)\n"
                 "queuectl dashboard --port 9000 --open --read-only")
         p.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
