@@ -607,15 +607,20 @@ def test_a_restart_makes_a_new_token_and_the_old_cookie_worthless(queue: Queue, 
     assert second.get_json("/api/status")["counts"]["dead"] == 1
 
 
+def opened(dashboards: Any, tmp_path: Path, *args: str) -> tuple[Dashboard, str]:
+    """`dashboard --open ARGS` with a stand-in browser (BROWSER): the dashboard, and what it was given to open."""
+    recorder, seen = tmp_path / "browser.sh", tmp_path / "seen"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}.tmp && mv {seen}.tmp {seen}\n')
+    recorder.chmod(0o700)
+    dash = dashboards("--open", *args, env={"BROWSER": str(recorder)})
+    return dash, wait_until(lambda: seen.exists() and seen.read_text(), 15, what="the browser to be started")
+
+
 def test_open_hands_the_browser_an_owner_only_file_not_the_token(queue: Queue, dashboards: Any,
                                                                 tmp_path: Path) -> None:
     """`--open`: the browser's command line (which every local user can read) names a file that
     only the owner can read and that forwards to the URL; the file is gone when the dashboard stops."""
-    recorder, seen = tmp_path / "browser.sh", tmp_path / "seen"
-    recorder.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}.tmp && mv {seen}.tmp {seen}\n')
-    recorder.chmod(0o700)
-    dash = dashboards("--open", env={"BROWSER": str(recorder)})
-    uri = wait_until(lambda: seen.exists() and seen.read_text(), 15, what="the browser to be started")
+    dash, uri = opened(dashboards, tmp_path)
     assert uri.startswith("file:///") and dash.token not in uri
     opener = Path(urllib.request.url2pathname(uri[len("file://"):]))
     assert queue.home not in opener.parents
@@ -910,9 +915,107 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
     assert len(root.all("b")) == 6 and len(root.all("script")) == 2
     assert [row.all("td")[0].text() for row in root.all("tr", class_="job selected")] == ["bad"]
 
-    # --read-only: the same page without a single action button.
-    read_only = dashboards("--read-only")
+    # --read-only, opened with --open: from the owner-only file the same cookie flow signs in (a
+    # plain redirect would lose the SameSite=Strict cookie after a file:// page), and the page has
+    # not a single action button.
+    read_only, uri = opened(dashboards, tmp_path, "--read-only")
+    dom, root = render(browser, uri, tmp_path / "profile3")
+    assert [b.text() for b in root.all("b", **{"data-state": "dead"})] == ["1"]
     dom, root = render(browser, read_only.match["url"] + "#dead", tmp_path / "profile3")
     [table] = root.all("table", id="jobs")
     assert [[td.text() for td in row.all("td")][:2] for row in table.all("tr", class_="job")] == [["bad", "dead"]]
     assert table.all("button") == [] and root.all("button", class_="action") == []
+
+
+class Browser:
+    """Headless Chromium driven over its DevTools pipe (fd 3 in, fd 4 out, NUL-framed JSON), to
+    click in the page as a user does; stdlib only."""
+
+    def __init__(self, browser: str, url: str, profile: Path) -> None:
+        to_browser, self.out = os.pipe()
+        self.inp, from_browser = os.pipe()
+
+        def pipe_fds() -> None:  # in the child: its ends of the pipes become fds 3 and 4
+            read_end, write_end = os.dup(to_browser), os.dup(from_browser)
+            os.dup2(read_end, 3)
+            os.dup2(write_end, 4)
+
+        self.proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                      "--remote-debugging-pipe", f"--user-data-dir={profile}", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(3, 4),
+                                     preexec_fn=pipe_fds, start_new_session=True)
+        os.close(to_browser)
+        os.close(from_browser)
+        self.buffer, self.next_id, self.session = b"", 0, None
+        page = wait_until(lambda: [t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page"],
+                          15, what="the browser's page")[0]
+        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+
+    def call(self, method: str, **params: Any) -> Any:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if self.session and not method.startswith("Target."):
+            message["sessionId"] = self.session
+        os.write(self.out, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + 15
+        while True:
+            while b"\0" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\0", 1)
+                answer = json.loads(raw)
+                if answer.get("id") == self.next_id:
+                    assert "error" not in answer, answer
+                    return answer["result"]
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.inp, selectors.EVENT_READ)
+                assert selector.select(max(0.0, deadline - time.monotonic())), f"no answer to {method}"
+            chunk = os.read(self.inp, 1 << 20)
+            assert chunk, "the browser went away"
+            self.buffer += chunk
+
+    def evaluate(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
+        os.close(self.out)
+        os.close(self.inp)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium (chromium, chromium-browser or google-chrome) "
+                    "installed to click in the page")
+def test_retry_and_cancel_buttons_work_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path: Path) -> None:
+    """The page's own POSTs (the cookie, its Origin) pass the checks that refuse everyone else's."""
+    history(queue)
+    queue.ok("enqueue", "--id", "later", "--command", "echo later", "--delay", "1h")
+    dash = dashboards()
+    browser = Browser(find_chromium() or "", dash.match["url"] + "#dead", tmp_path / "profile")
+    try:
+        rows = "[...document.querySelectorAll('#jobs tr.job')]"
+        wait_until(lambda: browser.evaluate(f"{rows}.map(r => r.cells[0].textContent).join()") == "bad", 15,
+                   what="the dead tab with job bad")
+        assert browser.evaluate("location.href") == f"{dash.base}/#dead"  # the token has left the address bar
+        assert browser.evaluate("history.length") == 1  # and the history
+        assert browser.evaluate("document.cookie") == ""  # HttpOnly: not even the page's script sees it
+        browser.evaluate(f"{rows}[0].querySelector('button.action').click()")  # its "retry"
+        wait_until(lambda: queue.json("show", "bad")["state"] == "pending", 15, what="bad to be retried")
+        assert queue.json("show", "bad")["attempts"] == 0
+        browser.evaluate("document.querySelector('#tabs button').click()")  # the pending tab
+        wait_until(lambda: browser.evaluate(f"{rows}.map(r => r.cells[0].textContent).sort().join()") == "bad,later",
+                   15, what="the pending tab")
+        browser.evaluate(f"{rows}.find(r => r.cells[0].textContent === 'later').querySelector('button').click()")
+        wait_until(lambda: queue.json("show", "later")["state"] == "cancelled", 15, what="later to be cancelled")
+        assert browser.evaluate("document.getElementById('message').textContent") == ""
+        assert browser.evaluate("document.getElementById('live').textContent") == "live"
+
+        # After a restart on the same port the old cookie is worthless: the page says so.
+        dash.close()
+        again = dashboards("--port", str(dash.port))
+        wait_until(lambda: browser.evaluate("document.getElementById('live').textContent").startswith(
+            "not updating: Forbidden: open the address"), 15, what="the page to say it needs the new address")
+        assert again.get("/api/status", None).status == 403
+    finally:
+        browser.close()
