@@ -3821,9 +3821,9 @@ def make_dashboard_handler() -> type:
 
     class DashboardHandler(BaseHTTPRequestHandler):
         server_version = f"queuectl/{__version__}"
-        timeout = DASHBOARD_IDLE_TIMEOUT  # a silent or half-sent request frees its thread after this
 
         def setup(self) -> None:
+            # The socket's timeout: a silent or half-sent request frees its thread after it.
             self.timeout = self.server.queuectl.idle_timeout  # type: ignore[attr-defined]
             super().setup()
 
@@ -3911,6 +3911,10 @@ def make_dashboard_handler() -> type:
                 self._json(500, {"error": str(error)})
             except OSError:
                 pass  # the browser went away
+            except Exception as error:  # a bug: a 500 and one line on the terminal, not a traceback per request
+                print(f"error: the dashboard could not answer a request: {type(error).__name__}: {error}",
+                      file=sys.stderr)
+                self._json(500, {"error": "internal error; the dashboard's terminal says more"})
 
         def _read(self, run: Any, parts: list[str], query: dict[str, str]) -> None:
             store = run.store
@@ -3940,7 +3944,7 @@ def make_dashboard_handler() -> type:
             if resource == "stats":
                 return stats_data(store, given.get("since"))
             if resource == "timeline":
-                return timeline(store, given.get("minutes", 60))
+                return timeline(store, **given)  # minutes, if given
             return dashboard_jobs(store, given.get("state"), given.get("q", ""),
                                   given.get("limit", DASHBOARD_JOB_LIMIT))
 
