@@ -4008,7 +4008,7 @@ def dashboard_server_class(ipv6: bool) -> type:
             self.slots.acquire()  # all busy: this waits, and new connections wait in the backlog
             try:
                 super().process_request(request, client_address)
-            except BaseException:
+            except Exception:  # no thread started (a Ctrl+C in between is left alone: we are stopping)
                 self.slots.release()
                 raise
 
