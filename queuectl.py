@@ -3892,6 +3892,22 @@ def cmd_wait(args: argparse.Namespace, store: Store) -> int:
 # -- dashboard ----------------------------------------------------------------
 
 DASHBOARD_JOB_LIMIT = 200  # rows a dashboard tab shows (the newest first for finished jobs)
+DASHBOARD_MAX_JOBS = 10_000  # the most one /api/jobs call returns: a read of the history holds the lock
+DASHBOARD_MAX_MINUTES = 1440  # the longest /api/timeline (a day, one bar a minute)
+DASHBOARD_BACKLOG = 256  # connections the kernel keeps waiting while every handler thread is busy
+DASHBOARD_THREADS = 128  # requests served at once (bounded memory); a connection beyond waits in the backlog
+DASHBOARD_IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent (half a request) before it is closed
+# Tests shorten the idle timeout through this variable; it is not a user setting, so no option and no README.
+DASHBOARD_TIMEOUT_ENV = "QUEUECTL_DASHBOARD_IDLE_TIMEOUT"
+# The query parameters each API path takes: any other is a 400, so a typo is not silently ignored.
+DASHBOARD_PARAMETERS = {"status": (), "workers": (), "stats": ("since",), "timeline": ("minutes",),
+                        "jobs": ("state", "q", "limit")}
+DASHBOARD_FORBIDDEN = (b"Forbidden: open the address that `queuectl dashboard` printed; "
+                       b"its token lets this browser in.\n")
+
+
+class BadQuery(Exception):
+    """A query parameter the dashboard's API cannot use; the message is the 400's one sentence."""
 
 
 def dashboard_jobs(store: Store, state: str | None, query: str, limit: int) -> list[dict[str, Any]]:
@@ -3946,19 +3962,79 @@ def safe_json(value: Any) -> bytes:
     return text.encode("utf-8", "replace")  # a folder name that is not UTF-8 shows '?', as on the terminal
 
 
+def whole_number(name: str, text: str, low: int, high: int) -> int:
+    """A query parameter that must be a whole number in [low, high], or a BadQuery saying so."""
+    if not re.fullmatch(r"\s*[0-9]{1,9}\s*", text) or not low <= int(text) <= high:
+        raise BadQuery(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}.")
+    return int(text)
+
+
+def api_query(resource: str, query: dict[str, str]) -> dict[str, Any]:
+    """GET /api/<resource>'s query parameters, checked and converted (an empty one means its default);
+    an unknown or bad one is a BadQuery with one sentence."""
+    allowed = DASHBOARD_PARAMETERS[resource]
+    values: dict[str, Any] = {}
+    for name, text in query.items():
+        if name not in allowed:
+            takes = "takes " + ", ".join(allowed) if allowed else "takes no parameters"
+            raise BadQuery(f"unknown parameter {name[:40]!r}: /api/{resource} {takes}.")
+        if text == "":
+            continue
+        if name == "limit":
+            values[name] = whole_number(name, text, 0, DASHBOARD_MAX_JOBS)
+        elif name == "minutes":
+            values[name] = whole_number(name, text, 1, DASHBOARD_MAX_MINUTES)
+        elif name == "state":
+            try:
+                values[name] = normalize_state(text.strip())
+            except argparse.ArgumentTypeError as error:
+                raise BadQuery(f"{error}.") from None
+        elif name == "since":
+            try:
+                values[name] = parse_duration(text, "since")
+            except QueueError as error:
+                raise BadQuery(str(error)) from None
+        else:
+            values[name] = text  # q: any text
+    return values
+
+
+def dashboard_sign_in_page(target: str, nonce: str) -> bytes:
+    """The answer to the URL with the token: it sets the cookie, then goes on to `target` from this same
+    page. (A 303 would not do: after a link from another site or file, SameSite=Strict keeps the new
+    cookie off the redirected request.) `replace` keeps the token out of the browser's history."""
+    import html
+
+    return (f'<!doctype html><meta charset="utf-8"><title>queuectl</title>'
+            f'<script nonce="{nonce}">location.replace({safe_json(target).decode()} + location.hash);</script>'
+            f'<noscript><meta http-equiv="refresh" content="0; url={html.escape(target)}"></noscript>'
+            f'<a href="{html.escape(target)}">Open the dashboard</a>\n').encode("utf-8", "replace")
+
+
 def make_dashboard_handler() -> type:
     """The request handler class (http.server is imported only by `dashboard`). What it
-    serves comes from its server's `queuectl` attribute: store, token, read_only, hosts."""
+    serves comes from its server's `queuectl` attribute: store, token, cookie, read_only, hosts.
+
+    Every request must prove it knows the run's token: in a cookie (set from the printed URL's
+    ?token=) or an `Authorization: Bearer` header (for scripts); anything else gets a plain 403."""
     import hmac
     import secrets
     from http.server import BaseHTTPRequestHandler
-    from urllib.parse import parse_qs, unquote, urlsplit
+    from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
+
+    def same_secret(given: str, token: str) -> bool:
+        return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
 
     class DashboardHandler(BaseHTTPRequestHandler):
         server_version = f"queuectl/{__version__}"
 
+        def setup(self) -> None:
+            # The socket's timeout: a silent or half-sent request frees its thread after it.
+            self.timeout = self.server.queuectl.idle_timeout  # type: ignore[attr-defined]
+            super().setup()
+
         def log_message(self, *args: Any) -> None:
-            pass  # quiet: the terminal shows the URL and errors only
+            pass  # quiet: the terminal shows the URL and errors only (and no request's token is logged)
 
         def _send(self, status: int, body: bytes, kind: str, extra: dict[str, str] | None = None) -> None:
             self.send_response(status)
@@ -3967,6 +4043,7 @@ def make_dashboard_handler() -> type:
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Referrer-Policy", "no-referrer")
             for key, value in (extra or {}).items():
                 self.send_header(key, value)
             self.end_headers()
@@ -3975,32 +4052,75 @@ def make_dashboard_handler() -> type:
         def _json(self, status: int, value: Any) -> None:
             self._send(status, safe_json(value), "application/json; charset=utf-8")
 
+        def _forbid(self, body: bytes = DASHBOARD_FORBIDDEN) -> None:
+            self._send(403, body, "text/plain; charset=utf-8")
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             self._handle(post=False)
 
         def do_POST(self) -> None:  # noqa: N802
             self._handle(post=True)
 
+        def _signed_in(self, run: Any) -> bool:
+            """The cookie (a browser) or the Authorization header (a script) holds this run's token."""
+            bearer = self.headers.get("Authorization", "")
+            if bearer.startswith("Bearer ") and same_secret(bearer[7:].strip(), run.token):
+                return True
+            for header in self.headers.get_all("Cookie") or []:
+                for pair in header.split(";"):
+                    name, _, value = pair.strip().partition("=")
+                    if name == run.cookie and same_secret(value, run.token):
+                        return True
+            return False
+
+        def _same_origin(self) -> bool:
+            """A browser's POST comes from this dashboard's own page, not from another site or port."""
+            origin = self.headers.get("Origin")
+            if origin is not None and origin != "http://" + self.headers.get("Host", ""):
+                return False
+            return self.headers.get("Sec-Fetch-Site", "same-origin") == "same-origin"
+
         def _handle(self, post: bool) -> None:
             run = self.server.queuectl  # type: ignore[attr-defined]
             try:
                 if run.hosts is not None and self.headers.get("Host", "") not in run.hosts:
                     # Bound to loopback, it answers only to a loopback name: no DNS rebinding.
-                    self._json(403, {"error": "this dashboard answers only to its own address"})
+                    self._forbid(b"Forbidden: this dashboard answers only to its own address.\n")
                     return
                 url = urlsplit(self.path)
+                pairs = parse_qsl(url.query, keep_blank_values=True)
+                given = [value for name, value in pairs if name == "token"]
+                if given:  # the printed URL: swap its token for a cookie, on a GET only
+                    if post or not all(same_secret(value, run.token) for value in given):
+                        self._forbid()
+                        return
+                    rest = urlencode([(name, value) for name, value in pairs if name != "token"])
+                    target = "/" + url.path.lstrip("/\\") + ("?" + rest if rest else "")  # never //other.host
+                    nonce = secrets.token_urlsafe(12)
+                    cookie = f"{run.cookie}={run.token}; HttpOnly; SameSite=Strict; Path=/"
+                    self._send(200, dashboard_sign_in_page(target, nonce), "text/html; charset=utf-8",
+                               {"Set-Cookie": cookie, "Content-Security-Policy":
+                                f"default-src 'none'; script-src 'nonce-{nonce}'; base-uri 'none'"})
+                    return
+                if not self._signed_in(run) or (post and not self._same_origin()):
+                    self._forbid()
+                    return
                 parts = [unquote(p) for p in url.path.split("/") if p]
-                query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+                query = {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()}
                 if post:
                     self._action(run, parts)
                 else:
                     self._read(run, parts, query)
-            except (argparse.ArgumentTypeError, ValueError) as error:
+            except BadQuery as error:
                 self._json(400, {"error": str(error)})
             except QueueError as error:  # a damaged file, a lock held too long
                 self._json(500, {"error": str(error)})
             except OSError:
                 pass  # the browser went away
+            except Exception as error:  # a bug: a 500 and one line on the terminal, not a traceback per request
+                print(f"error: the dashboard could not answer a request: {type(error).__name__}: {error}",
+                      file=sys.stderr)
+                self._json(500, {"error": "internal error; the dashboard's terminal says more"})
 
         def _read(self, run: Any, parts: list[str], query: dict[str, str]) -> None:
             store = run.store
@@ -4008,20 +4128,10 @@ def make_dashboard_handler() -> type:
                 nonce = secrets.token_urlsafe(12)
                 csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
                        "connect-src 'self'; base-uri 'none'; form-action 'none'")
-                self._send(200, dashboard_page(store, run.token, nonce, run.read_only), "text/html; charset=utf-8",
+                self._send(200, dashboard_page(store, nonce, run.read_only), "text/html; charset=utf-8",
                            {"Content-Security-Policy": csp})
-            elif parts == ["api", "status"]:
-                self._json(200, status_data(store))
-            elif parts == ["api", "workers"]:
-                self._json(200, store.workers())
-            elif parts == ["api", "stats"]:
-                self._json(200, stats_data(store, duration_arg(query["since"]) if query.get("since") else None))
-            elif parts == ["api", "timeline"]:
-                self._json(200, timeline(store))
-            elif parts == ["api", "jobs"]:
-                state = normalize_state(query["state"]) if query.get("state") else None
-                limit = max(0, int(query.get("limit") or DASHBOARD_JOB_LIMIT))
-                self._json(200, dashboard_jobs(store, state, query.get("q", ""), limit))
+            elif len(parts) == 2 and parts[0] == "api" and parts[1] in DASHBOARD_PARAMETERS:
+                self._json(200, self._api(store, parts[1], api_query(parts[1], query)))
             elif len(parts) == 3 and parts[:2] == ["api", "jobs"]:
                 detail = job_detail(store, parts[2])
                 if detail is None:
@@ -4031,11 +4141,21 @@ def make_dashboard_handler() -> type:
             else:
                 self._json(404, {"error": "not found"})
 
+        @staticmethod
+        def _api(store: Store, resource: str, given: dict[str, Any]) -> Any:
+            if resource == "status":
+                return status_data(store)
+            if resource == "workers":
+                return store.workers()
+            if resource == "stats":
+                return stats_data(store, given.get("since"))
+            if resource == "timeline":
+                return timeline(store, **given)  # minutes, if given
+            return dashboard_jobs(store, given.get("state"), given.get("q", ""),
+                                  given.get("limit", DASHBOARD_JOB_LIMIT))
+
         def _action(self, run: Any, parts: list[str]) -> None:
-            """POST: retry a DLQ job, retry the whole DLQ, cancel a job; each needs the page's token."""
-            if not hmac.compare_digest(self.headers.get("X-Queuectl-Token", "").encode(), run.token.encode()):
-                self._json(403, {"error": "missing or wrong token: reload the page"})
-                return
+            """POST: retry a DLQ job, retry the whole DLQ, cancel a job (signed in, from the page's own origin)."""
             if run.read_only:
                 self._json(403, {"error": "the dashboard is read-only (started with --read-only)"})
                 return
@@ -4064,60 +4184,108 @@ def make_dashboard_handler() -> type:
     return DashboardHandler
 
 
-def dashboard_page(store: Store, token: str, nonce: str, read_only: bool) -> bytes:
+def dashboard_page(store: Store, nonce: str, read_only: bool) -> bytes:
     """The page, with the first data embedded (escaped) so it shows at once."""
     import html
 
     initial = {"status": status_data(store), "jobs": dashboard_jobs(store, "pending", "", DASHBOARD_JOB_LIMIT),
                "readOnly": read_only}
-    values = {"nonce": nonce, "token": html.escape(token), "home": html.escape(store.home),
+    values = {"nonce": nonce, "home": html.escape(store.home),
               "initial": safe_json(initial).decode("utf-8")}
     # One pass: a value that happens to contain {{name}} is not filled in again.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], DASHBOARD_PAGE).encode("utf-8", "replace")
 
 
+def dashboard_server_class(ipv6: bool) -> type:
+    """ThreadingHTTPServer with a backlog for bursts and at most DASHBOARD_THREADS requests at once."""
+    import socket
+    from http.server import ThreadingHTTPServer
+
+    class DashboardServer(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        request_queue_size = DASHBOARD_BACKLOG
+        daemon_threads = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.slots = threading.BoundedSemaphore(DASHBOARD_THREADS)
+            super().__init__(*args, **kwargs)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.slots.acquire()  # all busy: this waits, and new connections wait in the backlog
+            try:
+                super().process_request(request, client_address)
+            except Exception:  # no thread started (a Ctrl+C in between is left alone: we are stopping)
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    return DashboardServer
+
+
+def open_dashboard(url: str) -> str:
+    """Open url in the web browser by way of an owner-only file that forwards to it, so that the token
+    is not on a browser's command line, which every local user can read (ps, /proc). Returns the file."""
+    import html
+    import tempfile
+    import webbrowser
+    from pathlib import Path
+
+    fd, path = tempfile.mkstemp(prefix="queuectl-dashboard-", suffix=".html")  # 0600, not in the data folder
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; '
+                     f'url={html.escape(url)}"><title>queuectl</title><a href="{html.escape(url)}">Open the '
+                     f'dashboard</a>\n')
+    webbrowser.open(Path(path).as_uri())
+    return path
+
+
 def cmd_dashboard(args: argparse.Namespace, store: Store) -> int:
     import secrets
     import types
-    from http.server import ThreadingHTTPServer
 
     if not 0 <= args.port <= 65535:
         raise QueueError("--port must be between 0 and 65535.")
+    idle = os.environ.get(DASHBOARD_TIMEOUT_ENV)
+    idle_timeout = (parse_duration(idle, DASHBOARD_TIMEOUT_ENV) if idle else 0) or DASHBOARD_IDLE_TIMEOUT
     store.check_files()  # a damaged file is reported now, not as a broken page
-    server_class = ThreadingHTTPServer
-    if ":" in args.host:  # an IPv6 address
-        import socket
-
-        server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
     try:
-        server = server_class((args.host, args.port), make_dashboard_handler())
+        server = dashboard_server_class(":" in args.host)((args.host, args.port), make_dashboard_handler())
     except OSError as error:
         raise QueueError(f"cannot listen on {args.host} port {args.port}: {error.strerror or error}"
                          + ("; pick another with --port" if args.port else "") + ".") from None
-    server.daemon_threads = True
     port = server.server_address[1]
     loopback = args.host in ("localhost", "::1") or args.host.startswith("127.")
     hosts = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]", args.host)} if loopback else None
+    token = secrets.token_urlsafe(32)  # new each run: a restart signs every browser out
     server.queuectl = types.SimpleNamespace(  # type: ignore[attr-defined]
-        store=store, token=secrets.token_urlsafe(24), read_only=args.read_only, hosts=hosts)
+        store=store, token=token, cookie=f"queuectl-{port}", read_only=args.read_only, hosts=hosts,
+        idle_timeout=idle_timeout)  # the cookie is named for the port: browsers share 127.0.0.1's among ports
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{shown}:{port}/"
+    url = f"http://{shown}:{port}/?token={token}"
     if not loopback:
-        print(f"warning: the dashboard listens on {args.host}: anyone who can reach this machine on port "
-              f"{port} can see every job's command and output" + ("." if args.read_only else
-                                                                 ", and retry or cancel jobs from the page."),
-              file=sys.stderr)
-    print(f"Dashboard for {store.home}: {url}{' (read-only)' if args.read_only else ''}  (Ctrl+C to stop)")
-    if args.open:
-        import webbrowser
-
-        webbrowser.open(url)
+        print(f"warning: the dashboard listens on {args.host} over plain HTTP: anyone who can watch the network "
+              f"between your browser and this machine can read its token and every job's command and output"
+              + ("." if args.read_only else ", and retry or cancel jobs."), file=sys.stderr)
+    # The token goes to this terminal only: never into a file of the data folder, never into a log.
+    print(f"Dashboard for {store.home}: {url}{' (read-only)' if args.read_only else ''}  "
+          "(the address is the key: keep it to yourself; Ctrl+C to stop)")
+    opener = open_dashboard(url) if args.open else None
     try:
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         print("Dashboard stopped.")
     finally:
         server.server_close()
+        if opener:
+            try:
+                os.unlink(opener)
+            except OSError:
+                pass
     return 0
 
 
@@ -4128,7 +4296,6 @@ DASHBOARD_PAGE = r"""<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="queuectl-token" content="{{token}}">
 <title>queuectl</title>
 <style nonce="{{nonce}}">
 body { font: 14px system-ui, sans-serif; margin: 0; color: #1d2330; background: #f4f5f7; }
@@ -4185,7 +4352,6 @@ svg text { font-size: 10px; fill: #667; }
 <script type="application/json" id="initial">{{initial}}</script>
 <script nonce="{{nonce}}">
 "use strict";
-const TOKEN = document.querySelector('meta[name="queuectl-token"]').content;
 const INITIAL = JSON.parse(document.getElementById("initial").textContent);
 const STATES = ["pending", "processing", "failed", "completed", "dead", "cancelled"];
 let tab = "pending", filter = "", selected = null;
@@ -4218,12 +4384,14 @@ function ago(stamp) {
 }
 async function api(path, options) {
   const response = await fetch(path, options);
-  const body = await response.json();
+  const text = await response.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = {error: text.trim()}; }  // a 403 is plain text
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
 }
 async function act(path) {
-  try { await api(path, {method: "POST", headers: {"X-Queuectl-Token": TOKEN}}); fill("message"); }
+  try { await api(path, {method: "POST"}); fill("message"); }
   catch (error) { fill("message", error.message); }
   refresh();
 }
@@ -4515,7 +4683,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if wanted("dashboard"):
         p = add("dashboard", cmd_dashboard, "a live web page of the queue, with retry and cancel buttons",
-                "queuectl dashboard                 (then open http://127.0.0.1:8787/)\n"
+                "queuectl dashboard                 (then open the address it prints, with its token)\n"
                 "queuectl dashboard --port 9000 --open --read-only")
         p.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")

@@ -1,12 +1,14 @@
 """The web dashboard as a user meets it: a real `queuectl dashboard` process, asked over HTTP.
 
 Every test starts the server on a free port (`--port 0`, the URL read from its first line),
-talks to it with urllib (no proxy), and stops it at the end, so no server is left running.
-What the API answers is checked against what the command line prints for the same folder.
+signs in as a browser does (the printed URL's token, swapped for a cookie), talks to it with
+urllib (no proxy), and stops it at the end, so no server is left running. What the API answers
+is checked against what the command line prints for the same folder.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +33,8 @@ from conftest import SCRIPT, Queue, fast, kill_group, process_gone, wait_until
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and process groups")
 
-FIRST_LINE = re.compile(r"Dashboard for (?P<home>.+): (?P<url>http://(?P<host>[^/\s]+):(?P<port>\d+)/)")
+FIRST_LINE = re.compile(r"Dashboard for (?P<home>.+): "
+                        r"(?P<url>http://(?P<host>[^/\s]+):(?P<port>\d+)/\?token=(?P<token>[\w-]+))(?: |$)")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP proxy
 XSS = '<script>alert(1)</script>'
 
@@ -78,15 +82,19 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 class Dashboard:
-    """`queuectl dashboard --port 0 ARGS` on a queue's folder, in its own session."""
+    """`queuectl dashboard --port 0 ARGS` on a queue's folder, in its own session, signed in.
 
-    def __init__(self, queue: Queue, *args: str) -> None:
+    get/post send the cookie the printed URL gave (`token=...`, the default), a cookie of this
+    dashboard's name holding another value (`token="wrong"`), or none (`token=None`)."""
+
+    def __init__(self, queue: Queue, *args: str, env: dict[str, str] | None = None) -> None:
         self.queue = queue
         self.err_path = queue.home.parent / f"dashboard-{time.monotonic_ns()}.err"
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, SCRIPT, "dashboard", "--port", "0", *args],
-                                         env=queue.env(), cwd=str(queue.home), stdout=subprocess.PIPE,
-                                         stderr=err, start_new_session=True, preexec_fn=_default_sigint)
+                                         env={**queue.env(), **(env or {})}, cwd=str(queue.home),
+                                         stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+                                         preexec_fn=_default_sigint)
         queue.procs.append(self.proc)  # killed at teardown whatever happens
         self.first_line = read_line(self.proc)
         match = FIRST_LINE.match(self.first_line)
@@ -94,12 +102,28 @@ class Dashboard:
         self.match = match
         self.port = int(match["port"])
         self.base = f"http://127.0.0.1:{self.port}"
+        self.token = match["token"]
+        self.cookie_name = f"queuectl-{self.port}"
+        self.sign_in()
+
+    def sign_in(self) -> Response:
+        """Open the printed URL as a browser does: the answer sets the cookie and moves on to `/`."""
+        answer = request(self.match["url"])
+        assert answer.status == 200, answer
+        assert answer.headers["Set-Cookie"] == (f"{self.cookie_name}={self.token}; HttpOnly; SameSite=Strict; "
+                                                "Path=/"), answer.headers
+        return answer
 
     def stderr(self) -> str:
         return self.err_path.read_text("utf-8", "replace")
 
-    def get(self, path: str, **headers: str) -> Response:
-        return request(self.base + path, headers=headers)
+    def _headers(self, token: Any, headers: dict[str, str]) -> dict[str, str]:
+        if token is not None:
+            headers.setdefault("Cookie", f"{self.cookie_name}={self.token if token is ... else token}")
+        return headers
+
+    def get(self, path: str, token: Any = ..., **headers: str) -> Response:
+        return request(self.base + path, headers=self._headers(token, headers))
 
     def get_json(self, path: str) -> Any:
         answer = self.get(path)
@@ -107,20 +131,13 @@ class Dashboard:
         assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
         return answer.json()
 
-    def post(self, path: str, token: str | None = None, **headers: str) -> Response:
-        if token is not None:
-            headers["X-Queuectl-Token"] = token
-        return request(self.base + path, "POST", headers)
+    def post(self, path: str, token: Any = ..., **headers: str) -> Response:
+        return request(self.base + path, "POST", self._headers(token, headers))
 
     def page(self) -> str:
         answer = self.get("/")
         assert answer.status == 200, answer
         return answer.body.decode("utf-8")
-
-    def token(self) -> str:
-        match = re.search(r'<meta name="queuectl-token" content="([^"]+)">', self.page())
-        assert match, "no token in the page"
-        return match[1]
 
     def close(self) -> None:
         kill_group(self.proc)
@@ -132,8 +149,8 @@ def dashboards(queue: Queue):
     """start(*args, on=queue) -> a running Dashboard; all of them are stopped at teardown."""
     started: list[Dashboard] = []
 
-    def start(*args: str, on: Queue = queue) -> Dashboard:
-        dashboard = Dashboard(on, *args)
+    def start(*args: str, on: Queue = queue, env: dict[str, str] | None = None) -> Dashboard:
+        dashboard = Dashboard(on, *args, env=env)
         started.append(dashboard)
         return dashboard
 
@@ -278,10 +295,49 @@ def test_jobs_filters_order_and_detail(queue: Queue, dashboards: Any) -> None:
         assert word in answer.json()["error"]
 
 
+def test_bad_query_parameters_are_a_400_with_one_clear_sentence(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    dash = dashboards()
+    states = "pending, processing, failed, completed, dead, cancelled (or processed, dlq)"
+    cases = {
+        "/api/jobs?limit=abc": "limit must be a whole number from 0 to 10000, not 'abc'.",
+        "/api/jobs?limit=-1": "limit must be a whole number from 0 to 10000, not '-1'.",
+        "/api/jobs?limit=2.5": "limit must be a whole number from 0 to 10000, not '2.5'.",
+        "/api/jobs?limit=10001": "limit must be a whole number from 0 to 10000, not '10001'.",
+        "/api/jobs?limit=99999999999999999999": "limit must be a whole number from 0 to 10000, "
+                                                "not '99999999999999999999'.",
+        "/api/jobs?limit=%C2%B2": "limit must be a whole number from 0 to 10000, not '\u00b2'.",  # a digit to isdigit()
+        "/api/jobs?state=nope": f"unknown state 'nope'; valid states: {states}.",
+        "/api/jobs?state=dead&limit=1&stat=dead": "unknown parameter 'stat': /api/jobs takes state, q, limit.",
+        "/api/stats?since=abc": "since 'abc' is not a duration; use e.g. 90, 90s, 5m or 2h.",
+        "/api/stats?since=-5m": "since '-5m' is not a duration; use e.g. 90, 90s, 5m or 2h.",
+        "/api/stats?since=99999999999d": "since '99999999999d' is too long; the most is 1e9 seconds (about 31 years).",
+        "/api/stats?until=1h": "unknown parameter 'until': /api/stats takes since.",
+        "/api/timeline?minutes=0": "minutes must be a whole number from 1 to 1440, not '0'.",
+        "/api/timeline?minutes=1e3": "minutes must be a whole number from 1 to 1440, not '1e3'.",
+        "/api/status?verbose=1": "unknown parameter 'verbose': /api/status takes no parameters.",
+        "/api/workers?x": "unknown parameter 'x': /api/workers takes no parameters.",
+    }
+    for path, message in cases.items():
+        answer = dash.get(path)
+        assert answer.status == 400 and answer.headers["Content-Type"] == "application/json; charset=utf-8", path
+        assert answer.json() == {"error": message}, path
+
+    # Good values, and empty ones (the defaults), still work; odd ids are a 404, never a crash.
+    assert len(dash.get_json("/api/timeline?minutes=5")) == 5 and len(dash.get_json("/api/timeline")) == 60
+    assert len(dash.get_json("/api/jobs?state=&q=&limit=")) == 3
+    assert [job["id"] for job in dash.get_json("/api/jobs?state=%20Dead%20&limit=10000")] == ["bad"]
+    assert dash.get_json("/api/stats?since=")["finished"] == dash.get_json("/api/stats")["finished"]
+    for job_id in ("%00", "..", "..%2F..%2Fqueue.json", "%2Fetc%2Fpasswd", "x" * 5000, "%FF%FE"):
+        answer = dash.get(f"/api/jobs/{job_id}")
+        assert answer.status == 404 and answer.json()["error"].startswith("no job with id"), (job_id, answer)
+    assert dash.proc.poll() is None and dash.stderr() == ""  # no traceback, still serving
+
+
 # -- 3. actions: the token, what they do, and --read-only ----------------------------
 
 
-def test_actions_need_the_token_and_do_what_they_say(queue: Queue, dashboards: Any) -> None:
+def test_actions_need_the_cookie_and_their_own_origin_and_do_what_they_say(queue: Queue, dashboards: Any) -> None:
     fast(queue, max_retries=1)
     for job_id in ("d1", "d2", "d3"):
         queue.ok("enqueue", "--id", job_id, "--command", "exit 4")
@@ -290,44 +346,53 @@ def test_actions_need_the_token_and_do_what_they_say(queue: Queue, dashboards: A
     queue.ok("enqueue", "--id", "p1", "--command", "echo waiting")
     queue.ok("enqueue", "--id", "p2", "--command", "echo waiting too")
     dash = dashboards()
-    token = dash.token()
-    assert len(token) >= 20
+    token, own = dash.token, f"http://127.0.0.1:{dash.port}"
 
     actions = ["/api/jobs/d1/retry", "/api/dlq/retry-all", "/api/jobs/p1/cancel", "/api/jobs/k1/cancel"]
     before = folder_bytes(queue)
     for path in actions:
         for bad in (None, "", "wrong-" + token, token[:-1], token.upper() if token.upper() != token else "x"):
-            answer = dash.post(path, bad)
-            assert answer.status == 403, (path, bad, answer)
-            assert "token" in answer.json()["error"]
+            answer = dash.post(path, bad, Origin=own)
+            assert answer.status == 403 and answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert answer.body.startswith(b"Forbidden: open the address"), (path, bad, answer)
+        assert dash.post(path + "?token=" + token, None).status == 403  # the URL's token only signs a GET in
+        assert dash.post(path, None, Authorization="Bearer wrong").status == 403
+        assert dash.post(path, None, **{"X-Queuectl-Token": token}).status == 403  # the old header is no key
+        # Signed in, but sent by a page of another site or of another port on 127.0.0.1 (which
+        # SameSite counts as the same site, so the cookie comes along): refused.
+        for origin in (f"http://127.0.0.1:{dash.port + 1}", "http://evil.example", "null", own + "/x"):
+            assert dash.post(path, Origin=origin).status == 403, origin
+        assert dash.post(path, Origin=own, **{"Sec-Fetch-Site": "same-site"}).status == 403
         assert dash.get(path).status == 404  # a GET never acts
     assert folder_bytes(queue) == before
     assert queue.states() == {"d1": "dead", "d2": "dead", "d3": "dead", "k1": "completed",
                               "p1": "pending", "p2": "pending"}
 
-    answer = dash.post("/api/jobs/d1/retry", token)
+    # As the page sends it: the cookie, from its own origin.
+    answer = dash.post("/api/jobs/d1/retry", Origin=own, **{"Sec-Fetch-Site": "same-origin"})
     assert (answer.status, answer.json()) == (200, {"requeued": ["d1"]})
     shown = queue.json("show", "d1")
     assert shown["state"] == "pending" and shown["attempts"] == 0
     for path, status in (("/api/jobs/d1/retry", 409), ("/api/jobs/k1/retry", 409), ("/api/jobs/p1/retry", 409),
                          ("/api/jobs/nosuch/retry", 404), ("/api/jobs/p1/explode", 404)):
-        answer = dash.post(path, token)
+        answer = dash.post(path)
         assert answer.status == status and answer.json()["error"], (path, answer)
 
-    answer = dash.post("/api/dlq/retry-all", token)
+    # A script: the token in an Authorization header, no cookie, no Origin.
+    answer = dash.post("/api/dlq/retry-all", None, Authorization=f"Bearer {token}")
     assert answer.status == 200 and sorted(answer.json()["requeued"]) == ["d2", "d3"]
     assert queue.json("dlq", "list") == []
     assert [queue.json("show", job_id)["state"] for job_id in ("d2", "d3")] == ["pending", "pending"]
-    assert dash.post("/api/dlq/retry-all", token).json() == {"requeued": []}
+    assert dash.post("/api/dlq/retry-all").json() == {"requeued": []}
 
-    answer = dash.post("/api/jobs/p1/cancel", token)
+    answer = dash.post("/api/jobs/p1/cancel")
     assert (answer.status, answer.json()) == (200, {"result": "cancelled", "was": "pending"})
     assert queue.json("show", "p1")["state"] == "cancelled"
     before = folder_bytes(queue)
     for path in ("/api/jobs/p1/cancel", "/api/jobs/k1/cancel"):  # finished: cancelled, completed
-        answer = dash.post(path, token)
+        answer = dash.post(path)
         assert answer.status == 409 and "already finished" in answer.json()["error"], (path, answer)
-    assert dash.post("/api/jobs/nosuch/cancel", token).status == 404
+    assert dash.post("/api/jobs/nosuch/cancel").status == 404
     assert folder_bytes(queue) == before
     assert dash.get_json("/api/status")["counts"] == queue.json("status")["counts"] == {
         "pending": 4, "processing": 0, "failed": 0, "completed": 1, "dead": 0, "cancelled": 1}
@@ -341,10 +406,9 @@ def test_read_only_refuses_every_action(queue: Queue, dashboards: Any) -> None:
     page = dash.page()
     initial = json.loads(re.search(r'<script type="application/json" id="initial">(.*?)</script>', page)[1])
     assert initial["readOnly"] is True
-    token = dash.token()
     before = folder_bytes(queue)
     for path in ("/api/jobs/bad/retry", "/api/dlq/retry-all", "/api/jobs/p1/cancel"):
-        answer = dash.post(path, token)
+        answer = dash.post(path)
         assert answer.status == 403 and "read-only" in answer.json()["error"], (path, answer)
     assert folder_bytes(queue) == before
     assert queue.states() == {"ok1": "completed", "ok2": "completed", "bad": "dead", "p1": "pending"}
@@ -444,7 +508,7 @@ def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
         pid = int(header[1])
         assert dash.get_json("/api/jobs?state=processing")[0]["id"] == "sleeper"
 
-        answer = dash.post("/api/jobs/sleeper/cancel", dash.token())
+        answer = dash.post("/api/jobs/sleeper/cancel")
         assert (answer.status, answer.json()) == (200, {"result": "requested", "was": "processing"})
         wait_until(lambda: dash.get_json("/api/jobs/sleeper")["job"]["state"] == "cancelled", 5,
                    what="the dashboard to show sleeper cancelled")
@@ -455,28 +519,131 @@ def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
         assert counts["cancelled"] == 1 and counts["processing"] == 0
         assert [job["id"] for job in dash.get_json("/api/jobs?state=cancelled")] == ["sleeper"]
         assert worker.poll() is None  # the worker goes on
-        assert dash.post("/api/jobs/sleeper/cancel", dash.token()).status == 409
+        assert dash.post("/api/jobs/sleeper/cancel").status == 409
     finally:
         kill_group(worker)
         if pid is not None and not process_gone(pid):
             os.kill(pid, signal.SIGKILL)
 
 
-# -- 6. who may talk to it, and how it stops ----------------------------------------
+# -- 6. who may talk to it (the token, the cookie, the Host), and how it stops -------
+
+
+FORBIDDEN = b"Forbidden: open the address that `queuectl dashboard` printed; its token lets this browser in.\n"
+SECRET = "s3cret-output-42"
+
+
+def test_without_the_token_every_path_is_a_bare_403(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    queue.ok("enqueue", "--id", "secret", "--command", f"echo {SECRET}")
+    queue.ok("worker", "start", "--burst")
+    dash = dashboards()
+    token = dash.token
+    paths = ["/", "/api/status", "/api/workers", "/api/stats", "/api/timeline", "/api/jobs",
+             "/api/jobs?state=completed", "/api/jobs/secret", "/api/jobs/nosuch", "/api/nope", "/favicon.ico",
+             "/api/jobs?limit=abc", "/?token=", "/?token=wrong", f"/?token={token[:-1]}", f"/?token={token}x",
+             f"/?token={token}&token=wrong", f"/api/jobs/secret?token={token.upper()}"]
+    cookies = [None, "", "wrong", token[:-1], token + "x", token.upper(), f'"{token}"']  # values of its cookie
+    others = [{"Cookie": f"queuectl-{dash.port + 1}={token}"},  # the cookie of another port's dashboard
+              {"Cookie": f"token={token}"}, {"Authorization": f"Bearer {token[:-1]}"}, {"Authorization": token},
+              {"Authorization": f"Basic {token}"}, {"X-Queuectl-Token": token}]
+    for path in paths:
+        for answer in [dash.get(path, c) for c in cookies] + [dash.get(path, None, **h) for h in others]:
+            assert answer.status == 403, (path, answer)
+            assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert answer.body == FORBIDDEN and SECRET.encode() not in answer.body
+            assert "Set-Cookie" not in answer.headers
+
+    # The printed URL: a page that sets the cookie and goes on to the same address without the token.
+    for path, target in ((f"/?token={token}", "/"),
+                         (f"/api/jobs?state=completed&token={token}&limit=1", "/api/jobs?state=completed&limit=1"),
+                         (f"//evil.example/?token={token}", "/evil.example/")):  # never to another host
+        answer = dash.get(path, None)
+        assert answer.status == 200 and answer.headers["Content-Type"] == "text/html; charset=utf-8", path
+        assert answer.headers["Set-Cookie"] == f"queuectl-{dash.port}={token}; HttpOnly; SameSite=Strict; Path=/"
+        page = answer.body.decode()
+        script = re.search(r"<script nonce=[^>]+>location\.replace\((\"[^\"]*\") \+ location\.hash\);</script>", page)
+        assert script and json.loads(script[1]) == target, page  # replace: no history entry with the token
+        refresh = re.search(r'<meta http-equiv="refresh" content="0; url=([^"]*)">', page)
+        assert refresh and html.unescape(refresh[1]) == target, page
+        assert token not in page and SECRET not in page and "ok1" not in page
+        assert re.search(r"script-src 'nonce-[\w-]+'", answer.headers["Content-Security-Policy"])
+
+    # With the cookie (a browser) or the Bearer header (a script): everything.
+    assert f"{SECRET}\n" in dash.get_json("/api/jobs/secret")["log_tail"]
+    assert '"completed": 3' in dash.page()  # the counts, embedded
+    by_script = dash.get("/api/jobs?state=completed", None, Authorization=f"Bearer {token}")
+    assert by_script.status == 200 and [job["id"] for job in by_script.json()][0] == "secret"
+    assert dash.get("/api/status", Cookie=f"other=1; {dash.cookie_name}=wrong; {dash.cookie_name}={token}").status \
+        == 200  # among the other cookies a browser sends to 127.0.0.1
+
+    # The token is on the owner's terminal only: not in the page, the API, the data folder, stderr.
+    answers = [dash.get(path).body for path in ("/", "/api/status", "/api/jobs", "/api/jobs/secret", "/api/stats")]
+    assert all(token.encode() not in body for body in answers)
+    assert all(token.encode() not in path.read_bytes() for path in queue.home.rglob("*") if path.is_file())
+    assert dash.stderr() == ""
+    assert token.encode() not in Path(f"/proc/{dash.proc.pid}/cmdline").read_bytes()
+
+
+def test_read_only_needs_the_token_too(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    dash = dashboards("--read-only")
+    for path in ("/", "/api/status", "/api/jobs?state=dead", "/api/jobs/bad"):
+        assert (dash.get(path, None).status, dash.get(path, None).body) == (403, FORBIDDEN), path
+        assert dash.get(path).status == 200, path
+    assert dash.post("/api/jobs/bad/retry", None).body == FORBIDDEN
+
+
+def test_a_restart_makes_a_new_token_and_the_old_cookie_worthless(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    first = dashboards()
+    old = first.token
+    first.close()
+    second = dashboards("--port", str(first.port))  # the same port, so the same cookie name
+    assert second.port == first.port and second.cookie_name == first.cookie_name and second.token != old
+    assert second.get("/api/status", old).body == FORBIDDEN
+    assert second.get("/", old).status == 403
+    assert second.get(f"/?token={old}", None).status == 403
+    assert second.get_json("/api/status")["counts"]["dead"] == 1
+
+
+def opened(dashboards: Any, tmp_path: Path, *args: str) -> tuple[Dashboard, str]:
+    """`dashboard --open ARGS` with a stand-in browser (BROWSER): the dashboard, and what it was given to open."""
+    recorder, seen = tmp_path / "browser.sh", tmp_path / "seen"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}.tmp && mv {seen}.tmp {seen}\n')
+    recorder.chmod(0o700)
+    dash = dashboards("--open", *args, env={"BROWSER": str(recorder)})
+    return dash, wait_until(lambda: seen.exists() and seen.read_text(), 15, what="the browser to be started")
+
+
+def test_open_hands_the_browser_an_owner_only_file_not_the_token(queue: Queue, dashboards: Any,
+                                                                tmp_path: Path) -> None:
+    """`--open`: the browser's command line (which every local user can read) names a file that
+    only the owner can read and that forwards to the URL; the file is gone when the dashboard stops."""
+    dash, uri = opened(dashboards, tmp_path)
+    assert uri.startswith("file:///") and dash.token not in uri
+    opener = Path(urllib.request.url2pathname(uri[len("file://"):]))
+    assert queue.home not in opener.parents
+    assert opener.stat().st_mode & 0o777 == 0o600
+    text = opener.read_text("utf-8")
+    assert f'<meta http-equiv="refresh" content="0; url={dash.match["url"]}">' in text
+    dash.proc.send_signal(signal.SIGINT)
+    assert dash.proc.wait(timeout=10) == 0
+    assert not opener.exists()
 
 
 def test_host_header_guard(queue: Queue, dashboards: Any) -> None:
     history(queue)
     dash = dashboards()
     port = dash.port
-    token = dash.token()
     before = folder_bytes(queue)
     for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", "127.0.0.1"):
-        for path in ("/", "/api/status", "/api/jobs/bad"):
+        for path in ("/", "/api/status", "/api/jobs/bad", "/?token=" + dash.token):
             answer = dash.get(path, Host=host)
             assert answer.status == 403, (host, path, answer)
-            assert b"bad" not in answer.body and answer.json()["error"]
-        assert dash.post("/api/jobs/bad/retry", token, Host=host).status == 403
+            assert answer.body == b"Forbidden: this dashboard answers only to its own address.\n"
+            assert "Set-Cookie" not in answer.headers
+        assert dash.post("/api/jobs/bad/retry", Host=host, Origin=f"http://{host}").status == 403
     assert folder_bytes(queue) == before
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
         assert dash.get("/api/status", Host=host).status == 200, host
@@ -485,7 +652,8 @@ def test_host_header_guard(queue: Queue, dashboards: Any) -> None:
 def test_first_line_and_ctrl_c(queue: Queue, dashboards: Any) -> None:
     dash = dashboards()
     assert dash.match["home"] == str(queue.home)
-    assert dash.match["url"] == f"http://127.0.0.1:{dash.port}/" and dash.port > 0
+    assert dash.match["url"] == f"http://127.0.0.1:{dash.port}/?token={dash.token}" and dash.port > 0
+    assert len(dash.token) >= 40 and dashboards().token != dash.token  # 32 random bytes, new for each run
     assert dash.get_json("/api/status")["home"] == str(queue.home)
     dash.proc.send_signal(signal.SIGINT)
     assert dash.proc.wait(timeout=10) == 0
@@ -495,7 +663,89 @@ def test_first_line_and_ctrl_c(queue: Queue, dashboards: Any) -> None:
         OPENER.open(dash.base + "/api/status", timeout=5)
 
 
-# -- 7. where it listens, and when it refuses to start --------------------------------
+# -- 7. many connections, and connections that say nothing ----------------------------
+
+linux_only = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
+                                reason="reads the listen queue and threads from Linux's /proc")
+
+
+def listen_queue(port: int) -> int:
+    """Connections the kernel holds for the dashboard to accept (a listening socket's rx_queue)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@linux_only
+def test_200_concurrent_requests_are_all_answered(queue: Queue, dashboards: Any) -> None:
+    history(queue)
+    dash = dashboards()
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda: answers.append(dash.get("/api/status").status)) for _ in range(200)]
+    os.kill(dash.proc.pid, signal.SIGSTOP)  # stopped, it accepts nothing: every connection waits in the backlog
+    try:
+        for thread in threads:
+            thread.start()
+        # A backlog of 5 held 6 of them and left the rest resending their SYN for up to 8 s.
+        wait_until(lambda: listen_queue(dash.port) == 200, 15, what="all 200 connections held in the backlog")
+    finally:
+        os.kill(dash.proc.pid, signal.SIGCONT)
+    started = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert answers == [200] * 200
+    assert time.monotonic() - started < 10
+
+
+def test_a_silent_or_half_sent_connection_is_closed_after_the_idle_timeout(queue: Queue, dashboards: Any) -> None:
+    dash = dashboards(env={"QUEUECTL_DASHBOARD_IDLE_TIMEOUT": "1"})  # (10 s by default)
+    started = time.monotonic()
+    held = []
+    for sent in (b"", b"GET /api/sta", b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % dash.port):
+        connection = socket.create_connection(("127.0.0.1", dash.port), timeout=15)
+        connection.sendall(sent)
+        held.append(connection)
+    try:
+        assert dash.get_json("/api/status")["home"] == str(queue.home)  # they do not hold others up
+        for connection in held:
+            assert connection.recv(1024) == b""  # closed by the server, nothing said
+        assert 0.9 <= time.monotonic() - started < 10
+        assert dash.get_json("/api/status")["home"] == str(queue.home)
+    finally:
+        for connection in held:
+            connection.close()
+
+
+@linux_only
+def test_idle_connections_take_at_most_128_threads_and_then_go(queue: Queue, dashboards: Any) -> None:
+    dash = dashboards(env={"QUEUECTL_DASHBOARD_IDLE_TIMEOUT": "1"})
+    tasks = Path(f"/proc/{dash.proc.pid}/task")
+    held = [socket.create_connection(("127.0.0.1", dash.port), timeout=15) for _ in range(300)]
+    try:
+        most, waited = 0, 0
+        with selectors.DefaultSelector() as selector:
+            for connection in held:
+                selector.register(connection, selectors.EVENT_READ)
+            deadline = time.monotonic() + 20
+            while selector.get_map() and time.monotonic() < deadline:
+                most = max(most, len(list(tasks.iterdir())))
+                waited = max(waited, listen_queue(dash.port))
+                for key, _ in selector.select(0.05):
+                    assert key.fileobj.recv(1024) == b""  # closed by the server after its idle timeout
+                    selector.unregister(key.fileobj)
+            assert not selector.get_map(), f"{len(selector.get_map())} of 300 connections still open"
+        # The main thread and 128 handlers (a finishing one may linger an instant); the rest waited their turn.
+        assert 100 <= most <= 1 + 128 + 4, most
+        assert waited >= 100, waited
+        assert dash.get_json("/api/status")["home"] == str(queue.home)
+    finally:
+        for connection in held:
+            connection.close()
+
+
+# -- 8. where it listens, and when it refuses to start --------------------------------
 
 
 def test_non_loopback_bind_warns_and_serves(queue: Queue, dashboards: Any) -> None:
@@ -543,7 +793,7 @@ def test_file_damaged_while_serving_is_a_500_naming_it(queue: Queue, dashboards:
     assert dash.proc.poll() is None  # it goes on serving
 
 
-# -- 8. a real browser renders the page ----------------------------------------------
+# -- 9. a real browser renders the page ----------------------------------------------
 
 
 class Node:
@@ -628,7 +878,13 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
     history(queue, failing=command)
     dash = dashboards()
 
+    # Without the token the browser gets the bare 403, and no job.
     dom, root = render(browser, dash.base + "/#dead", tmp_path / "profile")
+    assert "Forbidden: open the address that `queuectl dashboard` printed" in dom
+    assert "bad" not in dom and root.all("b") == [] and root.all("script") == []
+
+    # The printed URL (with a tab to open): the token becomes a cookie, and the page renders.
+    dom, root = render(browser, dash.match["url"] + "#dead", tmp_path / "profile")
     assert len(root.all("b")) == 6  # the six counts; no <b> element came from the command
     counts = {b.attrs["data-state"]: b.text() for b in root.all("b")}
     assert counts == {"pending": "0", "processing": "0", "failed": "0", "completed": "2", "dead": "1",
@@ -646,9 +902,11 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
     assert [b.text() for b in root.all("button", class_="on")] == ["dead (1)"]
     assert [s.text() for s in root.all("span", id="live")] == ["live"]  # its API calls all worked
     assert [d.text() for d in root.all("div", id="message")] == [""]
+    assert dash.token not in dom
 
-    # A link to one job opens its detail: the output, markup and all, shown as text.
-    dom, root = render(browser, dash.base + "/#dead/bad", tmp_path / "profile2")
+    # A link to one job opens its detail: the output, markup and all, shown as text. (The cookie
+    # lasts as long as the browser, so a new browser signs in with the printed URL again.)
+    dom, root = render(browser, dash.match["url"] + "#dead/bad", tmp_path / "profile")
     [detail] = root.all("section", id="detail")
     assert "hidden" not in detail.attrs
     assert [h.text() for h in detail.all("h2")][0] == "Job bad"
@@ -659,7 +917,118 @@ def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path:
 
     # --read-only: the same page without a single action button.
     read_only = dashboards("--read-only")
-    dom, root = render(browser, read_only.base + "/#dead", tmp_path / "profile3")
+    dom, root = render(browser, read_only.match["url"] + "#dead", tmp_path / "profile3")
     [table] = root.all("table", id="jobs")
     assert [[td.text() for td in row.all("td")][:2] for row in table.all("tr", class_="job")] == [["bad", "dead"]]
     assert table.all("button") == [] and root.all("button", class_="action") == []
+
+
+class Browser:
+    """Headless Chromium driven over its DevTools pipe (fd 3 in, fd 4 out, NUL-framed JSON), to
+    click in the page as a user does; stdlib only."""
+
+    def __init__(self, browser: str, url: str, profile: Path) -> None:
+        to_browser, self.out = os.pipe()
+        self.inp, from_browser = os.pipe()
+
+        def pipe_fds() -> None:  # in the child: its ends of the pipes become fds 3 and 4
+            read_end, write_end = os.dup(to_browser), os.dup(from_browser)
+            os.dup2(read_end, 3)
+            os.dup2(write_end, 4)
+
+        self.proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                      "--remote-debugging-pipe", f"--user-data-dir={profile}", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(3, 4),
+                                     preexec_fn=pipe_fds, start_new_session=True)
+        os.close(to_browser)
+        os.close(from_browser)
+        self.buffer, self.next_id, self.session = b"", 0, None
+        page = wait_until(lambda: [t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page"],
+                          15, what="the browser's page")[0]
+        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+
+    def call(self, method: str, **params: Any) -> Any:
+        answer = self.send(method, **params)
+        assert "error" not in answer, answer
+        return answer["result"]
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if self.session and not method.startswith("Target."):
+            message["sessionId"] = self.session
+        os.write(self.out, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + 15
+        while True:
+            while b"\0" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\0", 1)
+                answer = json.loads(raw)
+                if answer.get("id") == self.next_id:
+                    return answer
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.inp, selectors.EVENT_READ)
+                assert selector.select(max(0.0, deadline - time.monotonic())), f"no answer to {method}"
+            chunk = os.read(self.inp, 1 << 20)
+            assert chunk, "the browser went away"
+            self.buffer += chunk
+
+    def evaluate(self, expression: str) -> Any:
+        """The expression's value in the page; None while the page is between two addresses."""
+        answer = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return None if "error" in answer else answer["result"]["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
+        os.close(self.out)
+        os.close(self.inp)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium (chromium, chromium-browser or google-chrome) "
+                    "installed to click in the page")
+def test_buttons_open_and_restart_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path: Path) -> None:
+    """The page's own POSTs (the cookie, its Origin) pass the checks that refuse everyone else's."""
+    history(queue)
+    queue.ok("enqueue", "--id", "later", "--command", "echo later", "--delay", "1h")
+    dash = dashboards()
+    browser = Browser(find_chromium() or "", dash.match["url"] + "#dead", tmp_path / "profile")
+    try:
+        rows = "[...document.querySelectorAll('#jobs tr.job')]"
+        wait_until(lambda: browser.evaluate(f"{rows}.map(r => r.cells[0].textContent).join()") == "bad", 15,
+                   what="the dead tab with job bad")
+        assert browser.evaluate("location.href") == f"{dash.base}/#dead"  # the token has left the address bar
+        assert browser.evaluate("history.length") == 1  # and the history
+        assert browser.evaluate("document.cookie") == ""  # HttpOnly: not even the page's script sees it
+        browser.evaluate(f"{rows}[0].querySelector('button.action').click()")  # its "retry"
+        wait_until(lambda: queue.json("show", "bad")["state"] == "pending", 15, what="bad to be retried")
+        assert queue.json("show", "bad")["attempts"] == 0
+        browser.evaluate("document.querySelector('#tabs button').click()")  # the pending tab
+        wait_until(lambda: browser.evaluate(f"{rows}.map(r => r.cells[0].textContent).sort().join()") == "bad,later",
+                   15, what="the pending tab")
+        browser.evaluate(f"{rows}.find(r => r.cells[0].textContent === 'later').querySelector('button').click()")
+        wait_until(lambda: queue.json("show", "later")["state"] == "cancelled", 15, what="later to be cancelled")
+        assert browser.evaluate("document.getElementById('message').textContent") == ""
+        assert browser.evaluate("document.getElementById('live').textContent") == "live"
+    finally:
+        browser.close()
+
+    # --open: from the owner-only file the browser is handed, the same cookie flow signs in (a 303
+    # would lose the SameSite=Strict cookie after a file:// page).
+    read_only, uri = opened(dashboards, tmp_path, "--read-only")
+    browser = Browser(find_chromium() or "", uri, tmp_path / "profile2")
+    try:
+        wait_until(lambda: browser.evaluate("document.querySelector('b[data-state=cancelled]')?.textContent") == "1",
+                   15, what="the page opened through the file (later, cancelled above, counted)")
+        assert browser.evaluate("location.href") == f"{read_only.base}/"
+
+        # After a restart on the same port the old cookie is worthless: the page says so.
+        read_only.close()
+        again = dashboards("--port", str(read_only.port))
+        wait_until(lambda: browser.evaluate("document.getElementById('live').textContent").startswith(
+            "not updating: Forbidden: open the address"), 15, what="the page to say it needs the new address")
+        assert again.get("/api/status", None).status == 403
+    finally:
+        browser.close()
