@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT, Queue, fast, kill_group, process_gone, wait_until
+from conftest import SCRIPT, Queue, fast, kill_group, needs, process_gone, wait_until
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and process groups")
 
@@ -869,8 +869,8 @@ def render(browser: str, url: str, profile: Path) -> tuple[str, Node]:
     return dom, parser.root
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium (chromium, chromium-browser or google-chrome) "
-                    "installed to render the page")
+@needs(find_chromium() is not None, "no Chromium (chromium, chromium-browser or google-chrome) "
+       "installed to render the page")
 def test_page_renders_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path: Path) -> None:
     browser = find_chromium()
     assert browser
@@ -987,8 +987,8 @@ class Browser:
         os.close(self.inp)
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium (chromium, chromium-browser or google-chrome) "
-                    "installed to click in the page")
+@needs(find_chromium() is not None, "no Chromium (chromium, chromium-browser or google-chrome) "
+       "installed to click in the page")
 def test_buttons_open_and_restart_in_a_real_browser(queue: Queue, dashboards: Any, tmp_path: Path) -> None:
     """The page's own POSTs (the cookie, its Origin) pass the checks that refuse everyone else's."""
     history(queue)
