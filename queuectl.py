@@ -2440,8 +2440,10 @@ class Runner:
             self.store.keep_output(job["id"], job["attempts"], self.identity, out.readline(LOG_LINE_MAX), out,
                                    start, end, ending, counted=result.kind != "interrupted")
         except (OSError, QueueError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            result.warning = f"its output could not be kept in {self.log_path(job['id'])}: {reason}"
+            reason = str(error)
+            if isinstance(error, OSError) and error.strerror:
+                reason = f"{error.strerror}: {error.filename or self.log_path(job['id'])}"
+            result.warning = f"its output could not be kept: {reason}"
         return end
 
     def _retire(self, job: dict[str, Any], path: str, handle: Any, end: int) -> None:
