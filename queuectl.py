@@ -2731,10 +2731,12 @@ def append_attempt(path: str, header: bytes, source: Any, start: int, end: int, 
     try:
         with open(path, "rb") as current:
             before, last = _log_end(current)
+            torn = before < os.fstat(current.fileno()).st_size
         if last == LogRecord(0, attempt).identity():
             return
         try:
-            os.ftruncate(fd, before)
+            if torn:
+                os.ftruncate(fd, before)
             os.lseek(fd, before, os.SEEK_SET)
             _write_fully(fd, line)
             source.seek(end - size)
