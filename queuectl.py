@@ -1907,14 +1907,25 @@ class Store:
         this worker's claim, under the lock, so recovery cannot take the claim meanwhile. Returns
         False when it was taken (a worker suspended past its lease: recovery wrote its record)."""
         with self.locked():
-            self._load_queue()
-            job = self._jobs.get(job_id)
+            job = self._queued_copy(job_id)
             if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
                     or job.get("host") != worker.host or job["attempts"] != attempt):
                 return False
             append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job_id)), header, source, start, end, ending,
                            int(self.config()["log_max_bytes"]), counted)
             return True
+
+    def _queued_copy(self, job_id: str) -> dict[str, Any] | None:
+        """The job as queue.json holds it (call with the lock held), read without changing the
+        cache: a worker's main thread reads the cache without the lock (next_due)."""
+        path = self.path(QUEUE_FILE)
+        if self._signature is not None and self._signature_of(path) == self._signature:
+            return self._jobs.get(job_id)
+        data = self._read(QUEUE_FILE) or b"[]"
+        at = data.find(b'\n{"id":' + json.dumps(job_id).encode() + b",")
+        if at >= 0:  # queuectl's layout: one job a line, id first
+            return json.loads(data[at:data.index(b"\n", at + 1)].rstrip(b","))
+        return next((job for job in parse_array_file(path, data)[0] if job.get("id") == job_id), None)
 
     def live_output(self, job: dict[str, Any]) -> str | None:
         """The scratch file a running attempt writes its output to (None when not running)."""
@@ -2439,7 +2450,7 @@ class Runner:
             out.seek(0)
             self.store.keep_output(job["id"], job["attempts"], self.identity, out.readline(LOG_LINE_MAX), out,
                                    start, end, ending, counted=result.kind != "interrupted")
-        except (OSError, QueueError) as error:
+        except Exception as error:  # whatever went wrong with the log, the command's result stands
             reason = str(error)
             if isinstance(error, OSError) and error.strerror:
                 reason = f"{error.strerror}: {error.filename or self.log_path(job['id'])}"
