@@ -3706,10 +3706,19 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
         if path and chunk is None:
             path = None
         if path and not titled:
-            with open(path, "rb") as handle:
-                current = _attempt_from_header(handle.readline(LOG_LINE_MAX), args.id)
+            try:
+                with open(path, "rb") as handle:
+                    header = handle.readline(LOG_LINE_MAX)
+                    if args.tail is not None:  # as `tail -f` does: from the last lines printed so far
+                        size = os.fstat(handle.fileno()).st_size
+                        printed = _tail_start(handle, len(header), size, args.tail) - len(header)
+            except OSError:
+                path = None
+                continue
+            current = _attempt_from_header(header, args.id)
             print(Attempt(current, None).title() if current else f"=== attempt {number}: running")
             titled = True
+            continue
         if chunk:
             printed += len(chunk)
             text = decoder.decode(chunk)

@@ -346,3 +346,28 @@ def test_logs_reads_a_huge_output_in_bounded_memory_while_it_runs_and_after(queu
     streamed_rss, out = max_rss_mb(queue, "logs", "huge")
     assert len(out) > 60 * MB and out.endswith(b"last line\n")
     assert max(running_rss, finished_rss, streamed_rss) < 45, (running_rss, finished_rss, streamed_rss)
+
+
+def test_logs_follow_with_tail_starts_at_the_last_lines_printed_so_far(queue: Queue, tmp_path: Path) -> None:
+    fast(queue)
+    go = tmp_path / "go"
+    enqueue(queue, "tailed", f"seq 1 100000; while [ ! -e {q(go)} ]; do sleep 0.05; done; echo after")
+    worker = queue.start_worker(log=tmp_path / "worker.out")
+    try:
+        job = wait_running(queue, "tailed", worker)
+        import queuectl
+
+        scratch = Path(queuectl.Store(str(queue.home)).live_output(job))
+        wait_until(lambda: scratch.read_bytes().endswith(b"\n100000\n"), 15, what="the job to print its lines")
+        follow = subprocess.Popen([sys.executable, SCRIPT, "logs", "tailed", "--follow", "--tail", "2"],
+                                  env=queue.env(), stdout=subprocess.PIPE, start_new_session=True)
+        queue.procs.append(follow)
+        first = [follow.stdout.readline() for _ in range(3)]
+        go.touch()
+        rest = follow.communicate(timeout=20)[0]
+    finally:
+        go.touch()
+        queue.ok("worker", "stop", "--wait", timeout=30)
+        worker.wait(timeout=30)
+    assert first[0].endswith(b": running\n") and first[1:] == [b"99999\n", b"100000\n"], first
+    assert rest == b"after\n=== attempt 1 ended: exit code 0\n", rest
