@@ -371,3 +371,19 @@ def test_logs_follow_with_tail_starts_at_the_last_lines_printed_so_far(queue: Qu
         worker.wait(timeout=30)
     assert first[0].endswith(b": running\n") and first[1:] == [b"99999\n", b"100000\n"], first
     assert rest == b"after\n=== attempt 1 ended: exit code 0\n", rest
+
+
+def test_a_record_cut_short_by_a_crash_is_replaced_by_the_next_one_not_glued_to(queue: Queue, tmp_path: Path) -> None:
+    fast(queue, backoff_base=2, max_backoff=2)
+    mark = tmp_path / "mark"
+    enqueue(queue, "again", f"if [ -e {q(mark)} ]; then echo second; else touch {q(mark)}; echo first; exit 1; fi",
+            "--max-retries", "2")
+    worker = queue.start_worker("--burst", log=tmp_path / "worker.out")
+    wait_for_state(queue, "again", "failed")
+    log = queue.home / "logs" / "again.log"
+    data = log.read_bytes()
+    log.write_bytes(data[:-10])  # what a writer killed in the middle of its footer leaves
+    assert titles(queue, "again")[0][1] == "its record is cut short: the log ends inside it"
+    assert worker.wait(timeout=30) == 0
+    assert titles(queue, "again") == [("attempt 2", "exit code 0")]
+    assert log.read_bytes().endswith(b"second\n=== attempt 2 ended: exit code 0\n")
