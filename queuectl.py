@@ -2651,7 +2651,7 @@ def log_records(handle: Any) -> Iterator[LogRecord]:
             record = LogRecord(position)
             record.output_end = record.end = size
             record.problem = f"the log is damaged here: {size - position} bytes that are not an attempt's record"
-            record.torn = b"\n" not in line and line.startswith(b"=== ")
+            record.torn = position + len(line) == size and not line.endswith(b"\n")  # a header cut short
         else:
             framed = True
             record = _framed_record(handle, position, header, len(line), size)
@@ -2666,20 +2666,23 @@ def _framed_record(handle: Any, position: int, header: re.Match, header_size: in
     record.output_start = position + header_size
     record.output_end = record.output_start + int(header.group(9))
     footer_at = record.output_end
-    if record.output_start < record.output_end <= size:
+    torn = record.output_end > size  # the log ends inside its output: a write was cut short
+    if not torn and record.output_end > record.output_start:
         handle.seek(record.output_end - 1)
         if handle.read(1) != b"\n":
-            footer_at += 1 if handle.read(1) == b"\n" else size + 1  # the newline queuectl adds, or damage
-    footer = b""
-    if footer_at <= size:
+            pad = handle.read(1)  # the newline queuectl adds after output that does not end with one
+            torn = not pad
+            footer_at += 1 if pad == b"\n" else size + 1
+    if not torn and footer_at <= size:
         handle.seek(footer_at)
         footer = handle.readline(LOG_LINE_MAX)
-    match = _RECORD_FOOTER.match(footer)
-    if match and int(match.group(1)) == record.number:
-        record.ending = match.group(2).decode("utf-8", "replace")
-        record.end = footer_at + len(footer)
-        return record
-    record.torn = record.output_end > size or (footer_at <= size and not footer.endswith(b"\n"))
+        match = _RECORD_FOOTER.match(footer)
+        if match and int(match.group(1)) == record.number:
+            record.ending = match.group(2).decode("utf-8", "replace")
+            record.end = footer_at + len(footer)
+            return record
+        torn = footer_at + len(footer) == size and not footer.endswith(b"\n")
+    record.torn = torn
     record.problem = ("its record is cut short: the log ends inside it" if record.torn
                       else "the log is damaged here: this record's footer is missing")
     record.output_end = record.end = size
