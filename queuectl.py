@@ -3642,7 +3642,8 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
     live = store.live_output(job)
     if live and not args.follow:  # what the running attempt printed so far
         current = _live_attempt(live, job)
-        if current:
+        # Its record may be in the log already, while its result is being recorded: show it once.
+        if current and all(a.record.identity() != current.record.identity() for a in attempts):
             attempts.append(current)
     if args.attempt is not None:
         attempts = [a for a in attempts if a.number == args.attempt and a.record.counted]
