@@ -809,7 +809,8 @@ class Outcome:
     "cancelled" (`queuectl cancel` asked: killed, or never started).
     """
 
-    __slots__ = ("job_id", "attempt", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration")
+    __slots__ = ("job_id", "attempt", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration",
+                 "warning")
 
     def __init__(self, job_id: str, attempt: int, kind: str = "ran", exit_code: int | None = None,
                  error: str | None = None, output_tail: str = "", worker: str | None = None,
@@ -823,6 +824,7 @@ class Outcome:
         self.worker = worker
         self.started = started
         self.duration = duration
+        self.warning: str | None = None  # e.g. its output could not be kept; never changes the result
 
 
 class Store:
@@ -1517,6 +1519,9 @@ class Store:
             job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
                        error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
             job.setdefault("first_started_at", job["started_at"])  # for `stats`: enqueue to first start
+            job.pop("warning", None)  # a warning belongs to the attempt that had it
+            if outcome.warning:
+                job["warning"] = outcome.warning
             if outcome.duration is not None:
                 job["duration"] = round(outcome.duration, 3)
             success = outcome.exit_code == 0 and outcome.error is None
@@ -1664,6 +1669,7 @@ class Store:
         recovered = []
         to_failed: list[dict[str, Any]] = []
         to_cancelled: list[dict[str, Any]] = []
+        evidence: set[tuple[str, int]] = set()  # workers whose scratch files recovery read
         changed = False
         for job in processing:
             host, pid = job.get("host"), job.get("pid")
@@ -1682,6 +1688,7 @@ class Store:
             # the death is recent (an old pid may belong to someone else by now).
             kill = host == HOST and beat is not None and now - beat <= 2 * config["lease_timeout"]
             started = self._salvage_output(job, host, pid, kill)
+            evidence.add((host or "", pid or 0))
             if started:
                 job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
                            exit_code=None)
@@ -1700,8 +1707,10 @@ class Store:
             recovered.append(job)
         self._finish(FAILED_FILE, to_failed)
         self._finish(CANCELLED_FILE, to_cancelled)
-        for worker in dead_workers:  # their jobs are settled now
-            self.remove_worker_files(worker.get("host", ""), worker.get("pid", 0))
+        if changed:  # the decisions on disk before the evidence they consumed goes
+            self._save_queue()
+        for host, pid in {(w.get("host", ""), w.get("pid", 0)) for w in dead_workers} | evidence:
+            self.remove_worker_files(host, pid)  # their jobs are settled now
         return recovered, changed
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
@@ -1916,21 +1925,52 @@ class Store:
     def remove_logs(self, job_id: str) -> None:
         """Delete a job's log, and the output its commands' leftover processes wrote later."""
         log, late = self.log_files(job_id)
-        for path in [log] + [path for _, path in late]:
+        for path in [log] + [path for _, path, _ in late]:
             _quietly(lambda path=path: os.unlink(path))
 
-    def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str]]]:
-        """A job's log (logs/<id>.log), and its late output as [(attempt, logs/<id>.<attempt>.late.log)]."""
+    def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str, int]]]:
+        """A job's log (logs/<id>.log), and its late output as [(attempt, path, offset)]: the file
+        logs/<id>.<attempt>.<offset>.late.log, whose output after `offset` was written once the
+        attempt had ended (the previous release's logs/<id>.<attempt>.late.log has no offset)."""
         stem = safe_log_name(job_id)[:-4]
         folder = self.path(LOGS_DIR)
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
             names = []
-        attempts = (name[len(stem) + 1:-len(".late.log")] for name in names
-                    if name.startswith(f"{stem}.") and name.endswith(".late.log"))
-        late = sorted((int(n), os.path.join(folder, f"{stem}.{n}.late.log")) for n in attempts if n.isdigit())
-        return os.path.join(folder, f"{stem}.log"), late
+        late = []
+        for name in names:
+            if name.startswith(f"{stem}.") and name.endswith(".late.log"):
+                attempt, _, offset = name[len(stem) + 1:-len(".late.log")].partition(".")
+                if attempt.isdigit() and (offset.isdigit() or not offset):
+                    late.append((int(attempt), os.path.join(folder, name), int(offset or 0)))
+        return os.path.join(folder, f"{stem}.log"), sorted(late)
+
+    def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
+                    start: int, end: int, ending: str, counted: bool = True) -> bool:
+        """Append an attempt's output to the job's log (append_attempt) while the attempt is still
+        this worker's claim, under the lock, so recovery cannot take the claim meanwhile. Returns
+        False when it was taken (a worker suspended past its lease: recovery wrote its record)."""
+        with self.locked():
+            job = self._queued_copy(job_id)
+            if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
+                    or job.get("host") != worker.host or job["attempts"] != attempt):
+                return False
+            append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job_id)), header, source, start, end, ending,
+                           int(self.config()["log_max_bytes"]), counted)
+            return True
+
+    def _queued_copy(self, job_id: str) -> dict[str, Any] | None:
+        """The job as queue.json holds it (call with the lock held), read without changing the
+        cache: a worker's main thread reads the cache without the lock (next_due)."""
+        path = self.path(QUEUE_FILE)
+        if self._signature is not None and self._signature_of(path) == self._signature:
+            return self._jobs.get(job_id)
+        data = self._read(QUEUE_FILE) or b"[]"
+        at = data.find(b'\n{"id":' + json.dumps(job_id).encode() + b",")
+        if at >= 0:  # queuectl's layout: one job a line, id first
+            return json.loads(data[at:data.index(b"\n", at + 1)].rstrip(b","))
+        return next((job for job in parse_array_file(path, data)[0] if job.get("id") == job_id), None)
 
     def live_output(self, job: dict[str, Any]) -> str | None:
         """The scratch file a running attempt writes its output to (None when not running)."""
@@ -1971,15 +2011,16 @@ class Store:
         return None
 
     def _salvage_output(self, job: dict[str, Any], host: str, pid: int, kill: bool) -> bool:
-        """Move a dead worker's partial output of this job's attempt into the
-        job's log, after killing what is left of the command when `kill`.
-        Returns whether that attempt had started at all."""
+        """Copy a dead worker's partial output of this job's attempt into the job's log, after
+        killing what is left of the command when `kill`. Returns whether that attempt had started
+        at all. The scratch file stays: it is the evidence of that until the decision is saved
+        (_recover removes it), and a recovery that runs again on it copies nothing twice."""
         path = self._attempt_scratch(job, host, pid)
         if path is None:
             return False
         try:
             with open(path, "rb") as scratch:
-                header = scratch.readline(4096)
+                header = scratch.readline(LOG_LINE_MAX)
                 command_pid = re.search(rb"command pid (\d+)", header)
                 if kill:
                     # The command outlives its worker (own session): stop it
@@ -1990,20 +2031,11 @@ class Store:
                         identity = WorkerIdentity()
                         identity.host, identity.pid = host, pid
                         kill_marked(attempt_mark(job["id"], job["attempts"], identity))
-                size = os.fstat(scratch.fileno()).st_size
-                scratch.seek(0)
-                os.makedirs(self.path(LOGS_DIR), mode=0o700, exist_ok=True)
-                log_path = os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"]))
-                fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-                with os.fdopen(fd, "ab") as log:
-                    copy_bytes(scratch, log, size)
-                    if size and not _ends_with_newline(scratch, size):
-                        log.write(b"\n")
-                    log.write(f"=== attempt {job['attempts']} ended: the worker died\n".encode())
-            cap_log(log_path, int(self.config()["log_max_bytes"]))
-            os.unlink(path)
+                append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"])), header, scratch,
+                               len(header), os.fstat(scratch.fileno()).st_size, "the worker died",
+                               int(self.config()["log_max_bytes"]))
         except OSError:
-            pass
+            pass  # the output is lost, the attempt still counts
         return True
 
     def remove_worker_files(self, host: str, pid: int) -> None:
@@ -2578,49 +2610,46 @@ class Runner:
         elif proc.returncode != 0:
             result.error = f"exit code {proc.returncode}"
         result.duration = time.monotonic() - clock
-        self._keep_output(job, out, len(header), result)
+        end = self._keep_output(job, out, len(header), result)
         killed = not finished or result.kind != "ran"  # SIGKILL reached its whole group: none will write again
         if not killed and children_left(proc.pid):
-            self._retire(job, path, out)
+            self._retire(job, path, out, end)
         return result
 
-    def _keep_output(self, job: dict[str, Any], out: Any, start: int, result: Outcome) -> None:
-        """Append the attempt to the job's log (unless it succeeded silently) and keep its tail."""
+    def _keep_output(self, job: dict[str, Any], out: Any, start: int, result: Outcome) -> int:
+        """Append the attempt to the job's log (unless it succeeded silently) and keep its tail.
+        Returns where its output ended in the scratch file. Never raises: output that cannot be
+        kept (logs/ unwritable, a full disk) is a warning on the outcome, never its result."""
         end = os.fstat(out.fileno()).st_size
         if end > start:
             out.seek(max(start, end - OUTPUT_TAIL_BYTES))
             result.output_tail = out.read(end - out.tell()).decode("utf-8", errors="replace")
         if end == start and result.kind == "ran" and result.error is None:
-            return
-        ending = result.kind if result.kind in ("interrupted", "cancelled") else (result.error or "exit code 0")
+            return end
+        if result.kind == "interrupted":
+            ending = "interrupted by Ctrl+C; not counted as an attempt"
+        else:
+            ending = "cancelled" if result.kind == "cancelled" else (result.error or "exit code 0")
         try:
-            limit = int(self.store.config()["log_max_bytes"])
-        except QueueError:
-            limit = DEFAULT_CONFIG["log_max_bytes"]
-        path = self.log_path(job["id"])
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-        with os.fdopen(fd, "ab") as log:
             out.seek(0)
-            copy_bytes(out, log, start)  # the header
-            room = max(0, limit - start - 200)  # what fits beside the header, this note and the footer
-            size = end - start
-            if size > room:  # copy only the newest output that the log would keep, from a whole line
-                out.seek(end - room)
-                size = room - len(out.readline(4096))
-                log.write(f"=== {end - start - size} bytes of older output removed (log_max_bytes)\n".encode())
-            copy_bytes(out, log, size)
-            if end > start and not _ends_with_newline(out, end):
-                log.write(b"\n")
-            log.write(f"=== attempt {job['attempts']} ended: {ending}\n".encode())
-        cap_log(path, limit)
+            self.store.keep_output(job["id"], job["attempts"], self.identity, out.readline(LOG_LINE_MAX), out,
+                                   start, end, ending, counted=result.kind != "interrupted")
+        except Exception as error:  # whatever went wrong with the log, the command's result stands
+            reason = str(error)
+            if isinstance(error, OSError) and error.strerror:
+                reason = f"{error.strerror}: {error.filename or self.log_path(job['id'])}"
+            result.warning = f"its output could not be kept: {reason}"
+        return end
 
-    def _retire(self, job: dict[str, Any], path: str, handle: Any) -> None:
-        """Processes the command left behind still hold the scratch file: hand it
-        to them (renamed into logs/); later jobs use other scratch files."""
+    def _retire(self, job: dict[str, Any], path: str, handle: Any, end: int) -> None:
+        """Processes the command left behind still hold the scratch file: hand it to them
+        (renamed into logs/, its name saying where the attempt's own output ended); later jobs
+        use other scratch files."""
         with self._lock:
             self._held.pop((job["id"], job["attempts"]), None)
         handle.close()
-        late = os.path.join(self.logs, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.late.log")
+        late = os.path.join(self.logs, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.{end}.late.log")
+        _quietly(lambda: os.makedirs(self.logs, mode=0o700, exist_ok=True))
         _quietly(lambda: os.replace(path, late))
 
     def close(self, remove_files: bool = True) -> None:
@@ -2730,31 +2759,224 @@ def kill_process_group(pid: int, platform: str = sys.platform) -> None:
         pass
 
 
+# -- the log format -------------------------------------------------------------
+# logs/<id>.log is a series of records, one per attempt, each appended whole after its attempt ended:
+#   === <id> attempt <n> started <time> by <worker> (pid <p> on <host>), command pid <c>[ (not counted)]:
+#       <size> bytes of output follow[ (<k> older bytes removed: log_max_bytes)]    (all one line)
+#   exactly <size> bytes of output, and a newline if they do not end with one
+#   === attempt <n> ended: <how it ended>
+# A reader skips exactly <size> bytes, so nothing a command prints is ever taken for a header or
+# a footer. A log may start with the note cap_log leaves when it dropped the oldest records.
+
+LOG_LINE_MAX = 4096  # no header or footer line is longer (an id has at most 64 characters)
+_RECORD_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), "
+                            rb"command pid (\S+)( \(not counted\))?: (\d+) bytes of output follow"
+                            rb"(?: \((\d+) older bytes removed: log_max_bytes\))?\n\Z")
+_RECORD_FOOTER = re.compile(rb"=== attempt (\d+) ended: ([^\n]*)\n\Z")
+# An attempt's first line in its scratch file (attempt_header). The previous release's logs used it
+# and its footer with no byte count: those are read line by line (best effort).
+_SCRATCH_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), "
+                             rb"command pid \S*\s*\Z")
+_OLD_FOOTER = re.compile(rb"=== attempt (\d+) ended: (.*?)\s*\Z")
+_CAP_NOTE = b"=== older output removed: "
+
+
+class LogRecord:
+    """One attempt as a job's log holds it: who ran it, where its output is (bytes
+    output_start to output_end of the file) and how it ended."""
+
+    __slots__ = ("job_id", "number", "started", "worker", "counted", "removed", "start", "output_start",
+                 "output_end", "end", "ending", "problem", "torn")
+
+    def __init__(self, start: int, header: re.Match | None = None) -> None:
+        text = [group.decode("utf-8", "replace") for group in header.groups()[:6]] if header else [""] * 6
+        self.job_id = text[0] or None  # None: its header was cut off (a log of the previous release)
+        self.number = int(text[1]) if header else None
+        self.started = text[2]
+        self.worker = f"{text[3]} (pid {text[4]} on {text[5]})" if header else ""
+        self.counted = True
+        self.removed = 0  # older output left out when it was written (log_max_bytes)
+        self.start = self.output_start = self.output_end = self.end = start
+        self.ending: str | None = None  # None: no footer
+        self.problem: str | None = None  # what is wrong with it where the log is damaged
+        self.torn = False  # the log ends inside it: a write was cut short
+
+    def identity(self) -> tuple[Any, ...]:
+        """What tells this attempt from every other one: id, number, start and worker."""
+        return self.job_id, self.number, self.started, self.worker
+
+
+def scratch_attempt(line: bytes) -> LogRecord | None:
+    """The attempt a scratch file's first line starts (None: not an attempt header)."""
+    header = _SCRATCH_HEADER.match(line)
+    if header is None:
+        return None
+    record = LogRecord(0, header)
+    record.output_start = record.output_end = record.end = len(line)
+    return record
+
+
+def log_records(handle: Any) -> Iterator[LogRecord]:
+    """The records of a log file, in bounded memory: a record's output is skipped by its byte
+    count, never scanned. Anything after a record that is not one is a damaged record, to the end."""
+    size = os.fstat(handle.fileno()).st_size
+    position = 0
+    framed = False  # seen a record of the current format: from here on nothing is re-interpreted
+    while position < size:
+        handle.seek(position)
+        line = handle.readline(LOG_LINE_MAX)
+        if position == 0 and line.startswith(_CAP_NOTE):
+            position = len(line)
+            continue
+        header = _RECORD_HEADER.match(line)
+        if header is None and not framed:
+            record = _old_record(handle, position, line)
+        elif header is None:
+            record = LogRecord(position)
+            record.output_end = record.end = size
+            record.problem = f"the log is damaged here: {size - position} bytes that are not an attempt's record"
+            record.torn = position + len(line) == size and not line.endswith(b"\n")  # a header cut short
+        else:
+            framed = True
+            record = _framed_record(handle, position, header, len(line), size)
+        yield record
+        position = record.end
+
+
+def _framed_record(handle: Any, position: int, header: re.Match, header_size: int, size: int) -> LogRecord:
+    record = LogRecord(position, header)
+    record.counted = not header.group(8)
+    record.removed = int(header.group(10) or 0)
+    record.output_start = position + header_size
+    record.output_end = record.output_start + int(header.group(9))
+    footer_at = record.output_end
+    torn = record.output_end > size  # the log ends inside its output: a write was cut short
+    if not torn and record.output_end > record.output_start:
+        handle.seek(record.output_end - 1)
+        if handle.read(1) != b"\n":
+            pad = handle.read(1)  # the newline queuectl adds after output that does not end with one
+            torn = not pad
+            footer_at += 1 if pad == b"\n" else size + 1
+    if not torn and footer_at <= size:
+        handle.seek(footer_at)
+        footer = handle.readline(LOG_LINE_MAX)
+        match = _RECORD_FOOTER.match(footer)
+        if match and int(match.group(1)) == record.number:
+            record.ending = match.group(2).decode("utf-8", "replace")
+            record.end = footer_at + len(footer)
+            return record
+        torn = footer_at + len(footer) == size and not footer.endswith(b"\n")
+    record.torn = torn
+    record.problem = ("its record is cut short: the log ends inside it" if record.torn
+                      else "the log is damaged here: this record's footer is missing")
+    record.output_end = record.end = size
+    return record
+
+
+def _old_record(handle: Any, position: int, line: bytes) -> LogRecord:
+    """One record of the previous release's format, read line by line from `line` (read at
+    `position`) to its footer, or to a header of the current format."""
+    header = _SCRATCH_HEADER.match(line)
+    record = LogRecord(position, header)
+    record.output_start = record.output_end = record.end = position + len(line) if header else position
+    handle.seek(record.end)
+    while True:
+        line = handle.readline(1 << 20)
+        if not line or _RECORD_HEADER.match(line):
+            return record
+        record.end += len(line)
+        footer = _OLD_FOOTER.match(line)
+        if footer and record.number in (None, int(footer.group(1))):
+            record.number = int(footer.group(1))
+            record.ending = footer.group(2).decode("utf-8", "replace")
+            return record
+        record.output_end = record.end
+
+
+def _log_end(log: Any) -> tuple[int, tuple[Any, ...] | None]:
+    """Where the next record goes (the end of the log, less a last record a crash cut short),
+    and the identity of the last whole record."""
+    end, last = os.fstat(log.fileno()).st_size, None
+    for record in log_records(log):
+        if record.torn:
+            return record.start, last
+        last = record.identity() if record.ending is not None and record.problem is None else None
+    return end, last
+
+
+def append_attempt(path: str, header: bytes, source: Any, start: int, end: int, ending: str,
+                   limit: int, counted: bool = True) -> None:
+    """Append one attempt's record to a job's log: `header` is the attempt's first line in its
+    scratch file, source[start:end] its output, of which the newest that fit in `limit` are kept.
+
+    All or nothing: on an OSError (a full disk) the log is cut back to what it was and the error
+    raised. An attempt the log already ends with (a recovery that died before it saved its
+    decision had copied it) is not appended again; a last record a crash cut short is replaced."""
+    attempt = _SCRATCH_HEADER.match(header.rstrip(b" \n") + b"\n")
+    if attempt is None:
+        raise OSError(f"its scratch file does not start with an attempt header: {header[:80]!r}")
+    size = end - start
+    room = max(0, limit - len(header) - 250)  # what fits beside the header and the footer
+    if size > room:  # keep only the newest output the log would keep, from a whole line
+        source.seek(end - room)
+        size = room - len(source.readline(min(LOG_LINE_MAX, room)))
+    removed = end - start - size
+    line = (header.rstrip(b" \n") + (b"" if counted else b" (not counted)")
+            + f": {size} bytes of output follow".encode()
+            + (f" ({removed} older bytes removed: log_max_bytes)".encode() if removed else b"") + b"\n")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with open(path, "rb") as current:
+            before, last = _log_end(current)
+            torn = before < os.fstat(current.fileno()).st_size
+        if last == LogRecord(0, attempt).identity():
+            return
+        try:
+            if torn:
+                os.ftruncate(fd, before)
+            os.lseek(fd, before, os.SEEK_SET)
+            _write_fully(fd, line)
+            source.seek(end - size)
+            while size > 0:
+                chunk = source.read(min(size, 1 << 20))
+                if not chunk:
+                    raise OSError("its output shrank while it was copied")
+                _write_fully(fd, chunk)
+                size -= len(chunk)
+            if end > start and not _ends_with_newline(source, end):
+                _write_fully(fd, b"\n")
+            _write_fully(fd, f"=== attempt {attempt.group(2).decode()} ended: {ending}\n".encode())
+        except OSError:
+            _quietly(lambda: os.ftruncate(fd, before))
+            raise
+    finally:
+        os.close(fd)
+    cap_log(path, limit)
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def cap_log(path: str, limit: int) -> None:
-    """Keep a log at most `limit` bytes, dropping its oldest lines (a note says so)."""
+    """Keep a log at most `limit` bytes, dropping its oldest records (a note says so)."""
     try:
         size = os.path.getsize(path)
         if size <= limit:
             return
         note = f"=== older output removed: this log keeps the newest {limit} bytes (log_max_bytes)\n".encode()
         with open(path, "rb") as handle:
-            handle.seek(size - max(0, limit - len(note)))
+            starts = [record.start for record in log_records(handle)]
+            fits = [start for start in starts if size - start + len(note) <= limit]
+            cut = fits[0] if fits else starts[-1] if starts else 0  # a record is never cut in two
+            handle.seek(cut)
             kept = handle.read()
-        if b"\n" in kept[:-1]:
-            kept = kept[kept.index(b"\n") + 1:]  # start at a whole line
         atomic_write(path, [note, kept], durable=False)
     except OSError:
         pass  # the log stays longer than asked; the job's result does not depend on it
-
-
-def copy_bytes(source: Any, target: Any, size: int) -> None:
-    """Copy `size` bytes from the current position of one file to another, a megabyte at a time."""
-    while size > 0:
-        chunk = source.read(min(size, 1 << 20))
-        if not chunk:
-            break
-        target.write(chunk)
-        size -= len(chunk)
 
 
 def _ends_with_newline(handle: Any, end: int) -> bool:
@@ -3076,6 +3298,8 @@ class WorkerPool:
     def _report(self, recorded: list[tuple[dict[str, Any], str]]) -> None:
         for job, what in recorded:
             name = job.get("worker") or "Worker"
+            if job.get("warning") and what in ("completed", "failed", "dead", "cancelled"):
+                self.say(f"{name} warning: {job['id']}: {job['warning']}")
             if what == "completed":
                 self.totals["completed"] += 1
                 self.say(f"{name} finished: {job['id']}")
@@ -3457,88 +3681,111 @@ def cmd_show(args: argparse.Namespace, store: Store) -> int:
 
 # -- logs -------------------------------------------------------------------
 
-_LOG_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), command pid \S*\s*\Z")
-_LOG_FOOTER = re.compile(rb"=== attempt (\d+) ended: (.*?)\s*\Z")
-
 
 class Attempt:
-    """One attempt as a job's log holds it: its header fields, output and ending."""
+    """One attempt as `logs` shows it: its record in a log (or in a running attempt's scratch
+    file) and that file, kept open: cap_log may replace the log meanwhile."""
 
-    def __init__(self, number: int | None, started: str = "", worker: str = "") -> None:
-        self.number = number
-        self.started = started
-        self.worker = worker
-        self.output: list[bytes] = []
-        self.ending: str | None = None  # None while it runs (or if the log lost its end)
+    def __init__(self, record: LogRecord, source: Any) -> None:
+        self.record = record
+        self.source = source
+        self.number = record.number
 
     def title(self) -> str:
-        number = "?" if self.number is None else self.number
-        start = f", started {self.started} by {self.worker}" if self.started else " (its start was cut off)"
-        return f"=== attempt {number}{start}: {self.ending or 'running'}"
+        record = self.record
+        # A run a second Ctrl+C interrupted is not counted: the next one has its number.
+        name = f"attempt {'?' if record.number is None else record.number}" if record.counted else "uncounted run"
+        start = f", started {record.started} by {record.worker}" if record.started else " (its start was cut off)"
+        return f"=== {name}{start}: {record.problem or record.ending or 'running'}"
 
 
-def _attempt_from_header(line: bytes, job_id: str) -> Attempt | None:
-    """The Attempt an attempt header line starts (None: not a header of this job)."""
-    match = _LOG_HEADER.match(line)
-    if not match or match.group(1).decode("utf-8", "replace") != job_id:
-        return None
-    text = [group.decode("utf-8", "replace") for group in match.groups()]
-    return Attempt(int(text[1]), text[2], f"{text[3]} (pid {text[4]} on {text[5]})")
+def _attempt_from_header(line: bytes, job_id: str) -> LogRecord | None:
+    """The attempt a scratch file's first line starts (None: not one of this job)."""
+    record = scratch_attempt(line)
+    return record if record and record.job_id == job_id else None
 
 
-def parse_log(data: bytes, job_id: str) -> list[Attempt]:
-    """Split a job's log into attempts. A header of another id (two ids that differ
-    only in case share a file on Windows and macOS) starts a block that is skipped."""
-    attempts: list[Attempt] = []
-    current: Attempt | None = None
-    skipping = False
-    for line in data.splitlines(keepends=True):
-        if current is None and not skipping:
-            if _LOG_HEADER.match(line):
-                current = _attempt_from_header(line, job_id)
-                skipping = current is None
-                if current:
-                    attempts.append(current)
-                continue
-            if line.startswith(b"=== older output removed"):
-                continue
-            current = Attempt(None)  # the start of this attempt was cut off by log_max_bytes
-            attempts.append(current)
-        footer = _LOG_FOOTER.match(line)
-        if footer and (current is None or current.number in (None, int(footer.group(1)))):
-            if current is not None:
-                current.number = int(footer.group(1))
-                current.ending = footer.group(2).decode("utf-8", "replace")
-            current, skipping = None, False
-        elif current is not None:
-            current.output.append(line)
-    return attempts
+def parse_log(handle: Any, job_id: str) -> list[Attempt]:
+    """A job's attempts in its log. Records of another id (two ids that differ only in case
+    share a file on Windows and macOS) are left out."""
+    return [Attempt(record, handle) for record in log_records(handle) if record.job_id in (None, job_id)]
 
 
-def read_log(store: Store, job_id: str) -> tuple[list[Attempt], dict[int, str]]:
-    """A job's attempts as its log holds them, and its late-output files by attempt."""
+def read_log(store: Store, job_id: str) -> tuple[list[Attempt], dict[int, tuple[str, int]]]:
+    """A job's attempts as its log holds them, and its late output by attempt: (file, offset)."""
     log_path, late = store.log_files(job_id)
     try:
-        with open(log_path, "rb") as handle:
-            return parse_log(handle.read(), job_id), dict(late)
+        handle = open(log_path, "rb")
     except FileNotFoundError:
-        return [], dict(late)
+        return [], {attempt: (path, offset) for attempt, path, offset in late}
+    return parse_log(handle, job_id), {attempt: (path, offset) for attempt, path, offset in late}
 
 
-def _print_text(data: bytes) -> None:
-    sys.stdout.write(data.decode("utf-8", errors="replace"))
+def _print_bytes(handle: Any, start: int, end: int) -> bool:
+    """Print bytes start..end of a file, a megabyte at a time; returns whether a line is open."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    handle.seek(start)
+    last = b"\n"
+    while start < end:
+        chunk = handle.read(min(end - start, 1 << 20))
+        if not chunk:
+            break
+        sys.stdout.write(decoder.decode(chunk))
+        start += len(chunk)
+        last = chunk[-1:]
+    sys.stdout.write(decoder.decode(b"", final=True))
+    return last != b"\n"
 
 
-def _show_attempt(attempt: Attempt, tail: int | None, late: dict[int, str]) -> None:
-    print(attempt.title())
-    lines = attempt.output if tail is None else attempt.output[-tail:] if tail else []
-    _print_text(b"".join(lines))
-    if lines and not lines[-1].endswith(b"\n"):
+def _tail_start(handle: Any, start: int, end: int, lines: int | None) -> int:
+    """Where the last `lines` lines of bytes start..end begin, read backwards from the end."""
+    if lines is None:
+        return start
+    if lines == 0:
+        return end
+    handle.seek(max(start, end - 1))
+    position = end - 1 if end > start and handle.read(1) == b"\n" else end  # a last newline starts no line
+    while position > start:
+        size = min(1 << 16, position - start)
+        position -= size
+        handle.seek(position)
+        chunk = handle.read(size)
+        cut = len(chunk)
+        while (cut := chunk.rfind(b"\n", 0, cut)) >= 0:
+            lines -= 1
+            if lines == 0:
+                return position + cut + 1
+    return start
+
+
+def _show_output(handle: Any, start: int, end: int, tail: int | None, limit: int | None = None) -> None:
+    if limit is not None and end - start > limit:  # late output is capped when it is shown
+        handle.seek(end - limit)
+        cut = end - limit + len(handle.readline(min(LOG_LINE_MAX, limit)))
+        if tail is None:
+            print(f"=== {cut - start} bytes of older output removed (log_max_bytes)")
+        start = cut
+    if _print_bytes(handle, _tail_start(handle, start, end, tail), end):
         print()
-    if attempt.number in late:
-        print(f"=== output written after attempt {attempt.number} ended, by processes it left running:")
-        with open(late[attempt.number], "rb") as handle:
-            _print_text(handle.read())
+
+
+def _show_attempt(attempt: Attempt, tail: int | None, late: dict[int, tuple[str, int]], limit: int) -> None:
+    record = attempt.record
+    print(attempt.title())
+    if record.removed and tail is None:
+        print(f"=== {record.removed} bytes of older output removed (log_max_bytes)")
+    _show_output(attempt.source, record.output_start, record.output_end, tail)
+    if record.counted and record.number in late:
+        path, offset = late[record.number]
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                print(f"=== output written after attempt {record.number} ended, by processes it left running:")
+                _show_output(handle, min(offset, size), size, tail, limit)
+        except OSError:
+            pass
 
 
 def _read_live(path: str, marker: bytes, offset: int) -> bytes | None:
@@ -3546,15 +3793,29 @@ def _read_live(path: str, marker: bytes, offset: int) -> bytes | None:
     belongs to another job (the header is checked again after the read)."""
     try:
         with open(path, "rb") as handle:
-            header = handle.readline(4096)
+            header = handle.readline(LOG_LINE_MAX)
             if not header.startswith(marker):
                 return None
             handle.seek(len(header) + offset)
             chunk = handle.read(1 << 20)
             handle.seek(0)
-            return chunk if handle.readline(4096) == header else None
+            return chunk if handle.readline(LOG_LINE_MAX) == header else None
     except OSError:
         return None
+
+
+def _live_attempt(path: str, job: dict[str, Any]) -> Attempt | None:
+    """The running attempt in its scratch file, as far as it has got."""
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return None
+    record = _attempt_from_header(handle.readline(LOG_LINE_MAX), job["id"])
+    if record is None or record.number != job["attempts"]:
+        handle.close()
+        return None
+    record.output_end = os.fstat(handle.fileno()).st_size
+    return Attempt(record, handle)
 
 
 def cmd_logs(args: argparse.Namespace, store: Store) -> int:
@@ -3570,15 +3831,15 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
     attempts, late = read_log(store, args.id)
     live = store.live_output(job)
     if live and not args.follow:  # what the running attempt printed so far
-        with open(live, "rb") as handle:
-            current = _attempt_from_header(handle.readline(4096), args.id)
-            if current and current.number == job["attempts"]:
-                current.output = handle.read().splitlines(keepends=True)
-                attempts.append(current)
+        current = _live_attempt(live, job)
+        # Its record may be in the log already, while its result is being recorded: show it once.
+        if current and all(a.record.identity() != current.record.identity() for a in attempts):
+            attempts.append(current)
     if args.attempt is not None:
-        attempts = [a for a in attempts if a.number == args.attempt]
+        attempts = [a for a in attempts if a.number == args.attempt and a.record.counted]
+    limit = _log_limit(store)
     for attempt in attempts:
-        _show_attempt(attempt, args.tail, late)
+        _show_attempt(attempt, args.tail, late, limit)
     if args.follow and job["state"] in ACTIVE_STATES:
         return _follow(args, store, job)
     if not attempts:
@@ -3593,6 +3854,13 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _log_limit(store: Store) -> int:
+    try:
+        return int(store.config()["log_max_bytes"])
+    except QueueError:
+        return DEFAULT_CONFIG["log_max_bytes"]
+
+
 def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
     """Stream the output of the job's running attempt until it is no longer processing
     (a pending or failed job is waited for first)."""
@@ -3601,16 +3869,17 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
     if job["state"] != "processing":
         print(f"Waiting for job {args.id} to start ({job['state']})...", file=sys.stderr)
     before = job["attempts"]
+    limit = _log_limit(store)
     while job["state"] != "processing":
         time.sleep(0.2)
         job = store.get(args.id) or job
         if job["state"] not in ACTIVE_STATES or job["attempts"] > before and job["state"] != "processing":
             # It ran (or was cancelled) between two looks: what it printed is in the log now.
             attempts, late = read_log(store, args.id)
-            ran = [a for a in attempts if (a.number or 0) > before
+            ran = [a for a in attempts if (a.number or 0) > before and a.record.counted
                    and (args.attempt is None or a.number == args.attempt)]
             for attempt in ran:
-                _show_attempt(attempt, args.tail, late)
+                _show_attempt(attempt, args.tail, late, limit)
             if not ran:
                 print(f"Job {args.id} is {job['state']} (attempt {job['attempts']} printed nothing).")
             return 0
@@ -3631,10 +3900,19 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
         if path and chunk is None:
             path = None
         if path and not titled:
-            with open(path, "rb") as handle:
-                current = _attempt_from_header(handle.readline(4096), args.id)
-            print((current or Attempt(number)).title())
+            try:
+                with open(path, "rb") as handle:
+                    header = handle.readline(LOG_LINE_MAX)
+                    if args.tail is not None:  # as `tail -f` does: from the last lines printed so far
+                        size = os.fstat(handle.fileno()).st_size
+                        printed = _tail_start(handle, len(header), size, args.tail) - len(header)
+            except OSError:
+                path = None
+                continue
+            current = _attempt_from_header(header, args.id)
+            print(Attempt(current, None).title() if current else f"=== attempt {number}: running")
             titled = True
+            continue
         if chunk:
             printed += len(chunk)
             text = decoder.decode(chunk)
@@ -3651,12 +3929,23 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
     ended = [a for a in read_log(store, args.id)[0] if a.number == number]
     if not titled:
         print(ended[-1].title() if ended else f"=== attempt {number}: {job.get('error') or 'exit code 0'}")
-    rest = decoder.decode(b"".join(ended[-1].output)[printed:] if ended else b"", final=True)
-    sys.stdout.write(rest)
-    if not (rest.endswith("\n") if rest else newline):
+    if ended:  # the log keeps its output from byte `removed` on; `printed` bytes were shown already
+        record, handle = ended[-1].record, ended[-1].source
+        position = record.output_start + max(0, printed - record.removed)
+        handle.seek(position)
+        while position < record.output_end:
+            chunk = handle.read(min(record.output_end - position, 1 << 20))
+            if not chunk:
+                break
+            position += len(chunk)
+            text = decoder.decode(chunk)
+            sys.stdout.write(text)
+            newline = text.endswith("\n") if text else newline
+    sys.stdout.write(decoder.decode(b"", final=True))
+    if not newline:
         print()
     if titled:
-        ending = ended[-1].ending if ended else (job.get("error") or f"exit code {job.get('exit_code')}")
+        ending = ended[-1].record.ending if ended else (job.get("error") or f"exit code {job.get('exit_code')}")
         print(f"=== attempt {number} ended: {ending}")
     return 0
 

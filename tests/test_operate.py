@@ -352,9 +352,12 @@ def test_one_attempt_larger_than_log_max_bytes_keeps_its_header_and_its_end(queu
     assert len(text.encode()) <= 4096
     first, second = text.splitlines()[:2]
     assert first.startswith("=== big attempt 1 started ")
-    assert re.fullmatch(r"=== \d+ bytes of older output removed \(log_max_bytes\)", second)
-    assert re.fullmatch(r"row \d+", text.splitlines()[2])  # a whole line
+    assert re.search(r": \d+ bytes of output follow \(\d+ older bytes removed: log_max_bytes\)\Z", first), first
+    assert re.fullmatch(r"row \d+", second)  # a whole line
     assert text.endswith("row 5000\n=== attempt 1 ended: exit code 0\n")
+    shown = queue.ok("logs", "big").splitlines()
+    assert HEADER.fullmatch(shown[0]) and re.fullmatch(r"=== \d+ bytes of older output removed \(log_max_bytes\)",
+                                                       shown[1]), shown[:2]
     assert queue.ok("logs", "big", "--tail", "1").splitlines()[-1] == "row 5000"
 
 # -- cancel -----------------------------------------------------------------------
