@@ -2813,7 +2813,8 @@ class WorkerPool:
 
     def _main_loop(self) -> None:
         poll = float(self.store.config()["poll_interval"])
-        last_recover = last_round = next_flag_check = last_complaint = 0.0
+        last_recover = last_round = next_flag_check = 0.0
+        last_complaint = -math.inf
         failing_since: float | None = None
         while True:
             clock = time.monotonic()
@@ -2875,7 +2876,7 @@ class WorkerPool:
                         self.say.error(f"error: {error} This worker claims no more jobs and exits once its "
                                        "running jobs end.")
                         last_complaint = clock
-                    elif clock - last_complaint >= 10:
+                    elif clock - last_complaint >= 60:
                         self.say.error(f"error: {error} (retrying)")
                         last_complaint = clock
                     if self.stopping and self.running == 0 and (not self.results or clock - failing_since > 10):
