@@ -121,6 +121,28 @@ def test_a_file_in_place_of_workers_sends_no_job_to_the_dlq_and_a_burst_worker_e
     assert "executing: echo later" not in out.read_text(), "a job that never started was announced"
 
 
+def test_a_worker_whose_workers_folder_was_deleted_makes_it_again_where_recovery_finds_its_jobs(
+        queue: Queue, tmp_path: Path) -> None:
+    fast(queue)
+    enqueue(queue, "first", "true")
+    worker, out, err = start_worker(queue, tmp_path=tmp_path)
+    wait_for_state(queue, "first", "completed")
+    shutil.rmtree(queue.home / "workers")  # the worker's scratch file (kept for reuse) is gone with it
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    enqueue(queue, "second", gated(started, gate))
+    try:
+        wait_running(queue, "second", worker)  # its scratch file is at its path again, with the attempt's header
+        worker.kill()
+        worker.wait(timeout=10)
+        queue.ok("status")  # recovery: the attempt had started, so it counts, and its command is killed
+    finally:
+        gate.touch()  # no command left waiting, whatever happened
+    job = job_of(queue, "second")
+    assert job["state"] == "pending" and job["attempts"] == 1, job
+    assert "died during attempt 1" in job["error"], job
+    assert stat.S_IMODE((queue.home / "workers").stat().st_mode) == 0o700
+
+
 @pytest.mark.parametrize("workers_elsewhere", [False, True], ids=["one-disk", "workers-on-another-disk"])
 def test_a_burst_worker_on_a_full_disk_exits_1_with_the_reason_and_changes_no_job(
         queue: Queue, tmp_path: Path, mount_tmpfs, workers_elsewhere: bool) -> None:
