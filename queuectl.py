@@ -1505,7 +1505,7 @@ class Store:
                     done.append((job, "cancelled"))
                     continue
                 if outcome.kind == "interrupted":
-                    job["error"] = "interrupted by Ctrl+C; not counted as an attempt"
+                    job["error"] = outcome.error or "interrupted by Ctrl+C; not counted as an attempt"
                 done.append((self._requeue(job, now, counted=False), outcome.kind))
                 continue
             for key in ("pid", "host"):
@@ -2332,6 +2332,7 @@ class Runner:
         self.running: dict[str, subprocess.Popen] = {}
         self.cancelled: set[str] = set()  # ids `queuectl cancel` asked to stop
         self.abort = threading.Event()
+        self.abort_reason: str | None = None  # why kill_all ran, when not a second Ctrl+C
         self._lock = threading.Lock()
         # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
         # untouched until it is, as recovery's evidence that the attempt started).
@@ -2445,6 +2446,7 @@ class Runner:
         elif self.abort.is_set() and proc.returncode != 0:
             result.kind = "interrupted"
             result.exit_code = None
+            result.error = self.abort_reason
         elif not finished:
             result.exit_code = None
             result.error = f"timed out after {timeout:g} s; the command's process tree was killed"
@@ -2531,8 +2533,9 @@ class Runner:
         if proc is not None:
             kill_tree(proc)
 
-    def kill_all(self) -> None:
-        """Second Ctrl+C: kill every running command's process tree."""
+    def kill_all(self, reason: str | None = None) -> None:
+        """Second Ctrl+C (or a lease about to be lost): kill every running command's process tree."""
+        self.abort_reason = reason
         self.abort.set()
         with self._lock:
             procs = list(self.running.values())
@@ -2765,6 +2768,8 @@ class WorkerPool:
         self.home_lost = False  # the data folder was deleted or replaced: nothing can be recorded
         self.gave_up = False  # results could not be recorded in time: recovery will settle them
         self.failed = False  # exit 1: the worker stopped because of a fault
+        self.last_beat = time.monotonic()  # when the last heartbeat that was written began
+        self.lease = float(store.config()["lease_timeout"])
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -2827,6 +2832,7 @@ class WorkerPool:
             self._announce_stop()
             if self.fault:
                 self._handle_fault(clock)
+                self._keep_within_lease(clock)
             if (self.stopping or self.fault) and self.backlog:
                 self._release_backlog()
             if self.home_lost:
@@ -2863,6 +2869,7 @@ class WorkerPool:
                     self._cancel(cancels)
                     self.job_timeout = float(self.store.config()["job_timeout"])
                     self.shell = self.store.config()["shell"]
+                    self.lease = float(self.store.config()["lease_timeout"])
                     failing_since = None
                 except QueueError as error:
                     # A lock held too long, a file edited by hand, a full disk: keep the
@@ -2942,12 +2949,28 @@ class WorkerPool:
         if clock >= self.next_probe:
             self.next_probe = clock + 1.0
             try:
-                self.store.write_heartbeat(self._heartbeat_info())
+                self._heartbeat_once()
+                if self.last_beat < clock:  # not written
+                    return
                 self.runner.check_scratch()
-            except (OSError, WorkerFault):
+            except WorkerFault:
                 return
             self.fault = None
             self.say.error("The worker can write its files again: claiming jobs.")
+
+    def _keep_within_lease(self, clock: float) -> None:
+        """Without a heartbeat for nearly a lease, other workers are about to take this one's
+        jobs for a dead worker's and run them again: kill its commands first, and stop."""
+        if self.runner.abort.is_set() or self.running == 0:
+            return
+        silent = clock - self.last_beat
+        if silent < self.lease - 2 * self._heartbeat_interval():
+            return
+        self.failed = self.stopping = True
+        self.runner.kill_all(f"killed: its worker could not renew its heartbeat for {silent:.0f} s")
+        self.say.error(f"error: {self.fault}, for {silent:.0f} s now: other workers are about to take its jobs "
+                       "over, so it killed its running commands (their jobs go back to pending, not counted) "
+                       "and stops.")
 
     def _drop_results(self) -> None:
         """With the data folder gone, results have nowhere to go: say which, and let the threads go on."""
@@ -3133,8 +3156,10 @@ class WorkerPool:
                 "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": self.store.home}
 
     def _heartbeat_once(self) -> None:
+        began = time.monotonic()
         try:
             self.store.write_heartbeat(self._heartbeat_info())
+            self.last_beat = began
         except OSError as error:  # others would take this worker for dead: claim nothing meanwhile
             path = self.store.worker_file(self.identity.host, self.identity.pid)
             self._fault_found(f"this worker cannot write its heartbeat {path}: {error.strerror}")

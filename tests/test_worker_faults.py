@@ -16,12 +16,14 @@ import stat
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPT, Queue, fast, job_of, q, wait_for_state, wait_running, wait_until
+from conftest import (SCRIPT, Queue, fast, job_of, process_gone, q, read_pid, wait_for_state, wait_running,
+                      wait_until)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals, ptys and mounts")
 
@@ -141,6 +143,29 @@ def test_a_worker_whose_workers_folder_was_deleted_makes_it_again_where_recovery
     assert job["state"] == "pending" and job["attempts"] == 1, job
     assert "died during attempt 1" in job["error"], job
     assert stat.S_IMODE((queue.home / "workers").stat().st_mode) == 0o700
+
+
+def test_a_worker_that_cannot_renew_its_heartbeat_kills_its_command_before_its_lease_runs_out(
+        queue: Queue, tmp_path: Path) -> None:
+    fast(queue, lease_timeout=4)
+    pid_file, gate = tmp_path / "command.pid", tmp_path / "gate"
+    enqueue(queue, "long", f"echo $$ > {q(pid_file)}; while [ ! -e {q(gate)} ]; do sleep 0.05; done")
+    worker, out, err = start_worker(queue, tmp_path=tmp_path)
+    try:
+        wait_running(queue, "long", worker)
+        command = wait_until(lambda: read_pid(pid_file), 10, what="the command to write its pid")
+        wait_until(lambda: replace_with_file(queue.home / "workers"), 10, what="workers/ to become a file")
+        swapped = time.monotonic()
+        wait_until(lambda: process_gone(command), 10, what="the worker to kill its command")
+        # Others take a job over once its worker's heartbeat is older than the lease (4 s).
+        assert time.monotonic() - swapped < 4.0, "the command outlived the lease"
+        assert worker.wait(timeout=20) == 1, out.read_text() + err.read_text()
+    finally:
+        gate.touch()
+    assert "heartbeat" in err.read_text() and "killed its running commands" in err.read_text(), err.read_text()
+    job = job_of(queue, "long")
+    assert job["state"] == "pending" and job["attempts"] == 0, job
+    assert queue.file("failed.json") == []
 
 
 @pytest.mark.parametrize("workers_elsewhere", [False, True], ids=["one-disk", "workers-on-another-disk"])
