@@ -2984,13 +2984,13 @@ class WorkerPool:
 
     def _announce_stop(self) -> None:
         """Say at once that a stop was asked for: the running jobs may take hours."""
-        import signal
-
         if self.interrupts >= 2 and not self.kill_said:
             self.kill_said = self.stop_said = True
             self.say.error("Ctrl+C again: killing the running commands; their jobs go back to pending.")
         if self.stop_said or self.stop_cause is None:
             return
+        import signal
+
         self.stop_said = True
         cause = self.stop_cause
         if isinstance(cause, int):
