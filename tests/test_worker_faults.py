@@ -274,6 +274,30 @@ def test_closing_the_workers_terminal_records_its_running_job_once_and_the_worke
     assert [job["id"] for job in queue.file("processed.json")] == ["long"]
 
 
+def test_a_worker_whose_output_pipe_was_closed_runs_and_records_every_job(queue: Queue, tmp_path: Path) -> None:
+    """`queuectl worker start --burst | head -1`: the reader goes away (EPIPE), the worker does not."""
+    fast(queue)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    enqueue(queue, "first", gated(started, gate))
+    for n in range(3):
+        enqueue(queue, f"later{n}", "echo later")
+    env = queue.env()
+    env.pop("PYTHONUNBUFFERED")
+    worker = subprocess.Popen([sys.executable, SCRIPT, "worker", "start", "--burst"], env=env,
+                              cwd=str(queue.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    queue.procs.append(worker)
+    assert worker.stdout.readline() == b"Worker-1 started.\n"
+    worker.stdout.close()
+    worker.stderr.close()
+    wait_running(queue, "first", worker)
+    gate.touch()
+
+    assert worker.wait(timeout=20) == 0
+    assert set(queue.states().values()) == {"completed"}
+    assert [job["attempts"] for job in queue.file("processed.json")] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM"])
 def test_sighup_and_sigterm_say_at_once_that_the_worker_finishes_its_running_job(
         queue: Queue, tmp_path: Path, signame: str) -> None:
