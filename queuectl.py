@@ -113,6 +113,11 @@ class CorruptFileError(QueueError):
         )
 
 
+class WorkerFault(QueueError):
+    """The worker cannot write its own files (scratch files, heartbeat): a fault of
+    the worker, not of the job it was about to run."""
+
+
 # --------------------------------------------------------------------------
 # 2. The job model: validation, normalisation, parsing of job input
 # --------------------------------------------------------------------------
@@ -433,6 +438,18 @@ def _fsync_dir(path: str, platform: str = sys.platform) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_private_folders(path: str) -> None:
+    """os.makedirs, owner-only at every folder it creates (makedirs' mode reaches only the last one)."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        make_private_folders(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def replace_with_retry(src: str, dst: str, platform: str = sys.platform,
@@ -872,10 +889,23 @@ class Store:
             return
         if not os.path.isdir(self.home):
             try:
-                os.makedirs(self.home, mode=0o700, exist_ok=True)
+                make_private_folders(self.home)
             except OSError as error:
                 raise QueueError(f"cannot create the data folder {self.home}: {error.strerror}.") from None
         self._home_ready = True
+
+    def ensure_folder(self, name: str) -> str:
+        """A folder inside the data folder (logs/, workers/), owner-only. It never creates the
+        data folder itself: a worker whose data folder vanished must not go on in a new one."""
+        import errno
+
+        path = self.path(name)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+        return path
 
     def _file_lock(self) -> Any:
         """One lock object per lock file per process (see make_file_lock)."""
@@ -1511,7 +1541,7 @@ class Store:
                     done.append((job, "cancelled"))
                     continue
                 if outcome.kind == "interrupted":
-                    job["error"] = "interrupted by Ctrl+C; not counted as an attempt"
+                    job["error"] = outcome.error or "interrupted by Ctrl+C; not counted as an attempt"
                 done.append((self._requeue(job, now, counted=False), outcome.kind))
                 continue
             for key in ("pid", "host"):
@@ -1994,7 +2024,7 @@ class Store:
         folder = self.path(WORKERS_DIR)
         try:
             names = os.listdir(folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return [os.path.join(folder, n) for n in names if n.startswith(prefix) and n.endswith(".out")]
 
@@ -2046,7 +2076,7 @@ class Store:
                 pass
 
     def write_heartbeat(self, info: dict[str, Any]) -> None:
-        os.makedirs(self.path(WORKERS_DIR), mode=0o700, exist_ok=True)
+        self.ensure_folder(WORKERS_DIR)
         atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode(),
                      durable=False)
 
@@ -2055,7 +2085,7 @@ class Store:
         folder = self.path(WORKERS_DIR)
         try:
             names = sorted(os.listdir(folder))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         lease = self.config()["lease_timeout"]
         now = now_ts()
@@ -2516,30 +2546,58 @@ class Runner:
         self.running: dict[str, tuple[subprocess.Popen, str]] = {}  # job id -> (command, attempt mark)
         self.cancelled: set[str] = set()  # ids `queuectl cancel` asked to stop
         self.abort = threading.Event()
+        self.abort_reason: str | None = None  # why kill_all ran, when not a second Ctrl+C
         self._lock = threading.Lock()
         # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
         # untouched until it is, as recovery's evidence that the attempt started).
         self._free: list[tuple[str, Any]] = []
         self._held: dict[tuple[str, int], tuple[str, Any]] = {}
         self._made = 0
-        os.makedirs(self.logs, mode=0o700, exist_ok=True)
-        os.makedirs(store.path(WORKERS_DIR), mode=0o700, exist_ok=True)
+        store.ensure_folder(LOGS_DIR)
+        store.ensure_folder(WORKERS_DIR)
 
     def log_path(self, job_id: str) -> str:
         return os.path.join(self.logs, safe_log_name(job_id))
 
-    def _take_scratch(self) -> tuple[str, Any]:
+    def _take_scratch(self, header: bytes) -> tuple[str, Any]:
+        """A scratch file that holds only this header. WorkerFault when the worker cannot
+        write one (workers/ gone or not a folder, a full disk): then the job never starts."""
         with self._lock:
-            if self._free:
-                path, handle = self._free.pop()
-            else:
+            path, handle = self._free.pop() if self._free else (None, None)
+            if path is None:
                 self._made += 1
                 path = self.store.scratch_file(self.identity.host, self.identity.pid, str(self._made))
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
-                handle = os.fdopen(fd, "w+b")
-        handle.seek(0)
-        handle.truncate()
+        try:
+            if handle is not None and not _still_at(handle, path):  # workers/ was emptied: recovery could not see it
+                _quietly(handle.close)
+                handle = None
+            if handle is None:
+                handle = self._new_scratch(path)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(header)
+            handle.flush()
+        except OSError as error:
+            if handle is not None:
+                _quietly(handle.close)
+                _quietly(lambda: os.unlink(path))
+            raise WorkerFault(f"this worker cannot write its scratch file {path}: {error.strerror}") from None
         return path, handle
+
+    def _new_scratch(self, path: str) -> Any:
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:  # workers/ was deleted: make it again (never the data folder)
+            self.store.ensure_folder(WORKERS_DIR)
+            fd = os.open(path, flags, 0o600)
+        return os.fdopen(fd, "w+b")
+
+    def check_scratch(self) -> None:
+        """WorkerFault unless a scratch file can be written now (the file goes back to the pool)."""
+        item = self._take_scratch(b"=== free\n")
+        with self._lock:
+            self._free.append(item)
 
     def settled(self, outcomes: list[Outcome]) -> None:
         """These attempts are recorded: their scratch files may be reused."""
@@ -2549,15 +2607,17 @@ class Runner:
                 if item:
                     self._free.append(item)
 
-    def run(self, job: dict[str, Any], worker: str, timeout: float | None, shell: str = "auto") -> Outcome:
+    def run(self, job: dict[str, Any], worker: str, timeout: float | None, shell: str = "auto",
+            starting: Callable[[], None] | None = None) -> Outcome:
+        """Run one attempt; `starting` is called once its scratch file is ready (WorkerFault before that)."""
         import subprocess
 
         started = now_ts()
         clock = time.monotonic()
-        path, out = self._take_scratch()
         header = attempt_header(job["id"], job["attempts"], started, worker, self.identity)
-        out.write(header)
-        out.flush()
+        path, out = self._take_scratch(header)
+        if starting:
+            starting()
         with self._lock:
             self._held[(job["id"], job["attempts"])] = (path, out)
         result = Outcome(job["id"], job["attempts"], worker=worker, started=started)
@@ -2602,6 +2662,7 @@ class Runner:
         elif self.abort.is_set() and proc.returncode != 0:
             result.kind = "interrupted"
             result.exit_code = None
+            result.error = self.abort_reason
         elif not finished:
             result.exit_code = None
             result.error = f"timed out after {timeout:g} s; the command's process tree was killed"
@@ -2685,13 +2746,22 @@ class Runner:
         if running is not None:
             kill_tree(*running)
 
-    def kill_all(self) -> None:
-        """Second Ctrl+C: kill every running command's process tree."""
+    def kill_all(self, reason: str | None = None) -> None:
+        """Second Ctrl+C (or a lease about to be lost): kill every running command's process tree."""
+        self.abort_reason = reason
         self.abort.set()
         with self._lock:
             procs = list(self.running.values())
         for proc, mark in procs:
             kill_tree(proc, mark)
+
+
+def _still_at(handle: Any, path: str) -> bool:
+    """Is this open file still the one at path (not deleted, not replaced)?"""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
 
 
 PID_FIELD = 10  # room in the header for the command's pid, written once it is known
@@ -3012,19 +3082,45 @@ class WorkerIdentity:
 
 
 class Printer:
-    """One line per call, under a lock, so parallel jobs stay readable."""
+    """One line per call, under a lock, so parallel jobs stay readable: messages to
+    stdout, errors to stderr. A worker outlives its terminal (window closed: EIO; pipe
+    reader gone: EPIPE): such a stream is pointed at the null device from then on."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: Any = None, errors: Any = None) -> None:
         self.stream = stream
+        self.errors = errors
         self._lock = threading.Lock()
 
     def __call__(self, text: str) -> None:
-        stream = self.stream or sys.stdout
+        self._write(self.stream or sys.stdout, text)
+
+    def error(self, text: str) -> None:
+        self._write(self.errors or sys.stderr, text)
+
+    def _write(self, stream: Any, text: str) -> None:
+        import errno
+
         with self._lock:
             try:
                 stream.write(text if text.endswith("\n") else text + "\n")
-            except (OSError, ValueError):
+            except OSError as error:
+                if error.errno in (errno.EIO, errno.EPIPE):
+                    _to_null_device(stream)
+            except ValueError:
                 pass
+
+
+def _to_null_device(stream: Any) -> None:
+    """Point a stream's file descriptor at the null device, so its unwritten text (and the
+    flush at exit) goes nowhere instead of failing for ever."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, stream.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 # A worker claims jobs ahead of its threads only while jobs are this short, so
@@ -3046,7 +3142,12 @@ class WorkerPool:
         self.say = say
         self.identity = WorkerIdentity()
         store.ensure_home()
-        self.runner = Runner(store, self.identity)
+        try:
+            self.runner = Runner(store, self.identity)
+            home = os.stat(store.home)
+        except OSError as error:
+            raise QueueError(f"cannot create the worker's folder {error.filename}: {error.strerror}.") from None
+        self.home_id = (home.st_dev, home.st_ino)
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)
         self.result_ready = threading.Condition(self.lock)
@@ -3065,6 +3166,16 @@ class WorkerPool:
         self.heartbeat_stop = threading.Event()
         self.totals = {"completed": 0, "failed": 0, "dead": 0, "cancelled": 0}
         self.cancels_seen: set[str] = set()
+        self.stop_cause: int | str | None = None  # the signal, or "worker stop": announced once
+        self.stop_said = self.kill_said = False
+        self.fault: str | None = None  # why this worker cannot work now: it claims nothing meanwhile
+        self.fault_said_at: float | None = None
+        self.next_probe = 0.0
+        self.home_lost = False  # the data folder was deleted or replaced: nothing can be recorded
+        self.gave_up = False  # results could not be recorded in time: recovery will settle them
+        self.failed = False  # exit 1: the worker stopped because of a fault
+        self.last_beat = time.monotonic()  # when the last heartbeat that was written began
+        self.lease = float(store.config()["lease_timeout"])
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -3099,7 +3210,9 @@ class WorkerPool:
             # Unsettled jobs keep this worker's files, so recovery finds them as a dead worker's.
             self.runner.close(remove_files=settled)
             _quietly(self._clear_stop_flag_if_last)
-            if finished:
+            if finished and self.failed:
+                self.say("Workers stopped because of the error above.")
+            elif finished:
                 self.say("Workers stopped; interrupted jobs were returned to pending." if self.interrupts >= 2
                          else "All workers stopped gracefully.")
             t = self.totals
@@ -3107,20 +3220,29 @@ class WorkerPool:
                      f"{t['cancelled']} cancelled in {now_ts() - self.started_at:.1f} s.")
             if settled:  # last: `worker stop --wait` waits for this file to go (and the pid to end)
                 _quietly(lambda: self.store.remove_worker_files(self.identity.host, self.identity.pid))
-        return 130 if self.interrupts >= 2 else 0
+        return 130 if self.interrupts >= 2 else 1 if self.failed else 0
 
     def _main_loop(self) -> None:
         poll = float(self.store.config()["poll_interval"])
-        last_recover = last_round = next_flag_check = last_complaint = 0.0
+        last_recover = last_round = next_flag_check = 0.0
+        last_complaint = -math.inf
         failing_since: float | None = None
         while True:
             clock = time.monotonic()
             if clock >= next_flag_check:
                 next_flag_check = clock + 0.1
                 if self._stop_flag_seen():
+                    self.stop_cause = self.stop_cause or "worker stop"
                     self.stopping = True
-            if self.stopping and self.backlog:
+                self._check_home()
+            self._announce_stop()
+            if self.fault:
+                self._handle_fault(clock)
+                self._keep_within_lease(clock)
+            if (self.stopping or self.fault) and self.backlog:
                 self._release_backlog()
+            if self.home_lost:
+                self._drop_results()
             with self.lock:
                 waiting_results = len(self.results)
                 backlog = len(self.backlog)
@@ -3128,7 +3250,7 @@ class WorkerPool:
                 held = busy + backlog
             target = self._target()
             ahead = target - self.count  # how many jobs this process claims beyond its threads
-            want = 0 if self.stopping else target - held
+            want = 0 if self.stopping or self.fault else target - held
             # Refill when the jobs claimed ahead run low (at once when none are).
             low = want > 0 and backlog <= ahead // 2
             due = self.store.next_due()
@@ -3140,7 +3262,7 @@ class WorkerPool:
             claimed: list[dict[str, Any]] = []
             if backlog and busy == self.count and clock - self.last_pickup > 2 * PREFETCH_WORK_S:
                 self._release_backlog()  # every thread is busy with a long job: let other workers take these
-            if fetch or record or recover:
+            if (fetch or record or recover) and not self.home_lost:
                 with self.lock:
                     outcomes, self.results = self.results, []
                 last_round = clock
@@ -3148,27 +3270,35 @@ class WorkerPool:
                     last_recover = clock
                 self._learn(outcomes)
                 try:
-                    recorded, claimed, cancels = self.store.checkpoint(outcomes, want, self.identity, recover)
+                    recorded, claimed, cancels = self._checkpoint(outcomes, want, recover)
                     self._settled(outcomes)
                     self._cancel(cancels)
                     self.job_timeout = float(self.store.config()["job_timeout"])
                     self.shell = self.store.config()["shell"]
+                    self.lease = float(self.store.config()["lease_timeout"])
                     failing_since = None
                 except QueueError as error:
                     # A lock held too long, a file edited by hand, a full disk: keep the
-                    # results, say so, and try again (Ctrl+C still stops the worker).
+                    # results, say so, and try again (Ctrl+C still stops the worker). A
+                    # burst worker stops claiming instead, and exits 1 once its jobs end.
                     with self.lock:
                         self.results[:0] = outcomes
                     failing_since = failing_since or clock
-                    if clock - last_complaint >= 10:
-                        self.say(f"error: {error} (retrying)")
+                    if self.burst and not self.failed:
+                        self.failed = self.stopping = True
+                        self.say.error(f"error: {error} This worker claims no more jobs and exits once its "
+                                       "running jobs end.")
                         last_complaint = clock
-                    if self.stopping and clock - failing_since > 10:
-                        raise
+                    elif clock - last_complaint >= 60:
+                        self.say.error(f"error: {error} (retrying)")
+                        last_complaint = clock
+                    if self.stopping and self.running == 0 and (not self.results or clock - failing_since > 10):
+                        self.failed = self.gave_up = True  # what is left is settled by recovery
+                        return
                     with self.lock:
                         self.result_ready.wait(1.0)
                     continue
-                self._report(recorded)
+                self._report(recorded, outcomes)
                 if claimed:
                     with self.lock:
                         self.backlog[:0] = reversed(claimed)
@@ -3179,6 +3309,106 @@ class WorkerPool:
             if fetch and claimed and len(claimed) == want:
                 continue  # there may be more due jobs: claim again at once
             self._wait_for_work(poll, last_round)
+
+    def _checkpoint(self, outcomes: list[Outcome], want: int, recover: bool = False) -> tuple[Any, Any, Any]:
+        """The store's round, with a file system error it did not foresee as one sentence too."""
+        try:
+            return self.store.checkpoint(outcomes, want, self.identity, recover)
+        except OSError as error:
+            where = f" {error.filename}" if error.filename else ""
+            raise QueueError(f"cannot use{where}: {error.strerror or error}.") from None
+
+    def _check_home(self) -> None:
+        """A data folder deleted (or replaced) under a running worker can take no result: stop."""
+        try:
+            home = os.stat(self.store.home)
+            same = (home.st_dev, home.st_ino) == self.home_id
+        except OSError:
+            same = False
+        if not same and not self.home_lost:
+            self.home_lost = self.failed = self.stopping = True
+            self.heartbeat_stop.set()  # a heartbeat would re-create workers/ in a replacing folder
+            self.fault = f"the data folder {self.store.home} was deleted or replaced while this worker ran"
+            self.fault_said_at = None
+
+    def _fault_found(self, text: str) -> None:
+        """Any thread: the worker cannot write its files (the first reason found is kept)."""
+        if self.fault is None:
+            self.fault = text
+            self.fault_said_at = None
+
+    def _handle_fault(self, clock: float) -> None:
+        """Say why the worker cannot work. A burst worker (or one whose folder vanished) stops;
+        a long-running one retries every second and claims again once its files can be written."""
+        if self.burst or self.home_lost:
+            if self.fault_said_at is None:
+                lost = " (their results cannot be recorded)" if self.home_lost else ""
+                self.say.error(f"error: {self.fault}; this worker claims no more jobs and exits once its "
+                               f"running jobs end{lost}.")
+                self.fault_said_at = clock
+            self.failed = self.stopping = True
+            return
+        if self.fault_said_at is None or clock - self.fault_said_at >= 60:
+            self.say.error(f"error: {self.fault}; this worker claims no jobs until it can (it tries again "
+                           "every second).")
+            self.fault_said_at = clock
+        if clock >= self.next_probe:
+            self.next_probe = clock + 1.0
+            try:
+                self._heartbeat_once()
+                if self.last_beat < clock:  # not written
+                    return
+                self.runner.check_scratch()
+            except WorkerFault:
+                return
+            self.fault = None
+            self.say.error("The worker can write its files again: claiming jobs.")
+
+    def _keep_within_lease(self, clock: float) -> None:
+        """Without a heartbeat for nearly a lease, other workers are about to take this one's
+        jobs for a dead worker's and run them again: kill its commands first, and stop."""
+        if self.runner.abort.is_set() or self.running == 0:
+            return
+        silent = clock - self.last_beat
+        if silent < self.lease - 2 * self._heartbeat_interval():
+            return
+        self.failed = self.stopping = True
+        self.runner.kill_all(f"killed: its worker could not renew its heartbeat for {silent:.0f} s")
+        self.say.error(f"error: {self.fault}, for {silent:.0f} s now: other workers are about to take its jobs "
+                       "over, so it killed its running commands (their jobs go back to pending, not counted) "
+                       "and stops.")
+
+    def _drop_results(self) -> None:
+        """With the data folder gone, results have nowhere to go: say which, and let the threads go on."""
+        with self.lock:
+            lost, self.results = self.results, []
+        for outcome in lost:
+            if outcome.kind != "released":
+                self.say.error(f"error: {outcome.worker or 'Worker'} could not record {outcome.job_id}: "
+                               "its data folder is gone.")
+        self._settled(lost)
+
+    def _announce_stop(self) -> None:
+        """Say at once that a stop was asked for: the running jobs may take hours."""
+        if self.interrupts >= 2 and not self.kill_said:
+            self.kill_said = self.stop_said = True
+            self.say.error("Ctrl+C again: killing the running commands; their jobs go back to pending.")
+        if self.stop_said or self.stop_cause is None:
+            return
+        import signal
+
+        self.stop_said = True
+        cause = self.stop_cause
+        if isinstance(cause, int):
+            cause = "Ctrl+C" if cause == signal.SIGINT else signal.Signals(cause).name
+        with self.lock:
+            running = self.running
+        if not running:
+            self.say.error(f"{cause}: stopping.")
+            return
+        jobs = f"{running} running job{'s' if running != 1 else ''}"
+        again = f" (press Ctrl+C again to kill {'it' if running == 1 else 'them'})" if cause == "Ctrl+C" else ""
+        self.say.error(f"{cause}: finishing the {jobs}, then stopping{again}.")
 
     def _wait_for_work(self, poll: float, last_round: float) -> None:
         """Sleep until a thread reports, a job falls due, or the next poll."""
@@ -3254,30 +3484,35 @@ class WorkerPool:
             outcomes = self.results + [Outcome(job["id"], job["attempts"], "released") for job in self.backlog]
             self.results, self.backlog = [], []
             unfinished = self.running
+        if outcomes and (self.home_lost or self.gave_up):
+            return False
         if outcomes:
             try:
-                recorded, _, _ = self.store.checkpoint(outcomes, 0, self.identity)
+                recorded, _, _ = self._checkpoint(outcomes, 0)
                 self._settled(outcomes)
-                self._report(recorded)
+                self._report(recorded, outcomes)
             except QueueError as error:
-                self.say(f"error: {error}")
+                self.say.error(f"error: {error}")
                 return False
         return unfinished == 0
 
     def _thread_main(self, name: str) -> None:
         while True:
             with self.lock:
-                while not self.closing and (self.stopping or not self.backlog):
-                    self.work_ready.wait(0.2 if self.stopping else None)
+                while not self.closing and (self.stopping or self.fault or not self.backlog):
+                    self.work_ready.wait(0.2 if self.stopping or self.fault else None)
                 if self.closing:
                     return
                 job = self.backlog.pop()
                 self.running += 1
                 self.last_pickup = time.monotonic()
-            self.say(f"{name} executing: {job['command']} (attempt {job['attempts']})")
             timeout = job.get("timeout") or self.job_timeout or None
             try:
-                outcome = self.runner.run(job, name, timeout, self.shell)
+                outcome = self.runner.run(job, name, timeout, self.shell, starting=lambda job=job: self.say(
+                    f"{name} executing: {job['command']} (attempt {job['attempts']})"))
+            except WorkerFault as fault:  # the job never started: it goes back, its attempt not counted
+                self._fault_found(str(fault))
+                outcome = Outcome(job["id"], job["attempts"], "released")
             except Exception as error:  # never lose the job because of a bug here
                 outcome = Outcome(job["id"], job["attempts"], error=f"worker error: {error}", worker=name,
                                   started=now_ts())
@@ -3295,9 +3530,10 @@ class WorkerPool:
                     while key in self.unrecorded and not self.closing:
                         self.work_ready.wait()
 
-    def _report(self, recorded: list[tuple[dict[str, Any], str]]) -> None:
+    def _report(self, recorded: list[tuple[dict[str, Any], str]], outcomes: list[Outcome]) -> None:
+        threads = {outcome.job_id: outcome.worker for outcome in outcomes if outcome.worker}
         for job, what in recorded:
-            name = job.get("worker") or "Worker"
+            name = threads.get(job["id"]) or job.get("worker") or "Worker"
             if job.get("warning") and what in ("completed", "failed", "dead", "cancelled"):
                 self.say(f"{name} warning: {job['id']}: {job['warning']}")
             if what == "completed":
@@ -3323,14 +3559,18 @@ class WorkerPool:
 
     # -- heartbeat and stop -------------------------------------------------
 
+    def _heartbeat_info(self) -> dict[str, Any]:
+        return {"pid": self.identity.pid, "host": self.identity.host, "threads": self.count,
+                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": self.store.home}
+
     def _heartbeat_once(self) -> None:
-        info = {"pid": self.identity.pid, "host": self.identity.host, "threads": self.count,
-                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()),
-                "home": self.store.home}
+        began = time.monotonic()
         try:
-            self.store.write_heartbeat(info)
-        except OSError:
-            pass
+            self.store.write_heartbeat(self._heartbeat_info())
+            self.last_beat = began
+        except OSError as error:  # others would take this worker for dead: claim nothing meanwhile
+            path = self.store.worker_file(self.identity.host, self.identity.pid)
+            self._fault_found(f"this worker cannot write its heartbeat {path}: {error.strerror}")
 
     def _heartbeat_loop(self) -> None:
         while not self.heartbeat_stop.wait(self._heartbeat_interval()):
@@ -3359,7 +3599,7 @@ class WorkerPool:
         previous: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             return previous
-        for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGHUP: its terminal was closed
             number = getattr(signal, name, None)
             if number is not None:
                 try:
@@ -3381,6 +3621,7 @@ class WorkerPool:
         # Only set flags here: printing from a handler can raise a reentrancy error.
         if number == 2:  # SIGINT on every platform
             self.interrupts += 1
+        self.stop_cause = self.stop_cause or number
         self.stopping = True
         if self.interrupts >= 2:
             self.runner.kill_all()
@@ -3597,7 +3838,8 @@ def cmd_status(args: argparse.Namespace, store: Store) -> int:
     threads = sum(int(w.get("threads") or 0) for w in workers)
     scheduled = f"   ({data['scheduled']} scheduled)" if data["scheduled"] else ""
     waiting = "   (waiting to retry)" if c["failed"] else ""
-    state = (f"Running ({len(workers)} process{'es' if len(workers) != 1 else ''}, {threads} threads)"
+    state = (f"Running ({len(workers)} process{'es' if len(workers) != 1 else ''}, "
+             f"{threads} thread{'s' if threads != 1 else ''})"
              if workers else "Stopped")
     print(f"Pending Jobs   : {c['pending']}{scheduled}")
     print(f"Processing Jobs: {c['processing']}")
