@@ -2423,6 +2423,12 @@ def escape_controls(text: str, terminal: bool = True) -> str:
                          else f"\\u{ord(m.group()):04x}", text)
 
 
+def brief(command: str, limit: int = 200) -> str:
+    """A command as one console line shows it: its start, when it is long."""
+    command = command.replace("\n", " ")
+    return command if len(command) <= limit else command[:limit - 3] + "..."
+
+
 def safe_log_name(job_id: str) -> str:
     """A file name for any valid id, on every platform. A valid id is already a
     valid name, bar Windows' device names (CON, NUL.txt, ...): those get a '_'
@@ -3102,6 +3108,8 @@ class Printer:
 
         with self._lock:
             try:
+                if stream.isatty():
+                    text = escape_controls(text)
                 stream.write(text if text.endswith("\n") else text + "\n")
             except OSError as error:
                 if error.errno in (errno.EIO, errno.EPIPE):
@@ -3509,7 +3517,7 @@ class WorkerPool:
             timeout = job.get("timeout") or self.job_timeout or None
             try:
                 outcome = self.runner.run(job, name, timeout, self.shell, starting=lambda job=job: self.say(
-                    f"{name} executing: {job['command']} (attempt {job['attempts']})"))
+                    f"{name} executing: {brief(job['command'])} (attempt {job['attempts']})"))
             except WorkerFault as fault:  # the job never started: it goes back, its attempt not counted
                 self._fault_found(str(fault))
                 outcome = Outcome(job["id"], job["attempts"], "released")

@@ -98,6 +98,14 @@ def test_a_state_file_replaced_by_a_fifo_is_an_error_not_a_hang(queue: Queue, na
                               "Move it away, then run the command again.\n"
 
 
+def test_a_long_command_is_shown_by_its_start_on_the_worker_console(queue: Queue) -> None:
+    fast(queue)
+    (queue.home / "long.json").write_text(json.dumps({"id": "long", "command": "true " + "x" * 100_000}))
+    queue.ok("enqueue", "--file", str(queue.home / "long.json"))
+    console = queue.ok("worker", "start", "--burst")
+    assert len(console) < 2_000 and "Worker-1 executing: true xxx" in console, console[:300]
+
+
 def test_a_command_too_long_to_start_is_refused_at_enqueue(queue: Queue) -> None:
     (queue.home / "huge.json").write_text(json.dumps({"id": "huge", "command": "echo " + "x" * 200_000}))
     proc = queue.run("enqueue", "--file", str(queue.home / "huge.json"))
@@ -164,7 +172,8 @@ def test_escape_sequences_from_a_job_never_reach_the_terminal_raw(queue: Queue) 
     fast(queue)
     title = "printf '\\033]0;pwned\\007\\033[2J\\342\\200\\256'"  # retitle, clear screen, reorder text
     queue.ok("enqueue", "--id", "esc", "--command", title + "; echo '\x1b[31mred'")
-    queue.ok("worker", "start", "--burst")
+    console = run_on_terminal(queue, "worker", "start", "--burst")  # it prints the command and its output
+    assert b"executing: printf" in console and b"\x1b" not in console, console
     for args in (("show", "esc"), ("list",), ("list", "--state", "completed")):
         shown = run_on_terminal(queue, *args)
         assert b"\x1b" not in shown and "\u202e".encode() not in shown, (args, shown)
