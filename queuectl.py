@@ -2057,10 +2057,11 @@ class Store:
                     # before the job runs again, so it never runs twice at once.
                     if command_pid:
                         kill_process_group(int(command_pid.group(1)))
-                    else:  # the worker died before it wrote the pid down
-                        identity = WorkerIdentity()
-                        identity.host, identity.pid = host, pid
-                        kill_marked(attempt_mark(job["id"], job["attempts"], identity))
+                    # Its children that left the group, or the command itself when the worker
+                    # died before it wrote the pid down, carry the attempt's mark (Linux).
+                    identity = WorkerIdentity()
+                    identity.host, identity.pid = host, pid
+                    kill_marked(attempt_mark(job["id"], job["attempts"], identity))
                 append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"])), header, scratch,
                                len(header), os.fstat(scratch.fileno()).st_size, "the worker died",
                                int(self.config()["log_max_bytes"]))

@@ -230,3 +230,24 @@ def test_cancel_reports_a_cancelled_job_that_another_command_purged_at_once(queu
     assert purged == [0] and "long" not in queue.states()
     assert (code, err) == (0, "")
     assert out == "Cancelled job: long (was processing; its command was killed) (purged since)\n"
+
+
+def test_recovery_kills_the_children_of_a_dead_workers_command_that_left_the_session(queue: Queue,
+                                                                                     tmp_path: Path) -> None:
+    import signal
+
+    fast(queue)
+    pid_file = tmp_path / "escaped.pid"
+    command = f"setsid sh -c 'echo $$ > {q(pid_file)}; exec sleep 60' & sleep 60"
+    queue.ok("enqueue", "--id", "esc", "--command", command, "--max-retries", "1")
+    worker = queue.start_worker()
+    pid = wait_until(lambda: read_pid(pid_file), 15, what="the escaped child to start")
+    try:
+        wait_running(queue, "esc", worker)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        queue.ok("worker", "start", "--burst")  # recovers the dead worker's job: dead, its tree killed
+        assert queue.states()["esc"] == "dead"
+        wait_until(lambda: process_gone(pid), 5, what="the child that called setsid to be killed")
+    finally:
+        kill_leftover(pid)
