@@ -32,6 +32,13 @@ def enqueue(queue: Queue, job_id: str, command: str, *extra: str) -> None:
     queue.ok("enqueue", "--id", job_id, "--command", command, *extra)
 
 
+@pytest.fixture(autouse=True)
+def open_the_gate(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test did, its gated commands end with it (none is left looping for ever)."""
+    yield
+    (tmp_path / "gate").touch()
+
+
 def gated(started: Path, gate: Path) -> str:
     """A command that notes its start (one line per run), then waits for the test to open the gate."""
     return f"echo run >> {q(started)}; while [ ! -e {q(gate)} ]; do sleep 0.05; done"
