@@ -305,15 +305,21 @@ def test_a_worker_whose_output_pipe_was_closed_runs_and_records_every_job(queue:
     assert [job["attempts"] for job in queue.file("processed.json")] == [1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM"])
-def test_sighup_and_sigterm_say_at_once_that_the_worker_finishes_its_running_job(
-        queue: Queue, tmp_path: Path, signame: str) -> None:
+def long_job_running(queue: Queue, tmp_path: Path) -> tuple[Path, subprocess.Popen, Path, Path]:
+    """A worker running the gated job `long`, with `next` waiting behind it: (gate, worker, stdout, stderr)."""
     fast(queue)
     started, gate = tmp_path / "started", tmp_path / "gate"
     enqueue(queue, "long", gated(started, gate))
     enqueue(queue, "next", "echo next")
     worker, out, err = start_worker(queue, tmp_path=tmp_path)
     wait_running(queue, "long", worker)
+    return gate, worker, out, err
+
+
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM"])
+def test_sighup_and_sigterm_say_at_once_that_the_worker_finishes_its_running_job(
+        queue: Queue, tmp_path: Path, signame: str) -> None:
+    gate, worker, out, err = long_job_running(queue, tmp_path)
 
     worker.send_signal(getattr(signal, signame))
     wait_until(lambda: signame in err.read_text(), 10, what=f"the worker to say it got {signame}")
@@ -330,12 +336,7 @@ def test_sighup_and_sigterm_say_at_once_that_the_worker_finishes_its_running_job
 
 def test_a_worker_whose_data_folder_was_deleted_says_so_stops_and_does_not_recreate_it(
         queue: Queue, tmp_path: Path) -> None:
-    fast(queue)
-    started, gate = tmp_path / "started", tmp_path / "gate"
-    enqueue(queue, "long", gated(started, gate))
-    enqueue(queue, "next", "echo next")
-    worker, out, err = start_worker(queue, tmp_path=tmp_path)
-    wait_running(queue, "long", worker)
+    gate, worker, out, err = long_job_running(queue, tmp_path)
 
     def deleted() -> bool:  # the worker may be writing its heartbeat meanwhile
         shutil.rmtree(queue.home, ignore_errors=True)
