@@ -1691,23 +1691,21 @@ class Store:
         """Settle the jobs of dead workers. Returns (recovered jobs, whether the queue changed)."""
         processing = [self._jobs[job_id] for job_id in self._processing]
         workers = self.workers()
-        dead_workers = [w for w in workers if not w["alive"]
-                        and not (me and (w.get("host"), w.get("pid")) == (me.host, me.pid))]
-        if not processing and not dead_workers:
-            return [], False
         beats = self.worker_heartbeats(workers)
+        dead = self._dead_workers(workers, processing, config["lease_timeout"], now)
+        if me is not None:
+            dead.discard((me.host, me.pid))
+        if not dead:
+            return [], False
         recovered = []
         to_failed: list[dict[str, Any]] = []
         to_cancelled: list[dict[str, Any]] = []
-        evidence: set[tuple[str, int]] = set()  # workers whose scratch files recovery read
         changed = False
         for job in processing:
             host, pid = job.get("host"), job.get("pid")
-            if me is not None and host == me.host and pid == me.pid:
+            if (host, pid) not in dead:
                 continue
             beat = beats.get((host, pid))
-            if worker_alive(host, pid, beat, _epoch(job.get("started_at")), config["lease_timeout"], now):
-                continue
             changed = True
             history = self.find_in_history(job["id"])
             if history and _epoch(history[1].get("updated_at")) >= _epoch(job.get("updated_at")):
@@ -1718,7 +1716,6 @@ class Store:
             # the death is recent (an old pid may belong to someone else by now).
             kill = host == HOST and beat is not None and now - beat <= 2 * config["lease_timeout"]
             started = self._salvage_output(job, host, pid, kill)
-            evidence.add((host or "", pid or 0))
             if started:
                 job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
                            exit_code=None)
@@ -1739,9 +1736,26 @@ class Store:
         self._finish(CANCELLED_FILE, to_cancelled)
         if changed:  # the decisions on disk before the evidence they consumed goes
             self._save_queue()
-        for host, pid in {(w.get("host", ""), w.get("pid", 0)) for w in dead_workers} | evidence:
-            self.remove_worker_files(host, pid)  # their jobs are settled now
+        for host, pid in dead:
+            self.remove_worker_files(host or "", pid or 0)  # every job of theirs is settled now
         return recovered, changed
+
+    @staticmethod
+    def _dead_workers(workers: list[dict[str, Any]], processing: list[dict[str, Any]], lease: float,
+                      now: float) -> set[tuple[Any, Any]]:
+        """The workers one recovery takes for dead: each judged once, so one that dies while the
+        recovery runs has all its jobs settled in this round or none (looking again per job would
+        take some and remove the scratch files the others need as evidence). A worker without a
+        heartbeat file is judged by its latest claim."""
+        verdicts = {(w["host"], w["pid"]): w["alive"] for w in workers}
+        claims: dict[tuple[Any, Any], float] = {}
+        for job in processing:
+            key = (job.get("host"), job.get("pid"))
+            if key not in verdicts:
+                claims[key] = max(claims.get(key, 0.0), _epoch(job.get("started_at")))
+        for (host, pid), claimed_at in claims.items():
+            verdicts[host, pid] = worker_alive(host, pid, None, claimed_at, lease, now)
+        return {key for key, alive in verdicts.items() if not alive}
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
         """Move dead jobs back to pending with attempts reset to 0."""

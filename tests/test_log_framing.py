@@ -240,6 +240,65 @@ def test_a_recovery_killed_before_it_saved_leaves_the_evidence_and_the_run_is_co
     assert not list((queue.home / "workers").glob("*.out")), "the evidence goes once the decision is saved"
 
 
+# A recovery in which worker A (pid {victim}) dies for real just after the recovery's look number
+# {look} at whether it is alive (if it looks that often).
+RECOVER_WHILE_A_DIES = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import queuectl
+
+looks = 0
+real_pid_alive = queuectl.pid_alive
+
+def pid_alive(pid, platform=sys.platform):
+    global looks
+    alive = real_pid_alive(pid, platform)
+    if pid == {victim} and alive:
+        looks += 1
+        if looks == {look}:
+            os.kill(pid, signal.SIGKILL)
+            while real_pid_alive(pid, platform):
+                pass
+    return alive
+
+queuectl.pid_alive = pid_alive
+store = queuectl.Store({home!r})
+with store.locked():
+    store._load_queue()
+    store._recover(store.config(), queuectl.now_ts(), None)
+"""
+
+
+@pytest.mark.parametrize("look", [1, 2, 3])
+def test_a_worker_that_dies_while_another_recovers_has_every_run_counted(
+        queue: Queue, tmp_path: Path, look: int) -> None:
+    """One recovery judges each worker once: A dying halfway through it must not get some of its
+    jobs taken and the scratch files removed that its other jobs' runs are counted by."""
+    fast(queue)
+    for job_id in ("one", "two"):
+        trace = tmp_path / f"runs-{job_id}"
+        enqueue(queue, job_id, f"echo run >> {q(trace)}; "
+                               f"if [ $(wc -l < {q(trace)}) -ge 2 ]; then echo done; else exec sleep 60; fi")
+    worker_a = queue.start_worker("--count", "2", log=tmp_path / "a.out")
+    for job_id in ("one", "two"):
+        wait_running(queue, job_id, worker_a)
+        wait_until((tmp_path / f"runs-{job_id}").exists, 15, what=f"{job_id} to start")
+
+    recoverer = subprocess.run([sys.executable, "-c", RECOVER_WHILE_A_DIES.format(
+        root=str(ROOT), victim=worker_a.pid, look=look, home=str(queue.home))], capture_output=True, timeout=60)
+    assert recoverer.returncode == 0, recoverer.stderr.decode()
+    if worker_a.poll() is None:  # the recovery looked fewer times than that: A dies after it
+        os.kill(worker_a.pid, signal.SIGKILL)
+    worker_a.wait(timeout=10)
+
+    burst(queue, tmp_path / "c.out")  # C recovers what is left, then runs both jobs again
+    for job_id in ("one", "two"):
+        job = wait_for_state(queue, job_id, "completed")
+        runs = (tmp_path / f"runs-{job_id}").read_text().splitlines()
+        assert job["attempts"] == len(runs) == 2, (job_id, job, runs)
+        assert titles(queue, job_id) == [("attempt 1", "the worker died"), ("attempt 2", "exit code 0")]
+
+
 # -- 9. late output ------------------------------------------------------------------
 
 
