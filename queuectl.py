@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
 import math
 import os
@@ -52,6 +53,7 @@ HISTORY_INDEX_FILE = "history.idx"
 LOCK_FILE = "queuectl.lock"
 STATE_FILES = (QUEUE_FILE, PROCESSED_FILE, FAILED_FILE, CANCELLED_FILE, CONFIG_FILE, STOP_FILE)
 LOGS_DIR = "logs"
+LATE_DIR = "late"  # in logs/: what processes an attempt left running wrote after it ended
 WORKERS_DIR = "workers"
 
 ACTIVE_STATES = ("pending", "processing", "failed")
@@ -472,16 +474,18 @@ def replace_with_retry(src: str, dst: str, platform: str = sys.platform,
             delay = min(delay * 2, 0.25)
 
 
-def atomic_write(path: str, data: bytes | list[bytes], durable: bool = True) -> None:
+def atomic_write(path: str, data: bytes | list[bytes], durable: bool = True, sync: bool = True) -> None:
     """Write a temp file in the same folder, fsync, replace: never a torn file.
-    (data may be a list of pieces, written one after another without joining them.)"""
+    (data may be a list of pieces, written one after another without joining them.)
+    A cache that is checked when it is read (a JSON file) needs no fsync (sync=False)."""
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.writelines([data] if isinstance(data, bytes) else data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         replace_with_retry(tmp, path)
     except BaseException:
         try:
@@ -733,62 +737,70 @@ def _tail_check(path: str, size: int) -> int:
         return -1
 
 
-def _regions(path: str, offset: int) -> Iterator[bytes]:
-    """A file from `offset`, about a megabyte at a time, in pieces that end at
-    a newline; each piece after the first starts again with the newline that
-    ended the one before, so a "\\n{" is always seen whole, and only once."""
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        leftover = prefix = b""
-        while True:
-            chunk = handle.read(1 << 20)
-            if not chunk:
-                if leftover:
-                    yield prefix + leftover
-                return
-            block = leftover + chunk
-            cut = block.rfind(b"\n") + 1
-            if cut:
-                yield prefix + block[:cut]
-                prefix = b"\n"
-            leftover = block[cut:]
+def _regions(handle: Any, offset: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """A file from `offset` (to `end`), about a megabyte at a time, as (where the piece
+    starts, piece), in pieces that end at a newline; each piece after the first starts again
+    with the newline that ended the one before, so a "\\n{" is always seen whole, and only once."""
+    handle.seek(offset)
+    leftover = prefix = b""
+    start = offset  # where leftover starts in the file
+    while True:
+        want = 1 << 20 if end is None else min(1 << 20, end - handle.tell())
+        chunk = handle.read(want) if want > 0 else b""
+        if not chunk:
+            if leftover:
+                yield start - len(prefix), prefix + leftover
+            return
+        block = leftover + chunk
+        cut = block.rfind(b"\n") + 1
+        if cut:
+            yield start - len(prefix), prefix + block[:cut]
+            prefix = b"\n"
+            start += cut
+        leftover = block[cut:]
 
 
-def _scan_into(path: str, index: HistoryIndex | None, room: int = 0) -> HistoryIndex | None:
-    """Index the jobs appended to a history file since `index` (all of it when
-    None, with a filter sized for `room` jobs). None when the file is not in
+def _scan_into(path: str, index: HistoryIndex | None, room: int = 0) -> tuple[HistoryIndex, bytes] | None:
+    """Index the jobs appended to a history file since `index` (all of it when None, with a
+    filter sized for `room` jobs, or for what the file's size suggests): the index, and the
+    position records of the jobs it added (see Positions). None when the file is not in
     queuectl's layout."""
-    st = os.stat(path)
-    if index is None or index.size < 4:
-        bits = 1 << max(16, (room * HistoryIndex.BITS_PER_JOB).bit_length())
-        offset, previous = 0, HistoryIndex(st.st_ino, bits=bytearray(bits // 8))
-    else:
-        offset, previous = index.size - 3, index  # where its closing "\n]\n" was
-    starts = ends = 0
-    head = tail = b""
-    ids: list[bytes] = []
-    for region in _regions(path, offset):
-        if not head:
-            head = region[:3]
-        tail = (tail + region)[-4:]
-        starts += region.count(b"\n{")
-        ends += region.count(b"},\n")
-        ids += re.findall(rb'\n\{"id":"([^"\\]*)"', region)
+    with open(path, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if index is None or index.size < 4:
+            room = room or st.st_size // 256
+            bits = 1 << max(16, (room * HistoryIndex.BITS_PER_JOB).bit_length())
+            offset, previous = 0, HistoryIndex(st.st_ino, bits=bytearray(bits // 8))
+        else:
+            offset, previous = index.size - 3, index  # where its closing "\n]\n" was
+        result = HistoryIndex(st.st_ino, st.st_size, previous.jobs, bytearray(previous.bits), 0, st.st_mtime_ns)
+        records = bytearray()
+        starts = ends = 0
+        head = tail = b""
+        for at, region in _regions(handle, offset, st.st_size):  # (an append meanwhile shows in the tail)
+            if not head:
+                head = region[:3]
+            tail = (tail + region)[-4:]
+            starts += region.count(b"\n{")
+            ends += region.count(b"},\n")
+            for match in _HISTORY_LINE.finditer(region):
+                result.add(match.group(1))
+                records += position_record(match.group(1), at + match.start() + 1)
     if offset == 0:
         empty = head == b"[\n]" and tail == b"[\n]\n"
         shaped = empty or (head == b"[\n{" and tail == b"}\n]\n" and ends == starts - 1)
     else:
         shaped = head == b",\n{" and tail == b"}\n]\n" and ends == starts - 1
-    if not shaped or len(ids) != starts:
+    if not shaped or len(records) != starts * POSITION_SIZE:
         return None
-    result = HistoryIndex(st.st_ino, st.st_size, previous.jobs + starts, bytearray(previous.bits), 0,
-                          st.st_mtime_ns)
+    result.jobs += starts
     if result.full():  # keep false positives rare: start over with room for four times as many
         return _scan_into(path, None, room=result.jobs * 4)
-    for job_id in ids:
-        result.add(job_id)
     result.check = _tail_check(path, st.st_size)
-    return result
+    return result, bytes(records)
+
+
+_HISTORY_LINE = re.compile(rb'\n\{"id":"([^"\\]*)"')
 
 
 def load_history_indexes(path: str) -> dict[str, HistoryIndex]:
@@ -815,6 +827,272 @@ def dump_history_indexes(indexes: dict[str, HistoryIndex]) -> bytes:
                               "check": i.check, "mtime": i.mtime,
                               "bits": base64.b64encode(bytes(i.bits)).decode()}
                        for name, i in indexes.items()}).encode()
+
+
+# Positions: <history file>.pos (processed.pos beside processed.json), a cache like history.idx.
+# A 16-byte header (POSITIONS_MAGIC and the history file's inode), then one 16-byte record per
+# job line in file order: 8 bytes of the id's blake2b digest and the line's offset, little-endian.
+# Finding an id among a million finished jobs reads 16 MB of records and one line: no JSON.
+POSITIONS_MAGIC = b"QPOS\x01\x00\x00\x00"
+POSITION_SIZE = 16
+
+
+def positions_file(name: str) -> str:
+    return name.rsplit(".", 1)[0] + ".pos"
+
+
+def position_key(job_id: bytes) -> bytes:
+    return _blake2b(job_id, digest_size=8).digest()
+
+
+def position_record(job_id: bytes, offset: int) -> bytes:
+    return position_key(job_id) + offset.to_bytes(8, "little")
+
+
+def positions_header(inode: int) -> bytes:
+    return POSITIONS_MAGIC + (inode & (1 << 64) - 1).to_bytes(8, "little")
+
+
+def _offsets_of(positions: Any, count: int, keys: set[bytes]) -> dict[bytes, list[int]]:
+    """The line offsets that the first `count` records of a positions file give for these keys."""
+    found: dict[bytes, list[int]] = {}
+    positions.seek(POSITION_SIZE)
+    left = count * POSITION_SIZE
+    while left > 0:
+        chunk = positions.read(min(left, POSITION_SIZE << 16))
+        if not chunk:
+            break
+        left -= len(chunk)
+        if len(keys) <= 16:  # a C-speed search per key
+            for key in keys:
+                at = chunk.find(key)
+                while at >= 0:
+                    if at % POSITION_SIZE == 0:
+                        found.setdefault(key, []).append(int.from_bytes(chunk[at + 8:at + 16], "little"))
+                    at = chunk.find(key, at + 1)
+        else:
+            for at in range(0, len(chunk) - POSITION_SIZE + 1, POSITION_SIZE):
+                if chunk[at:at + 8] in keys:
+                    found.setdefault(chunk[at:at + 8], []).append(int.from_bytes(chunk[at + 8:at + 16], "little"))
+    return found
+
+
+def _history_job(line: bytes) -> dict[str, Any] | None:
+    """One line of a history file as a job (None: not a job line)."""
+    line = line.rstrip(b"\r\n")
+    if line.endswith(b","):
+        line = line[:-1]
+    if not line.startswith(b"{"):
+        return None
+    try:
+        job = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return job if type(job) is dict else None
+
+
+def newest_copy(copies: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The copy of a job with the latest updated_at (a crash between two writes can leave two)."""
+    return max(copies, key=lambda job: _epoch(job.get("updated_at")), default=None)
+
+
+class ActiveCopies:
+    """The active copies of given ids, from queue.json's text as it was under the lock (one
+    job a line, id first), looked up after the lock is released; an id-to-line table is built
+    on first use. `parse_all` stands in when the file is not in that layout."""
+
+    def __init__(self, text: str | None, parse_all: Callable[[], list[dict[str, Any]]] | None) -> None:
+        self.text = text
+        self.jobs = {job["id"]: job for job in parse_all()} if text is None and parse_all else None
+        self.lines: dict[str, int] | None = None
+
+    def of(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        if self.jobs is not None:
+            return {job_id: self.jobs[job_id] for job_id in ids if job_id in self.jobs}
+        if not self.text:
+            return {}
+        if self.lines is None:
+            self.lines = {m.group(1): m.start() for m in _LINE_ID.finditer(self.text)}
+        found = {}
+        for job_id in ids:
+            at = self.lines.get(job_id)
+            if at is not None:
+                found[job_id] = json.loads(self.text[at:self.text.index("\n", at)].rstrip(","))
+        return found
+
+
+def _batches(items: Iterable[dict[str, Any]], size: int = 500) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _finished_at(job: dict[str, Any]) -> float:
+    return _epoch(job.get("finished_at") or job.get("updated_at"))
+
+
+def _finished_since(newest_first: Iterable[dict[str, Any]], since: float) -> Iterator[dict[str, Any]]:
+    """The jobs that finished at `since` or later, from a history read from its end: it stops
+    5 minutes before `since` (jobs are appended in the order they finish, give or take a
+    batch or another host's clock)."""
+    for job in newest_first:
+        finished = _finished_at(job)
+        if finished >= since:
+            yield job
+        elif finished < since - 300:
+            return
+
+
+class HistoryView:
+    """The history files as they were when Store.history_view took it, under the lock, to be
+    read after the lock is released, while workers go on appending. A history file changes
+    only by appends, which rewrite just its closing three bytes, and by rewrites that replace
+    it whole (os.replace): so the bytes before its length minus three stay as they were, in
+    the file this view keeps open, whatever happens to its name. Jobs are checked as they are
+    read (check_record); a line that is not a job is reported like any damage."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[Any, int, HistoryIndex, Any]] = {}  # name -> (file, end, index, positions)
+
+    def add(self, name: str, path: str, index: HistoryIndex, positions_path: str) -> None:
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise QueueError(f"cannot read {path}: {error.strerror}.") from None
+        positions = None
+        try:
+            positions = open(positions_path, "rb")
+            size = os.fstat(positions.fileno()).st_size
+            if (positions.read(POSITION_SIZE) != positions_header(index.inode)
+                    or size < POSITION_SIZE * (index.jobs + 1)):
+                positions.close()
+                positions = None  # not this file's (a crash between two renames): scan instead
+        except OSError:
+            positions = None
+        self.files[name] = (handle, max(0, index.size - 3), index, positions)
+
+    def __enter__(self) -> HistoryView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle, _, _, positions in self.files.values():
+            handle.close()
+            if positions is not None:
+                positions.close()
+        self.files = {}
+
+    def count(self, name: str) -> int:
+        return self.files[name][2].jobs if name in self.files else 0
+
+    def find(self, ids: Iterable[str], names: Iterable[str] = HISTORY_FILE_OF.values()) -> dict[str, dict[str, Any]]:
+        """The history record of each of these ids that has one (the newest, if a crash left two)."""
+        ids = [job_id for job_id in dict.fromkeys(ids) if ID_PATTERN.match(job_id)]  # no other id can exist
+        wanted = set(ids)
+        copies: dict[str, list[dict[str, Any]]] = {}
+        for name in names:
+            if name not in self.files:
+                continue
+            handle, end, index, positions = self.files[name]
+            maybe = {job_id.encode(): job_id for job_id in ids if index.jobs and index.might_hold(job_id)}
+            if not maybe:
+                continue
+            lines = None if positions is None else self._lines_at(name, maybe)
+            if lines is None:
+                lines = self._scan_for(handle, end, set(maybe))
+            for line in lines:
+                job = _history_job(line)
+                if job is not None and job.get("id") in wanted:
+                    check_record(handle.name, job, (STATE_OF_FILE[name],))
+                    copies.setdefault(job["id"], []).append(job)
+        return {job_id: newest_copy(found) for job_id, found in copies.items()}
+
+    def _lines_at(self, name: str, ids: dict[bytes, str]) -> list[bytes] | None:
+        """The lines the positions file gives for these ids; None when one is not the line of
+        its id (a positions file that lies is removed, so the next command writes it anew)."""
+        handle, end, index, positions = self.files[name]
+        lines = []
+        by_key = {position_key(raw): raw for raw in ids}
+        for key, offsets in _offsets_of(positions, index.jobs, set(by_key)).items():
+            for offset in offsets:
+                handle.seek(offset)
+                line = handle.readline() if offset < end else b""
+                if not line.startswith(b'{"id":' + json.dumps(by_key[key].decode()).encode() + b","):
+                    self._distrust(name)
+                    return None
+                lines.append(line)
+        return lines
+
+    def _distrust(self, name: str) -> None:
+        handle, end, index, positions = self.files[name]
+        try:
+            if os.path.samestat(os.fstat(positions.fileno()), os.stat(positions.name)):
+                os.unlink(positions.name)
+        except OSError:
+            pass
+        positions.close()
+        self.files[name] = (handle, end, index, None)
+
+    @staticmethod
+    def _scan_for(handle: Any, end: int, ids: set[bytes]) -> list[bytes]:
+        """The lines of these ids, read through the whole file (no positions file to use)."""
+        needles = [b'\n{"id":' + json.dumps(raw.decode()).encode() + b"," for raw in ids]
+        lines = []
+        for _, region in _regions(handle, 0, end):
+            for needle in needles:
+                at = region.find(needle)
+                while at >= 0:
+                    stop = region.find(b"\n", at + 1)
+                    lines.append(region[at + 1:stop if stop >= 0 else len(region)])
+                    at = region.find(needle, at + 1)
+        return lines
+
+    def forward(self, name: str) -> Iterator[dict[str, Any]]:
+        """The jobs of one history file, oldest first, a megabyte at a time."""
+        return (job for job, _ in self.lines(name))
+
+    def lines(self, name: str) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """(job, its line as written, without the comma) of one history file, oldest first."""
+        if name not in self.files:
+            return
+        handle, end, _, _ = self.files[name]
+        for _, region in _regions(handle, 0, end):
+            for line in region.split(b"\n"):
+                if line and line != b"[":
+                    line = line[:-1] if line.endswith(b",") else line
+                    yield self._checked(name, line), line
+
+    def backward(self, name: str) -> Iterator[dict[str, Any]]:
+        """The jobs of one history file, newest first, a megabyte at a time from its end."""
+        if name not in self.files:
+            return
+        handle, position, _, _ = self.files[name]
+        carry = b""
+        while position > 0:
+            start = max(0, position - (1 << 20))
+            handle.seek(start)
+            lines = (handle.read(position - start) + carry).split(b"\n")
+            carry, position = (lines.pop(0) if start else b""), start
+            for line in reversed(lines):
+                if line and line != b"[":
+                    yield self._checked(name, line)
+
+    def _checked(self, name: str, line: bytes) -> dict[str, Any]:
+        job = _history_job(line)
+        path = self.files[name][0].name
+        if job is None:
+            raise CorruptFileError(path, f"a line is not a job: {line[:80]!r}")
+        check_record(path, job, (STATE_OF_FILE[name],))
+        return job
 
 
 class Outcome:
@@ -877,6 +1155,7 @@ class Store:
         self._home_ready = False
         self._pinned: int | None = None
         self._indexes: dict[str, HistoryIndex] | None = None
+        self._prepared: dict[str, tuple[HistoryIndex, bytes]] = {}  # prepare_history's scans
         self._checked_text: tuple[tuple[int, int, int], str | None] | None = None
 
     # -- paths, lock and files --------------------------------------------
@@ -1066,46 +1345,26 @@ class Store:
                 self.history_count(state)
 
     def ids_in_history(self, ids: list[str]) -> dict[str, str]:
-        """Which of these ids the history holds, by state. The index rules most
-        ids out; a possible hit is confirmed by searching the file's text."""
-        found: dict[str, str] = {}
-        ids = [job_id for job_id in ids if ID_PATTERN.match(job_id)]  # no other id can exist
-        for state, name in HISTORY_FILE_OF.items():
-            index = self._history_index(name)
-            if not index.jobs:
-                continue
-            maybe = [job_id for job_id in ids if job_id not in found and index.might_hold(job_id)]
-            for job_id in self._search_history(name, maybe):
-                found[job_id] = state
-        return found
+        """Which of these ids the history holds, by state (call with the lock held). The Bloom
+        filters rule most ids out; a possible hit is looked up in the positions file."""
+        with self.history_view() as view:
+            return {job_id: job["state"] for job_id, job in view.find(ids).items()}
 
     def find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
-        """The history record of one job, or None (parses only a file that has it)."""
-        found = self.ids_in_history([job_id])
-        if job_id not in found:
-            return None
-        state = found[job_id]
-        for job in self._repair_history(HISTORY_FILE_OF[state]):
-            if job.get("id") == job_id:
-                return state, job
-        return None
+        """The history record of one job, or None (call with the lock held)."""
+        with self.history_view() as view:
+            job = view.find([job_id]).get(job_id)
+        return (job["state"], job) if job else None
 
-    def _history_copies(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
-        """The jobs of one history file with these ids (the file is parsed only if it has one)."""
-        index = self._history_index(name)
-        maybe = [job_id for job_id in ids if index.jobs and index.might_hold(job_id)]
-        found = self._search_history(name, maybe)
-        return [job for job in self._repair_history(name) if job["id"] in found] if found else []
-
-    def _search_history(self, name: str, ids: list[str]) -> set[str]:
-        """Which of `ids` start a line of the file ('{"id":"..."'), a megabyte at a time."""
-        if not ids:
-            return set()
-        needles = {job_id: f'\n{{"id":{json.dumps(job_id)},'.encode() for job_id in ids}
-        found: set[str] = set()
-        for region in _regions(self.path(name), 0):
-            found.update(job_id for job_id, needle in needles.items() if needle in region)
-        return found
+    def history_view(self) -> HistoryView:
+        """The history files as they are now, with their indexes brought up to date (call with
+        the lock held; read the view after releasing it)."""
+        view = HistoryView()
+        for name in HISTORY_FILE_OF.values():
+            index = self._history_index(name)
+            if index.size:
+                view.add(name, self.path(name), index, self.path(positions_file(name)))
+        return view
 
     def _history_index(self, name: str) -> HistoryIndex:
         """The index of a history file, brought up to date by reading only the
@@ -1123,24 +1382,82 @@ class Store:
         except OSError as error:
             raise QueueError(f"cannot read {path}: {error.strerror}.") from None
         index = self._indexes.get(name)
-        if index is not None and index.fits(path, st):
+        earlier = b""  # the records of a scan prepare_history made without the lock, if it still fits
+        if index is not None and index.fits(path, st) and self._positions_cover(name, index):
             if index.size == st.st_size:
                 return index
         else:
-            index = None
-        updated = _scan_into(path, index)
-        if updated is None:
+            index, earlier = self._prepared.pop(name, (None, b""))
+            if index is not None and not index.fits(path, st):
+                index, earlier = None, b""
+        scanned = (index, b"") if index is not None and index.size == st.st_size else _scan_into(path, index)
+        if scanned is None:
             self._repair_history(name, relayout=True)  # raises, or rewrites the file whole
-            updated = _scan_into(path, None)
-            if updated is None:
+            index, earlier = None, b""
+            scanned = _scan_into(path, None)
+            if scanned is None:
                 raise CorruptFileError(path, "it does not hold one job per line")
+        updated, records = scanned
+        if updated.jobs * POSITION_SIZE == len(records):  # the scan started over: it has them all
+            earlier = b""
+        self._save_positions(name, updated, earlier + records, fresh=index is None or bool(earlier)
+                             or updated.jobs * POSITION_SIZE == len(records))
         self._indexes[name] = updated
         if os.path.isdir(self.home):
             try:
-                atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes), durable=False)
+                atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes), durable=False,
+                             sync=False)
             except OSError:
                 pass  # only a cache
         return updated
+
+    def prepare_history(self) -> None:
+        """Index, without the lock, a history file whose caches are missing or out of date (a
+        new folder, a deleted history.idx, a file rewritten by hand): a full scan takes seconds
+        for a million jobs, and the lock would stop every worker meanwhile. The file only
+        grows, so what is read now stays true; _history_index, under the lock, then reads just
+        what was appended since."""
+        if self._indexes is None:
+            self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
+        for name in HISTORY_FILE_OF.values():
+            path = self.path(name)
+            try:
+                st = os.stat(path)
+                index = self._indexes.get(name)
+                if not stat.S_ISREG(st.st_mode) or (index is not None and index.fits(path, st)
+                                                    and self._positions_cover(name, index)):
+                    continue  # (not a file: the lock's check says so)
+                scanned = _scan_into(path, None)
+            except OSError:
+                continue
+            if scanned is not None:  # (a file in another layout is for the locked scan to repair)
+                self._prepared[name] = scanned
+
+    def _positions_cover(self, name: str, index: HistoryIndex) -> bool:
+        """Does the positions file belong to this history file and hold the index's records?"""
+        try:
+            with open(self.path(positions_file(name)), "rb") as handle:
+                return (handle.read(POSITION_SIZE) == positions_header(index.inode)
+                        and os.fstat(handle.fileno()).st_size >= POSITION_SIZE * (index.jobs + 1))
+        except OSError:
+            return False
+
+    def _save_positions(self, name: str, index: HistoryIndex, records: bytes, fresh: bool) -> None:
+        """Write the position records of the jobs an index scan added: a new file for a scan
+        from the start, else after the records the index counted before (a cache: a failure
+        only means the next command scans again)."""
+        path = self.path(positions_file(name))
+        try:
+            if fresh:
+                atomic_write(path, [positions_header(index.inode), records], durable=False)
+                return
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+            try:
+                _write_at(fd, POSITION_SIZE * (index.jobs - len(records) // POSITION_SIZE + 1), records)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     # -- queue.json, cached ------------------------------------------------
 
@@ -1348,32 +1665,43 @@ class Store:
                                  f"{HISTORY_FILE_OF[state]}); nothing was enqueued.")
             self._append_queue(jobs)
 
-    def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Jobs in one state, or all of them (active first, then history). A job
-        that a crash left in two files is shown once, as its history copy."""
+    def jobs(self, state: str | None = None, limit: int | None = None,
+             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Jobs in one state, or all of them (active first, then the history, oldest first or
+        newest first), those `where` accepts, up to `limit`. A job that a crash left in two
+        files is shown once, as its latest copy. The history is read after the lock is
+        released, only as far as the limit needs."""
+        history_states = FINISHED_STATES if state is None else (state,) if state in FINISHED_STATES else ()
         with self.locked(write=False):
-            if state in ACTIVE_STATES:
-                return self._latest_only(self._active(state, limit), "active")
-            result = [] if state else self._latest_only(self._active(), "active")
-            for history_state in (FINISHED_STATES if state is None else (state,)):
+            listed = [] if state in FINISHED_STATES else self._active(state, None if where else limit)
+            active = ActiveCopies(self._queue_text(), self._active if history_states else None)
+            view = self.history_view()
+        with view:
+            result = [job for job in self._latest_only(listed, "active", active, view) if where is None or where(job)]
+            for history_state in history_states:
                 if limit is not None and len(result) >= limit:
                     break
-                result.extend(self._latest_only(self._repair_history(HISTORY_FILE_OF[history_state]), history_state))
+                name = HISTORY_FILE_OF[history_state]
+                jobs = view.backward(name) if newest_first else view.forward(name)
+                for batch in _batches(job for job in jobs if where is None or where(job)):
+                    result.extend(self._latest_only(batch, history_state, active, view))
+                    if limit is not None and len(result) >= limit:
+                        break
             return result[:limit] if limit is not None else result
 
-    def _latest_only(self, jobs: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    @staticmethod
+    def _latest_only(jobs: list[dict[str, Any]], source: str, active: ActiveCopies,
+                     view: HistoryView) -> list[dict[str, Any]]:
         """These jobs (from queue.json, "active", or a history file), less the copies that a
         crash between two writes left behind: a job found in two files is shown once, as
         its latest state (the later updated_at)."""
         if not jobs:
             return jobs
-        others: dict[str, dict[str, Any]] = {}
-        if source != "active":
-            others.update((job["id"], job) for job in self._active())
-        ids = [job["id"] for job in jobs]
-        for state, name in HISTORY_FILE_OF.items():
-            if state != source:
-                others.update((job["id"], job) for job in self._history_copies(name, ids))
+        others = {} if source == "active" else active.of([job["id"] for job in jobs])
+        names = [name for state, name in HISTORY_FILE_OF.items() if state != source]
+        for job_id, job in view.find([job["id"] for job in jobs], names).items():
+            if job_id not in others or _epoch(job.get("updated_at")) > _epoch(others[job_id].get("updated_at")):
+                others[job_id] = job
         # On a tie (the same millisecond) the history copy wins: finishing writes it first.
         keep_tie = source != "active"
         return [job for job in jobs if job["id"] not in others
@@ -1383,10 +1711,10 @@ class Store:
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.locked(write=False):
             copies = self._active(ids=[job_id])
-            history = self.find_in_history(job_id)
-            if history:
-                copies.append(history[1])
-            return max(copies, key=lambda job: _epoch(job.get("updated_at")), default=None)
+            view = self.history_view()
+        with view:
+            copies += view.find([job_id]).values()
+        return newest_copy(copies)
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (and how many pending ones wait for a later run_at)."""
@@ -1701,14 +2029,15 @@ class Store:
         to_failed: list[dict[str, Any]] = []
         to_cancelled: list[dict[str, Any]] = []
         changed = False
-        for job in processing:
+        orphans = [job for job in processing if (job.get("host"), job.get("pid")) in dead]
+        with self.history_view() as view:
+            finished = view.find([job["id"] for job in orphans])
+        for job in orphans:
             host, pid = job.get("host"), job.get("pid")
-            if (host, pid) not in dead:
-                continue
             beat = beats.get((host, pid))
             changed = True
-            history = self.find_in_history(job["id"])
-            if history and _epoch(history[1].get("updated_at")) >= _epoch(job.get("updated_at")):
+            history = finished.get(job["id"])
+            if history and _epoch(history.get("updated_at")) >= _epoch(job.get("updated_at")):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
                 continue
             job = dict(job)
@@ -1764,7 +2093,8 @@ class Store:
             # A crash in an earlier retry may have left a copy here of a job that was
             # queued, or even finished, again since: the newer copy wins, and this one goes.
             listed = self._repair_history(FAILED_FILE)
-            dead = self._latest_only(listed, "dead")
+            with self.history_view() as view:
+                dead = self._latest_only(listed, "dead", ActiveCopies(self._queue_text(), self._active), view)
             by_id = {job["id"]: job for job in dead}
             if ids is None:
                 ids = list(by_id)
@@ -1866,105 +2196,179 @@ class Store:
         with self.locked(write=False):
             return self._active()
 
-    def finished_jobs(self, since: float | None = None) -> list[dict[str, Any]]:
-        """Finished jobs (completed, dead, cancelled), those finished at `since` or later.
-        With `since`, only the ends of the history files are read."""
+    def finished_jobs(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Finished jobs (completed, dead, cancelled), those finished at `since` or later, one
+        at a time, read after the lock is released. With `since`, only the ends of the history
+        files are read (with 5 minutes to spare: jobs are appended in the order they finish,
+        give or take a batch or another host's clock)."""
         with self.locked(write=False):
-            jobs = []
-            for state in FINISHED_STATES:
-                listed = self._history_newest(state, since=since)
-                jobs += [job for job in listed
-                         if since is None or _epoch(job.get("finished_at") or job.get("updated_at")) >= since]
-            return jobs
+            active = ActiveCopies(self._queue_text(), self._active)
+            view = self.history_view()
+        with view:
+            for state, name in HISTORY_FILE_OF.items():
+                jobs = view.forward(name) if since is None else _finished_since(view.backward(name), since)
+                for batch in _batches(jobs):
+                    yield from self._latest_only(batch, state, active, view)
 
     def newest(self, state: str, limit: int) -> list[dict[str, Any]]:
         """The last `limit` jobs to reach a finished state, newest first (the end of its file only)."""
+        return self.jobs(state, limit, newest_first=True)
+
+    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
+        """Finished jobs in these states that finished before `before` (all when None), counted
+        per state; with apply, deleted from their history files, with their logs unless another
+        copy of the job remains. Active jobs are never touched. A file is read and its kept jobs
+        copied into a new file without the lock (in bounded memory); the lock is held only to
+        copy what workers appended meanwhile and to put the new file in place."""
+        counts = {}
+        for state in states:
+            for _ in range(5):
+                counted = self._purge_file(HISTORY_FILE_OF[state], before, apply)
+                if counted is not None:
+                    counts[state] = counted
+                    break
+            else:  # another purge or a dlq retry replaced the file each time
+                raise QueueError(f"{self.path(HISTORY_FILE_OF[state])} kept being rewritten by other commands "
+                                 "during the purge; nothing more was deleted. Try again.")
+        return counts
+
+    def _purge_file(self, name: str, before: float | None, apply: bool) -> int | None:
+        """Purge one history file: how many jobs went (or would go), None if another command
+        replaced the file while it was being copied (nothing was changed then)."""
         with self.locked(write=False):
-            return self._history_newest(state, limit=limit)
-
-    def _history_newest(self, state: str, limit: int | None = None,
-                        since: float | None = None) -> list[dict[str, Any]]:
-        name = HISTORY_FILE_OF[state]
-        listed = None if limit is None and since is None else self._read_backwards(name, limit, since)
-        if listed is None:  # everything asked for, or a file not in queuectl's layout
-            listed = self._repair_history(name)[::-1][:limit]
-        return self._latest_only(listed, state)
-
-    def _read_backwards(self, name: str, limit: int | None, since: float | None) -> list[dict[str, Any]] | None:
-        """Jobs from the end of a history file, newest first: `limit` of them, or back to
-        `since` (with 5 minutes to spare: jobs are appended in the order they finish, give or
-        take a batch or another host's clock). None when the file is not in queuectl's layout."""
+            active = ActiveCopies(self._queue_text(), self._active)
+            view = self.history_view()
         path = self.path(name)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        gone_ids = tmp + ".ids"
         try:
-            handle = open(path, "rb")
-        except FileNotFoundError:
-            return []
-        except OSError as error:
-            raise QueueError(f"cannot read {path}: {error.strerror}.") from None
-        jobs: list[dict[str, Any]] = []
-        with handle:
-            position = os.fstat(handle.fileno()).st_size - 3
-            handle.seek(max(0, position))
-            if position < 1 or handle.read(3) != b"\n]\n":
-                return None
-            carry = b""
-            while position > 0:
-                start = max(0, position - (1 << 20))
-                handle.seek(start)
-                lines = (handle.read(position - start) + carry).split(b"\n")
-                carry, position = (lines.pop(0) if start else b""), start
-                for line in reversed(lines):
-                    if limit is not None and len(jobs) >= limit:
-                        return jobs
-                    if not line or line == b"[":
-                        continue
-                    try:
-                        job = json.loads(line[:-1] if line.endswith(b",") else line)
-                    except (ValueError, RecursionError):
+            with view:
+                if name not in view.files:
+                    return 0
+                handle, end, index, _ = view.files[name]
+                removed, stale = self._copy_kept(view, name, before, active, tmp if apply else None, gone_ids)
+                if not apply or not removed:
+                    return removed
+                scanned = _scan_into(tmp, None, room=index.jobs)
+                if scanned is None:
+                    raise CorruptFileError(path, "it changed while it was purged")
+                with open(tmp + ".pos", "wb") as positions:  # (fsynced with the data: see _put_purged_file)
+                    positions.write(positions_header(scanned[0].inode) + scanned[1])
+                    positions.flush()
+                    os.fsync(positions.fileno())
+                with self.locked():
+                    if os.stat(path).st_ino != index.inode:
                         return None
-                    if type(job) is not dict:
-                        return None
-                    check_record(path, job, (STATE_OF_FILE[name],))
-                    jobs.append(job)
-                    if since is not None and _epoch(job.get("finished_at") or job.get("updated_at")) < since - 300:
-                        return jobs
-        return jobs
-
-    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> list[dict[str, Any]]:
-        """Finished jobs in these states that finished before `before` (all when
-        None). With apply, delete them from their history files, and their logs
-        unless another copy of the job remains. Active jobs are never touched."""
-        with self.locked(write=apply):
-            if apply:
-                self._load_queue()
-            removed: list[dict[str, Any]] = []
-            rewrites: list[tuple[str, list[dict[str, Any]]]] = []
-            for state in states:
-                name = HISTORY_FILE_OF[state]
-                listed = self._repair_history(name)
-                keep = [job for job in listed
-                        if before is not None and _epoch(job.get("finished_at") or job.get("updated_at")) >= before]
-                if len(keep) != len(listed):
-                    kept = {id(job) for job in keep}
-                    removed += [job for job in listed if id(job) not in kept]
-                    rewrites.append((name, keep))
-            if not apply or not removed:
-                return removed
-            # A copy in queue.json older than a purged record was left by a crash between two
-            # writes: it goes first, so a crash during the purge cannot bring the job back.
-            stale = [job["id"] for job in removed if (active := self._jobs.get(job["id"]))
-                     and _epoch(active.get("updated_at")) <= _epoch(job.get("updated_at"))]
-            if stale:
-                for job_id in stale:
-                    self._remove(job_id)
-                self._save_queue()
-            for name, keep in rewrites:
-                self._write(name, render_array([dump_line(job).encode("utf-8") for job in keep]))
-            gone = {job["id"] for job in removed}
-            remaining = set(self._jobs) | set(self.ids_in_history(list(gone)))
-            for job_id in gone - remaining:
-                self.remove_logs(job_id)
+                    self._load_queue()
+                    # A copy in queue.json older than a purged record was left by a crash between
+                    # two writes: it goes first, so a crash during the purge cannot bring it back.
+                    stale = [job_id for job_id, updated in stale.items() if (job := self._jobs.get(job_id))
+                             and _epoch(job.get("updated_at")) <= updated]
+                    if stale:
+                        for job_id in stale:
+                            self._remove(job_id)
+                        self._save_queue()
+                    self._put_purged_file(name, tmp, handle, end, scanned)
+            self._remove_purged_logs(gone_ids)
             return removed
+        finally:
+            for leftover in (tmp, tmp + ".pos", gone_ids):
+                _quietly(lambda leftover=leftover: os.unlink(leftover))
+
+    def _copy_kept(self, view: HistoryView, name: str, before: float | None, active: ActiveCopies,
+                   tmp: str | None, gone_ids: str) -> tuple[int, dict[str, float]]:
+        """Stream a history file as the view holds it: the jobs to keep go to `tmp` (when given),
+        the ids of those that go to `gone_ids`. Returns how many go, and those of them that
+        queue.json holds an older copy of (id -> the purged copy's updated_at)."""
+        removed = 0
+        stale: dict[str, float] = {}
+        out = open(tmp, "wb") if tmp else None
+        ids = open(gone_ids, "wb") if tmp else None
+        try:
+            first = True
+            if out:
+                out.write(b"[\n")
+            for batch in _batches(view.lines(name)):
+                doomed = [job for job, _ in batch if before is None or _finished_at(job) < before]
+                removed += len(doomed)
+                if not out:
+                    continue
+                doomed_ids = {job["id"] for job in doomed}
+                for job, line in batch:
+                    if job["id"] not in doomed_ids:
+                        out.write(line if first else b",\n" + line)
+                        first = False
+                ids.write(b"".join(job["id"].encode() + b"\n" for job in doomed))
+                for job_id in active.of(list(doomed_ids)):
+                    stale[job_id] = max(_epoch(job.get("updated_at")) for job in doomed if job["id"] == job_id)
+            if out:
+                out.write(b"\n]\n" if not first else b"]\n")
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            for handle in (out, ids):
+                if handle:
+                    handle.close()
+        return removed, stale
+
+    def _put_purged_file(self, name: str, tmp: str, old: Any, end: int,
+                         scanned: tuple[HistoryIndex, bytes]) -> None:
+        """With the lock held: add to the purged copy what was appended to the file since it was
+        read, and the positions of those jobs to its positions file, and put both in place."""
+        path = self.path(name)
+        index = scanned[0]
+        appended = os.fstat(old.fileno()).st_size - 3 - end
+        if appended > 0:
+            old.seek(end)
+            tail = old.read(appended)  # ",\n{...},\n{...}": the jobs that finished meanwhile
+            with open(tmp, "r+b") as out:
+                size = os.fstat(out.fileno()).st_size
+                if size == 4:  # "[\n]\n": nothing was kept
+                    out.seek(1)
+                    out.write(tail[1:] + b"\n]\n")
+                else:
+                    out.seek(size - 3)
+                    out.write(tail + b"\n]\n")
+                out.flush()
+                os.fsync(out.fileno())
+            more = _scan_into(tmp, index if size > 4 else None, room=index.jobs)
+            if more is None:
+                raise CorruptFileError(path, "jobs appended during the purge are not one a line")
+            index, records = more
+            if index.jobs * POSITION_SIZE == len(records):  # a scan that started over: all of them
+                atomic_write(tmp + ".pos", [positions_header(index.inode), records], durable=False)
+            else:
+                with open(tmp + ".pos", "ab") as positions:
+                    positions.write(records)
+        replace_with_retry(tmp + ".pos", self.path(positions_file(name)))
+        replace_with_retry(tmp, path)
+        _fsync_dir(self.home)
+        if self._indexes is None:
+            self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
+        self._indexes[name] = index
+        _quietly(lambda: atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
+                                      durable=False, sync=False))
+
+    def _remove_purged_logs(self, gone_ids: str) -> None:
+        """Remove the logs of purged jobs that no copy is left of. Most jobs have none (a silent
+        success leaves no log): those cost a stat each, and the others a lock per 500."""
+        late = self.late_files()
+        logs = self.path(LOGS_DIR)
+        with open(gone_ids, "rb") as ids:
+            while True:
+                some = [line.rstrip(b"\n").decode() for line in itertools.islice(ids, 500)]
+                if not some:
+                    return
+                stems = {job_id: safe_log_name(job_id)[:-4] for job_id in some}
+                logged = [job_id for job_id, stem in stems.items()
+                          if stem in late or os.path.exists(os.path.join(logs, f"{stem}.log"))]
+                if not logged:
+                    continue
+                with self.locked():
+                    left = {job["id"] for job in self._active(ids=logged)} | set(self.ids_in_history(logged))
+                    for job_id in logged:
+                        if job_id not in left:
+                            self.remove_logs(job_id)
 
     def remove_logs(self, job_id: str) -> None:
         """Delete a job's log, and the output its commands' leftover processes wrote later."""
@@ -1974,21 +2378,29 @@ class Store:
 
     def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str, int]]]:
         """A job's log (logs/<id>.log), and its late output as [(attempt, path, offset)]: the file
-        logs/<id>.<attempt>.<offset>.late.log, whose output after `offset` was written once the
-        attempt had ended (the previous release's logs/<id>.<attempt>.late.log has no offset)."""
+        logs/late/<id>.<attempt>.<offset>.late.log, whose output after `offset` was written once
+        the attempt had ended. (Late files have a folder of their own: they are few, and listing
+        logs/ itself would cost as much as the history is long.)"""
         stem = safe_log_name(job_id)[:-4]
         folder = self.path(LOGS_DIR)
+        return os.path.join(folder, f"{stem}.log"), self.late_files().get(stem, [])
+
+    def late_files(self) -> dict[str, list[tuple[int, str, int]]]:
+        """Every late output file, by the log name's stem: {stem: [(attempt, path, offset)]}."""
+        folder = os.path.join(self.path(LOGS_DIR), LATE_DIR)
         try:
             names = os.listdir(folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             names = []
-        late = []
+        found: dict[str, list[tuple[int, str, int]]] = {}
         for name in names:
-            if name.startswith(f"{stem}.") and name.endswith(".late.log"):
-                attempt, _, offset = name[len(stem) + 1:-len(".late.log")].partition(".")
-                if attempt.isdigit() and (offset.isdigit() or not offset):
-                    late.append((int(attempt), os.path.join(folder, name), int(offset or 0)))
-        return os.path.join(folder, f"{stem}.log"), sorted(late)
+            stem, _, rest = name[:-len(".late.log")].rpartition(".") if name.endswith(".late.log") else ("", "", "")
+            stem, _, attempt = stem.rpartition(".")
+            if stem and attempt.isdigit() and rest.isdigit():
+                found.setdefault(stem, []).append((int(attempt), os.path.join(folder, name), int(rest)))
+        for late in found.values():
+            late.sort()
+        return found
 
     def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
                     start: int, end: int, ending: str, counted: bool = True) -> bool:
@@ -2093,7 +2505,7 @@ class Store:
     def write_heartbeat(self, info: dict[str, Any]) -> None:
         self.ensure_folder(WORKERS_DIR)
         atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode(),
-                     durable=False)
+                     durable=False, sync=False)  # a torn heartbeat is skipped as unreadable
 
     def workers(self) -> list[dict[str, Any]]:
         """Worker processes with their last heartbeat, and whether they look alive."""
@@ -2574,6 +2986,7 @@ class Runner:
         self._free: list[tuple[str, Any]] = []
         self._held: dict[tuple[str, int], tuple[str, Any]] = {}
         self._made = 0
+        self.retired: dict[str, int] = {}  # late output files -> how much of them is freed (cap_late_output)
         store.ensure_folder(LOGS_DIR)
         store.ensure_folder(WORKERS_DIR)
 
@@ -2730,9 +3143,36 @@ class Runner:
         with self._lock:
             self._held.pop((job["id"], job["attempts"]), None)
         handle.close()
-        late = os.path.join(self.logs, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.{end}.late.log")
-        _quietly(lambda: os.makedirs(self.logs, mode=0o700, exist_ok=True))
+        late = os.path.join(self.logs, LATE_DIR, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.{end}.late.log")
+        _quietly(lambda: make_private_folders(os.path.dirname(late)))
         _quietly(lambda: os.replace(path, late))
+        with self._lock:
+            self.retired[late] = 0
+
+    def cap_late_output(self, limit: int, platform: str = sys.platform) -> None:
+        """Keep the late output files this worker retired within `limit` bytes on disk (Linux):
+        the processes that write them hold them open and write at their own offsets, so the
+        blocks before the newest `limit` bytes are freed in place (a hole), not cut off. (The
+        attempt's own output before the file's offset is in the log already.) A file that was
+        removed is forgotten."""
+        if platform != "linux":
+            return
+        with self._lock:
+            retired = list(self.retired.items())
+        for path, freed in retired:
+            try:
+                fd = os.open(path, os.O_WRONLY)
+            except OSError:
+                with self._lock:
+                    self.retired.pop(path, None)
+                continue
+            try:
+                cut = (os.fstat(fd).st_size - limit) // 4096 * 4096
+                if cut > freed and punch_hole(fd, cut, platform):
+                    with self._lock:
+                        self.retired[path] = cut
+            finally:
+                os.close(fd)
 
     def close(self, remove_files: bool = True) -> None:
         """At exit: close this process's scratch files, and remove them unless recovery will need them."""
@@ -2775,6 +3215,28 @@ class Runner:
             procs = list(self.running.values())
         for proc, mark in procs:
             kill_tree(proc, mark)
+
+
+def punch_hole(fd: int, length: int, platform: str = sys.platform) -> bool:
+    """Free the disk blocks of a file's first `length` bytes, keeping its size and every writer's
+    offset: fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) on Linux. False where that
+    cannot be done (another platform, a file system without holes)."""
+    if platform != "linux" or length <= 0:
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return libc.fallocate(fd, 3, 0, length) == 0
+
+
+def first_data(handle: Any, start: int) -> int:
+    """Where data starts again at or after `start`, past a hole punch_hole made (SEEK_DATA where the
+    platform has it; a hole reads as zeros)."""
+    try:
+        return os.lseek(handle.fileno(), start, os.SEEK_DATA)
+    except (AttributeError, OSError):  # no SEEK_DATA; or ENXIO: no data after start
+        return start
 
 
 def _still_at(handle: Any, path: str) -> bool:
@@ -3181,6 +3643,7 @@ class WorkerPool:
         self.stopping = False
         self.interrupts = 0
         self.mean_duration: float | None = None
+        self.measured = 0  # how many durations mean_duration is made of
         self.unrecorded: set[tuple[str, int]] = set()
         self.last_pickup = time.monotonic()
         self.job_timeout = float(store.config()["job_timeout"])
@@ -3447,7 +3910,7 @@ class WorkerPool:
 
     def _short_jobs(self) -> bool:
         """Are jobs so short that recording each result at once would cost more than the jobs?"""
-        return self.mean_duration is not None and self.mean_duration < SHORT_JOB_S
+        return self.mean_duration is not None and self.measured >= 5 and self.mean_duration < SHORT_JOB_S
 
     def _settled(self, outcomes: list[Outcome]) -> None:
         """These results are recorded: their scratch files are free, their threads may go on."""
@@ -3488,8 +3951,13 @@ class WorkerPool:
     def _learn(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             if outcome.duration is not None:
-                previous = self.mean_duration
-                self.mean_duration = outcome.duration if previous is None else 0.8 * previous + 0.2 * outcome.duration
+                # The plain mean of the first few jobs, then a moving one: one job that happened
+                # to be quick must not make a worker hold results back for jobs that are not.
+                self.measured = 0 if self.mean_duration is None else self.measured
+                weight = max(0.2, 1 / (self.measured + 1))
+                previous = self.mean_duration or 0.0
+                self.mean_duration = (1 - weight) * previous + weight * outcome.duration
+                self.measured += 1
 
     def _all_idle(self) -> bool:
         """No thread is running a job and no result waits to be recorded."""
@@ -3598,6 +4066,11 @@ class WorkerPool:
     def _heartbeat_loop(self) -> None:
         while not self.heartbeat_stop.wait(self._heartbeat_interval()):
             self._heartbeat_once()
+            if self.runner.retired:
+                try:
+                    self.runner.cap_late_output(int(self.store.config()["log_max_bytes"]))
+                except (OSError, QueueError):
+                    pass  # tried again at the next beat
 
     def _heartbeat_interval(self) -> float:
         """A quarter of the lease (re-read every beat, so a shorter lease applies at once)."""
@@ -4048,7 +4521,7 @@ def _show_attempt(attempt: Attempt, tail: int | None, late: dict[int, tuple[str,
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 print(f"=== output written after attempt {record.number} ended, by processes it left running:")
-                _show_output(handle, min(offset, size), size, tail, limit)
+                _show_output(handle, min(first_data(handle, offset), size), size, tail, limit)
         except OSError:
             pass
 
@@ -4275,10 +4748,10 @@ def cmd_purge(args: argparse.Namespace, store: Store) -> int:
     states = [args.state] if args.state else list(FINISHED_STATES)
     before = now_ts() - args.older_than if args.older_than is not None else None
     planned = store.purge(states, before, apply=False)
-    if not planned:
+    if not sum(planned.values()):
         print("Nothing to purge.")
         return 0
-    what = f"{len(planned)} finished job(s) ({_count_by_state(planned, states)}) and their logs"
+    what = f"{sum(planned.values())} finished job(s) ({_count_by_state(planned)}) and their logs"
     if not args.yes:
         if not sys.stdin.isatty():
             raise QueueError(f"purge would delete {what} for good; run it again with --yes to confirm "
@@ -4292,12 +4765,12 @@ def cmd_purge(args: argparse.Namespace, store: Store) -> int:
             print("Nothing was deleted.")
             return 1
     removed = store.purge(states, before, apply=True)
-    print(f"Purged {len(removed)} job(s) ({_count_by_state(removed, states)}).")
+    print(f"Purged {sum(removed.values())} job(s) ({_count_by_state(removed)}).")
     return 0
 
 
-def _count_by_state(jobs: list[dict[str, Any]], states: list[str]) -> str:
-    return ", ".join(f"{sum(job['state'] == state for job in jobs)} {state}" for state in states)
+def _count_by_state(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in counts.items())
 
 
 def finished_state(text: str) -> str:
@@ -4317,36 +4790,76 @@ def duration_arg(text: str) -> float:
 # -- stats, wait --------------------------------------------------------------
 
 
-def percentile(values: list[float], share: float) -> float | None:
-    """The nearest-rank percentile (share 0.5 = median) of a list, None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+def percentiles(values: Any, *shares: float) -> list[float | None]:
+    """Nearest-rank percentiles (share 0.5 = the median) of an array('d'), None for none."""
+    return [_nth(values, max(0, math.ceil(share * len(values)) - 1)) if len(values) else None for share in shares]
+
+
+def _nth(values: Any, rank: int) -> float:
+    """The rank-th smallest number of an array('d'), without a list of them all: count them into
+    4,096 slices of their range, keep only the slice that holds that rank, until few are left."""
+    from array import array
+
+    while len(values) > 50_000:
+        low, high = min(values), max(values)
+        if low == high:
+            return low
+        scale = 4095 / (high - low)
+        counts = [0] * 4096
+        for value in values:
+            counts[int((value - low) * scale)] += 1
+        chosen = 0
+        while rank >= counts[chosen]:
+            rank -= counts[chosen]
+            chosen += 1
+        values = array("d", (value for value in values if int((value - low) * scale) == chosen))
+    return sorted(values)[rank]
 
 
 def stats_data(store: Store, since: float | None) -> dict[str, Any]:
+    """The numbers `stats` shows, in one pass over the finished jobs: what is kept is two
+    numbers per job (run time, queue wait) for the percentiles, not the jobs."""
+    from array import array
+
     now = now_ts()
     start = now - since if since is not None else None
-    jobs = store.finished_jobs(start)
-    ran = [job for job in jobs if job["state"] in ("completed", "dead")]
-    counts = {state: sum(job["state"] == state for job in jobs) for state in FINISHED_STATES}
-    run_times = [float(job["duration"]) if isinstance(job.get("duration"), (int, float)) else
-                 _epoch(job.get("finished_at")) - _epoch(job.get("started_at"))
-                 for job in ran if job.get("started_at") or isinstance(job.get("duration"), (int, float))]
-    waits = [_epoch(job.get("first_started_at") or job.get("started_at")) - _epoch(job.get("created_at"))
-             for job in jobs if job.get("created_at") and (job.get("first_started_at")
-                                                           or (job.get("started_at") and job.get("attempts") == 1))]
+    counts = dict.fromkeys(FINISHED_STATES, 0)
+    run_times, waits = array("d"), array("d")
+    ran = attempts_total = 0
+    attempts_max: int | None = None
+    first_created = last_finished = None
+    for job in store.finished_jobs(start):
+        counts[job["state"]] += 1
+        first_start = job.get("first_started_at") or (job.get("attempts") == 1 and job.get("started_at"))
+        if job.get("created_at") and first_start:
+            waits.append(_epoch(first_start) - _epoch(job["created_at"]))
+        if job["state"] not in ("completed", "dead"):
+            continue
+        ran += 1
+        attempts = int(job.get("attempts", 0))
+        attempts_total += attempts
+        attempts_max = attempts if attempts_max is None else max(attempts_max, attempts)
+        if isinstance(job.get("duration"), (int, float)):
+            run_times.append(float(job["duration"]))
+        elif job.get("started_at"):
+            run_times.append(_epoch(job.get("finished_at")) - _epoch(job.get("started_at")))
+        if job.get("created_at"):
+            created = _epoch(job["created_at"])
+            first_created = created if first_created is None else min(first_created, created)
+        finished = _epoch(job.get("finished_at"))
+        last_finished = finished if last_finished is None else max(last_finished, finished)
     if start is None:  # from the first enqueue of these jobs to the last finish
-        start = min((_epoch(job.get("created_at")) for job in ran if job.get("created_at")), default=None)
-        end = max((_epoch(job.get("finished_at")) for job in ran), default=None)
+        start, end = first_created, last_finished
     else:
         end = now
     window = (end - start) if start is not None and end is not None else None
     active = store.active_jobs()
     due = [_epoch(job.get("run_at")) or _epoch(job.get("created_at")) for job in active
            if job["state"] != "processing" and _epoch(job.get("run_at")) <= now]
-    attempts = [int(job.get("attempts", 0)) for job in ran]
+    run_p50, run_p95 = percentiles(run_times, 0.5, 0.95)
+    run_max = max(run_times, default=None)
+    del run_times
+    wait_p50, wait_p95 = percentiles(waits, 0.5, 0.95)
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(max(0.0, value), 3)
@@ -4355,13 +4868,11 @@ def stats_data(store: Store, since: float | None) -> dict[str, Any]:
         "window": {"since": iso(start) if start is not None else None, "until": iso(end) if end else None,
                    "seconds": rounded(window)},
         "finished": counts,
-        "success_rate": round(counts["completed"] / len(ran), 4) if ran else None,
-        "attempts": {"mean": round(sum(attempts) / len(attempts), 3) if attempts else None,
-                     "max": max(attempts, default=None)},
-        "run_time": {"p50": rounded(percentile(run_times, 0.5)), "p95": rounded(percentile(run_times, 0.95)),
-                     "max": rounded(max(run_times, default=None))},
-        "queue_wait": {"p50": rounded(percentile(waits, 0.5)), "p95": rounded(percentile(waits, 0.95))},
-        "throughput_per_minute": round(len(ran) * 60 / window, 3) if window else None,
+        "success_rate": round(counts["completed"] / ran, 4) if ran else None,
+        "attempts": {"mean": round(attempts_total / ran, 3) if ran else None, "max": attempts_max},
+        "run_time": {"p50": rounded(run_p50), "p95": rounded(run_p95), "max": rounded(run_max)},
+        "queue_wait": {"p50": rounded(wait_p50), "p95": rounded(wait_p95)},
+        "throughput_per_minute": round(ran * 60 / window, 3) if window else None,
         "backlog": {**{state: sum(job["state"] == state for job in active) for state in ACTIVE_STATES},
                     "oldest_due_age": rounded(now - min(due)) if due else None},
     }
@@ -5310,6 +5821,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.exists(store.home) and not os.path.isdir(store.home):
             raise QueueError(f"the data folder {store.home} is a file, not a folder.")
         store.config()  # a damaged config.json stops every command, not only some
+        store.prepare_history()
         return args.handler(args, store)
     except QueueError as error:
         print(f"error: {error}", file=sys.stderr)

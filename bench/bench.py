@@ -63,6 +63,29 @@ MAXRSS_WRAPPER = (
 )
 
 
+# Holds the data folder's lock (flock on the folder, as queuectl does on Linux and macOS) and
+# releases it at once, every millisecond, until a line arrives on stdin; then prints the longest
+# wait it had for the lock, in seconds. It says "ready" once it held the lock the first time.
+LOCK_PROBER = (
+    "import fcntl, os, sys, threading, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "done = threading.Event()\n"
+    "threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()\n"
+    "longest, first = 0.0, True\n"
+    "while not done.is_set():\n"
+    "    began = time.perf_counter()\n"
+    "    fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "    longest = max(longest, time.perf_counter() - began)\n"
+    "    fcntl.flock(fd, fcntl.LOCK_UN)\n"
+    "    if first:\n"
+    "        print('ready', flush=True)\n"
+    "        first = False\n"
+    "    time.sleep(0.001)\n"
+    "print(longest, flush=True)\n"
+)
+LOCK_WAIT_MS = 20.0
+
+
 class BenchError(Exception):
     """The benchmark itself went wrong (a command failed, a job was lost): exit 1."""
 
@@ -213,17 +236,20 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def history_bytes(count: int) -> bytes:
-    """processed.json as queuectl writes it: a JSON array, one compact completed job per line, id first."""
+def history_bytes(count: int, state: str = "completed") -> bytes:
+    """A history file as queuectl writes it: a JSON array, one compact finished job per line, id first,
+    finished a job every 2 s over the last 30 days (more jobs than fit go on at that pace)."""
     start = time.time() - 30 * 86400
+    prefix = {"completed": "hist", "dead": "dead", "cancelled": "gone"}[state]
     lines = []
     for n in range(count):
         created = start + n * 2.0
         began = created + 0.5
         ended = began + 0.25
-        job = {"id": f"hist-{n:07d}", "command": f"echo done {n}", "state": "completed", "attempts": 1,
+        job = {"id": f"{prefix}-{n:07d}", "command": f"echo done {n}", "state": state, "attempts": 1,
                "max_retries": 3, "priority": 0, "created_at": iso(created), "updated_at": iso(ended),
-               "started_at": iso(began), "exit_code": 0, "error": None, "output": f"done {n}\n",
+               "started_at": iso(began), "exit_code": 0 if state == "completed" else 1,
+               "error": None if state == "completed" else "exit code 1", "output": f"done {n}\n",
                "finished_at": iso(ended)}
         lines.append(json.dumps(job, ensure_ascii=False, separators=(",", ":")))
     body = ",\n".join(lines)
@@ -510,6 +536,82 @@ class Bench:
                              f"{peak:.1f} MB", "-", f"{peak:.1f} MB", "<= 60 MB",
                              {"peaks_mb": peaks, "method": "getrusage(RUSAGE_CHILDREN).ru_maxrss in a wrapper"}))
 
+    def scenario_history(self) -> None:
+        """One-shot commands against a long history: time, peak memory, and the longest wait for
+        the lock that another process saw while each ran."""
+        count = self.sizes["long_history"]
+        home = self.ws.new_home("history")
+        os.makedirs(home)
+        self.say(f"history: writing {fmt_n(count)} completed, {fmt_n(count // 100)} dead and "
+                 f"{fmt_n(count // 100)} cancelled jobs")
+        for name, state, n in (("processed.json", "completed", count), ("failed.json", "dead", count // 100),
+                               ("cancelled.json", "cancelled", count // 100)):
+            with open(os.path.join(home, name), "wb") as handle:
+                handle.write(history_bytes(n, state))
+        os.makedirs(os.path.join(home, "logs"))
+        middle = f"hist-{count // 2:07d}"
+        with open(os.path.join(home, "logs", f"{middle}.log"), "w") as handle:
+            handle.write(f"=== {middle} attempt 1 started 2026-01-01T00:00:00.000Z by Worker-1 (pid 1 on h), "
+                         f"command pid 2   : 5 bytes of output follow\ndone\n\n=== attempt 1 ended: exit code 0\n")
+        run(queuectl(home, "status"), "status")  # builds the caches (history.idx, the positions) once
+        ids = {"first": "hist-0000000", "middle": middle, "last": f"hist-{count - 1:07d}"}
+        half = f"{30 * 86400 - count:.0f}s"  # the first half of the completed jobs finished before
+        one_shot = 100.0
+        for key, title, args, limit_ms, limit_mb in (
+                [(f"show_{where}", f"show of the {where} finished job", ["show", job_id], one_shot, 50.0)
+                 for where, job_id in ids.items()]
+                + [("logs_middle", "logs of a finished job", ["logs", middle], one_shot, 50.0),
+                   ("cancel_finished", "cancel of a finished job", ["cancel", ids["first"]], one_shot, 50.0),
+                   ("list_20", "list --limit 20", ["list", "--limit", "20"], one_shot, 50.0)]
+                + [(f"list_20_{state}", f"list --state {state} --limit 20", ["list", "--state", state, "--limit", "20"],
+                    one_shot, 50.0) for state in ("completed", "dead", "cancelled", "pending")]
+                + [("stats_history", "stats", ["stats"], None, 100.0),
+                   ("purge_dry", "purge of the older half (answering no)", ["purge", "--older-than", half],
+                    None, 100.0)]):
+            self.history_command(home, key, f"{title}, {fmt_n(count)} finished", args, limit_ms, limit_mb)
+        copy = self.ws.new_home("purged")
+        shutil.copytree(home, copy)
+        self.history_command(copy, "purge_history", f"purge of the older half --yes, {fmt_n(count)} finished",
+                             ["purge", "--older-than", half, "--yes"], None, 100.0, reps=1)
+        left = read_jobs(copy, "processed.json")
+        if abs(len(left) - count / 2) > count / 100:  # give or take the seconds since it was written
+            raise BenchError(f"purge_history: {len(left)} of {count} completed jobs left")
+
+    def history_command(self, home: str, key: str, title: str, args: list[str], limit_ms: float | None,
+                        limit_mb: float, reps: int | None = None) -> None:
+        """Median time and peak memory of one command; the longest lock wait a prober saw meanwhile."""
+        self.say(f"{key}: {title}")
+        times, peaks, waits = [], [], []
+        for _ in range(reps or self.reps * self.runs):
+            prober = subprocess.Popen([PYTHON, "-c", LOCK_PROBER, home], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, start_new_session=True)
+            with _children_lock:
+                _children.add(prober)
+            try:
+                prober.stdout.readline()  # it holds the lock once before it reports ready
+                seconds, result = run([PYTHON, "-c", MAXRSS_WRAPPER, *queuectl(home, *args)], " ".join(args),
+                                      capture=True)
+                out, _ = prober.communicate(b"stop\n", timeout=30)
+            finally:
+                kill(prober)
+                with _children_lock:
+                    _children.discard(prober)
+            report = json.loads(result.stdout)
+            if report["rc"] not in (0, 1):
+                raise BenchError(f"{key}: queuectl {' '.join(args)} exited with code {report['rc']}")
+            times.append(seconds)
+            peaks.append(report["maxrss_kb"] / 1024)
+            waits.append(float(out) * 1000)
+        t, peak, wait = median(times) * 1000, median(peaks), max(waits)
+        if limit_ms is not None:
+            self.rows.append(Row(key, title, t, "<=", limit_ms, "ms", f"{t:.0f} ms", "-", f"{t:.0f} ms",
+                                 f"<= {limit_ms:.0f} ms", {"seconds": times}))
+        self.rows.append(Row(key + "_memory", f"{title}: peak memory", peak, "<=", limit_mb, "MB",
+                             f"{peak:.1f} MB", "-", f"{peak:.1f} MB", f"<= {limit_mb:.0f} MB", {"peaks_mb": peaks}))
+        self.rows.append(Row(key + "_lock", f"{title}: longest lock wait of another process", wait, "<=",
+                             LOCK_WAIT_MS, "ms", f"{wait:.0f} ms", "-", f"{wait:.0f} ms", f"<= {LOCK_WAIT_MS:.0f} ms",
+                             {"waits_ms": waits, "seconds": times}))
+
     def run_all(self) -> None:
         self.scenario_drain("drain_small", self.sizes["small"], 0.8)
         self.scenario_drain("drain_large", self.sizes["large"], 0.7)
@@ -518,6 +620,7 @@ class Bench:
         self.scenario_enqueue_file()
         self.scenario_read_commands()
         self.scenario_memory()
+        self.scenario_history()
 
 
 # --------------------------------------------------------------------------
@@ -556,12 +659,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the large job count N (default 10,000); the small drain is N/10, the history 10 x N")
     parser.add_argument("--runs", type=int, metavar="N",
                         help="runs of each one-shot command per repetition (default 10, 3 with --quick)")
+    parser.add_argument("--history", type=int, metavar="N",
+                        help="finished jobs for the history scenario (default 1,000,000, 10,000 with --quick)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only (progress on stderr)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--script", metavar="PATH", default=SCRIPT,
                         help="the queuectl.py to measure (default: the one next to bench/), e.g. an older copy")
     args = parser.parse_args(argv)
-    for name in ("reps", "jobs", "runs"):
+    for name in ("reps", "jobs", "runs", "history"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be 1 or more")
@@ -577,6 +682,7 @@ def sizes_for(args: argparse.Namespace) -> dict[str, int]:
     else:
         sizes = {"small": 1000, "large": 10_000, "pending": 10_000, "history": 100_000}
     sizes["due"] = max(1, min(100, sizes["pending"] // 4))
+    sizes["long_history"] = args.history or (10_000 if args.quick else 1_000_000)
     return sizes
 
 

@@ -306,7 +306,7 @@ def test_late_output_shows_only_what_came_after_the_attempt_and_is_capped(queue:
     fast(queue, log_max_bytes=4096)
     enqueue(queue, "leaver", "echo own output; (sleep 0.5; seq -f 'late %g' 1 20000; echo late end) &")
     burst(queue, tmp_path / "worker.out")
-    late_files = wait_until(lambda: list((queue.home / "logs").glob("leaver.1.*late.log")), 10,
+    late_files = wait_until(lambda: list((queue.home / "logs" / "late").glob("leaver.1.*late.log")), 10,
                             what="the late output file")
     wait_until(lambda: b"late end" in late_files[0].read_bytes(), 15, what="the leftover process to finish")
 
@@ -319,6 +319,33 @@ def test_late_output_shows_only_what_came_after_the_attempt_and_is_capped(queue:
     assert len(late.encode()) <= 4096 + 100
     assert "own output" not in late and "attempt 1 started" not in late
     assert queue.ok("logs", "leaver", "--tail", "1").splitlines()[-1] == "late end"
+
+
+def test_late_output_is_kept_within_log_max_bytes_on_disk_while_its_worker_runs(queue: Queue, tmp_path: Path) -> None:
+    """The leftover process holds the file open and writes at its own offset: the worker frees
+    the blocks before the newest log_max_bytes in place (Linux), so the disk use stays capped
+    and the process writes on, unaware."""
+    fast(queue, log_max_bytes=65536)
+    gate = tmp_path / "gate"
+    enqueue(queue, "spewer", f"echo own output; (sleep 0.3; head -c 4000000 /dev/zero | tr '\\0' x; "
+                             f"while [ ! -e {q(gate)} ]; do sleep 0.05; done; echo; echo late end) &")
+    worker = queue.start_worker(log=tmp_path / "worker.out")
+    try:
+        late = wait_until(lambda: list((queue.home / "logs" / "late").glob("spewer.1.*late.log")), 10,
+                          what="the late output file")[0]
+        wait_until(lambda: late.stat().st_size >= 4_000_000, 20, what="4 MB of late output")
+        wait_until(lambda: late.stat().st_blocks * 512 <= 65536 + 2 * 4096, 15,
+                   what=f"the worker to free the late output's older blocks ({late.stat().st_blocks * 512} bytes used)")
+        gate.touch()
+        wait_until(lambda: late.read_bytes().endswith(b"late end\n"), 10, what="the leftover process to finish")
+    finally:
+        gate.touch()
+        queue.ok("worker", "stop", "--wait")
+        worker.wait(timeout=30)
+    assert late.stat().st_size > 4_000_000, "the file keeps its size: the writer's offset is untouched"
+    shown = queue.ok("logs", "spewer").split("by processes it left running:\n")[1]
+    assert "\0" not in shown and shown.endswith("x\nlate end\n"), shown[-100:]
+    assert 60_000 <= len(shown) <= 65536 + 100
 
 
 # -- 10. one attempt number, one section -------------------------------------------------

@@ -91,9 +91,10 @@ def ran(job_id: str, attempt: int = 1, exit_code: int = 0) -> queuectl.Outcome:
 
 def snapshot(home: Path) -> dict[str, bytes]:
     """Every data file under the data folder, by relative path (not the lock file, nor the
-    history index: a cache that any reader may bring up to date)."""
+    history index and positions: caches that any reader may bring up to date)."""
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
-            if p.is_file() and p.name not in (queuectl.LOCK_FILE, queuectl.HISTORY_INDEX_FILE)}
+            if p.is_file() and p.name not in (queuectl.LOCK_FILE, queuectl.HISTORY_INDEX_FILE)
+            and p.suffix != ".pos"}
 
 
 def cli(queue: Queue, *args: str) -> tuple[int, str, str]:

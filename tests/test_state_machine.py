@@ -431,11 +431,15 @@ class StoreMachine(RuleBasedStateMachine):
         expected = sorted(job_id for job_id, job in self.model.items() if job["state"] in states
                           and (cut is None or job["finished"] < cut))
         snapshot = self.snapshot()
-        removed = self.store.purge(states, before, apply)
-        assert sorted(job["id"] for job in removed) == expected, (removed, states, cut)
-        for job in removed:
-            assert job["state"] == self.model[job["id"]]["state"], job
+        counts = self.store.purge(states, before, apply)
+        assert counts == {state: sum(self.model[job_id]["state"] == state for job_id in expected)
+                          for state in states}, (counts, states, cut)
         after = self.snapshot()
+        if apply:
+            def ids(files: dict[str, bytes | None]) -> set[str]:
+                return {job["id"] for state in states if (data := files[queuectl.HISTORY_FILE_OF[state]])
+                        for job in json.loads(data)}
+            assert sorted(ids(snapshot) - ids(after)) == expected, (states, cut)
         assert after[queuectl.QUEUE_FILE] == snapshot[queuectl.QUEUE_FILE], "purge touched queue.json"
         for state in FINISHED:
             if not apply or state not in states or not any(self.model[i]["state"] == state for i in expected):

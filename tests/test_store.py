@@ -39,7 +39,8 @@ def test_history_index_reads_only_what_was_appended(tmp_path: Path, monkeypatch:
                                                           "attempts": 1})])
     offsets = []
     real = queuectl._regions
-    monkeypatch.setattr(queuectl, "_regions", lambda path, offset: offsets.append(offset) or real(path, offset))
+    monkeypatch.setattr(queuectl, "_regions",
+                        lambda handle, offset, *end: offsets.append(offset) or real(handle, offset, *end))
     fresh = queuectl.Store(str(tmp_path))
     assert fresh.history_count("completed") == 1001
     assert fresh.ids_in_history(["late", "h7", "nope"]) == {"late": "completed", "h7": "completed"}
@@ -237,12 +238,19 @@ def test_jobs_finished_since_a_time_are_read_from_the_end_of_the_file(tmp_path: 
     jobs = finished_history(tmp_path, 20_000)
     store = queuectl.Store(str(tmp_path))
     read = []
-    real = store._read_backwards
-    monkeypatch.setattr(store, "_read_backwards", lambda *args: read.append(real(*args)) or read[-1])
+    real = queuectl.HistoryView.backward
+
+    def backward(view: queuectl.HistoryView, name: str):
+        for job in real(view, name):
+            read.append(job)
+            yield job
+
+    monkeypatch.setattr(queuectl.HistoryView, "backward", backward)
+    monkeypatch.setattr(queuectl.HistoryView, "forward", lambda *args: pytest.fail("read from the start"))
     since = time.time() - 3600
     assert sorted(j["id"] for j in store.finished_jobs(since)) == sorted(
         j["id"] for j in jobs if queuectl._epoch(j["finished_at"]) >= since)
-    assert 3600 <= len(read[0]) <= 3600 + 302  # the hour, and the 5 minutes of slack it reads beyond it
+    assert 3600 <= len(read) <= 3600 + 302  # the hour, and the 5 minutes of slack it reads beyond it
 
 
 def test_a_history_file_in_another_layout_is_read_whole_and_still_right(tmp_path: Path) -> None:
