@@ -176,8 +176,9 @@ def test_a_reader_of_the_history_holds_no_lock_while_it_reads(queue: Queue, tmp_
 
 def test_purge_while_workers_append_loses_no_job(queue: Queue, tmp_path: Path) -> None:
     """Workers finish jobs (appending to processed.json) all through a purge that copies the
-    history without the lock: the old jobs go, every new one stays, none twice."""
-    old = finished(60_000, age_days=30)  # a few MB: the copy takes a while
+    history without the lock: the purge is held in the middle of its copy while they append
+    hundreds of results, then goes on. The old jobs go, every new one stays, none twice."""
+    old = finished(60_000, age_days=30)
     write_history(queue.home, old)
     fast(queue)
     queue.ok("status")
@@ -194,10 +195,18 @@ def test_purge_while_workers_append_loses_no_job(queue: Queue, tmp_path: Path) -
 
     workers = [queue.start_worker("--count", "2", "--burst", log=tmp_path / f"w{n}.out") for n in range(2)]
     wait_until(lambda: finished_new() >= 20, 30, what="workers to finish jobs")
-    purged = queue.ok("purge", "--older-than", "1d", "--yes", timeout=120)
-    assert "Purged 60000 job(s)" in purged, purged
-    assert len(json.loads((queue.home / "processed.json").read_text())) < len(new), \
-        "the workers had finished before the purge did: nothing was appended during it"
+    reading, go = tmp_path / "reading", tmp_path / "go"
+    script = PAUSED_READER.format(root=str(ROOT), reading=str(reading), go=str(go), home=str(queue.home))
+    purge = subprocess.Popen([sys.executable, "-c", script, "purge", "--older-than", "1d", "--yes"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    queue.procs.append(purge)
+    wait_until(reading.exists, 15, what="the purge to start copying")
+    before = finished_new()
+    wait_until(lambda: finished_new() >= before + 200, 30, what="workers to finish 200 jobs during the purge")
+    go.touch()
+    out, err = purge.communicate(timeout=120)
+    assert purge.returncode == 0, err.decode()
+    assert b"Purged 60000 job(s)" in out, out
     for worker in workers:
         assert worker.wait(timeout=60) == 0
     done = json.loads((queue.home / "processed.json").read_text())
