@@ -497,6 +497,11 @@ def atomic_write(path: str, data: bytes | list[bytes], durable: bool = True, syn
         _fsync_dir(os.path.dirname(path) or ".")
 
 
+def new_private_file(path: str) -> Any:
+    """A new (or emptied) file only its owner can read, open for writing bytes."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600), "wb")
+
+
 def dump_line(job: dict[str, Any]) -> str:
     """One job per line, id first, so an id can be found without parsing."""
     return json.dumps(job, ensure_ascii=False, separators=(",", ":"))
@@ -804,29 +809,39 @@ _HISTORY_LINE = re.compile(rb'\n\{"id":"([^"\\]*)"')
 
 
 def load_history_indexes(path: str) -> dict[str, HistoryIndex]:
-    """history.idx: {file name: {inode, size, jobs, check, bits (base64)}}; anything unreadable is ignored."""
+    """history.idx: one JSON line {file name: {inode, size, jobs, check, mtime, bits: [offset,
+    length]}}, then the Bloom filters' bytes, raw (a million jobs' filter is 2 MB: as base64 in
+    JSON it cost more to write than the update it records). The previous release's all-JSON
+    file (bits in base64) is read too; anything unreadable is ignored."""
     import base64
 
     try:
         with open(path, "rb") as handle:
-            raw = json.loads(handle.read())
-        indexes = {name: HistoryIndex(int(v["inode"]), int(v["size"]), int(v["jobs"]),
-                                      bytearray(base64.b64decode(v["bits"])), int(v["check"]), int(v["mtime"]))
+            data = handle.read()
+        meta, _, blobs = data.partition(b"\n")
+        raw = json.loads(meta if blobs or meta.startswith(b'{"format"') else data)
+        if raw.pop("format", None) == 2:
+            bits = {name: bytearray(blobs[v["bits"][0]:v["bits"][0] + v["bits"][1]]) for name, v in raw.items()}
+        else:
+            bits = {name: bytearray(base64.b64decode(v["bits"])) for name, v in raw.items()}
+        indexes = {name: HistoryIndex(int(v["inode"]), int(v["size"]), int(v["jobs"]), bits[name], int(v["check"]),
+                                      int(v["mtime"]))
                    for name, v in raw.items() if name in HISTORY_FILE_OF.values() and v.get("hash") == "blake2b"}
         if any(len(i.bits) < 8 or len(i.bits) & (len(i.bits) - 1) for i in indexes.values()):
             return {}
         return indexes
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return {}
 
 
-def dump_history_indexes(indexes: dict[str, HistoryIndex]) -> bytes:
-    import base64
-
-    return json.dumps({name: {"hash": "blake2b", "inode": i.inode, "size": i.size, "jobs": i.jobs,
-                              "check": i.check, "mtime": i.mtime,
-                              "bits": base64.b64encode(bytes(i.bits)).decode()}
-                       for name, i in indexes.items()}).encode()
+def dump_history_indexes(indexes: dict[str, HistoryIndex]) -> list[bytes]:
+    meta: dict[str, Any] = {"format": 2}
+    offset = 0
+    for name, i in indexes.items():
+        meta[name] = {"hash": "blake2b", "inode": i.inode, "size": i.size, "jobs": i.jobs, "check": i.check,
+                      "mtime": i.mtime, "bits": [offset, len(i.bits)]}
+        offset += len(i.bits)
+    return [json.dumps(meta).encode() + b"\n", *(bytes(i.bits) for i in indexes.values())]
 
 
 # Positions: <history file>.pos (processed.pos beside processed.json), a cache like history.idx.
@@ -1163,7 +1178,8 @@ class Store:
         self._home_ready = False
         self._pinned: int | None = None
         self._indexes: dict[str, HistoryIndex] | None = None
-        self._prepared: dict[str, tuple[HistoryIndex, bytes]] = {}  # prepare_history's scans
+        self._prepared: dict[str, tuple[HistoryIndex, str]] = {}  # prepare_history's scans, their positions
+        self._indexes_changed = False  # history.idx is behind self._indexes
         self._checked_text: tuple[tuple[int, int, int], str | None] | None = None
 
     # -- paths, lock and files --------------------------------------------
@@ -1369,12 +1385,13 @@ class Store:
         the lock held; read the view after releasing it)."""
         view = HistoryView()
         for name in HISTORY_FILE_OF.values():
-            index = self._history_index(name)
+            index = self._history_index(name, save=False)
             if index.size:
                 view.add(name, self.path(name), index, self.path(positions_file(name)))
+        self._save_indexes()
         return view
 
-    def _history_index(self, name: str) -> HistoryIndex:
+    def _history_index(self, name: str, save: bool = True) -> HistoryIndex:
         """The index of a history file, brought up to date by reading only the
         bytes appended since it was last indexed (all of a file that changed
         in any other way). The scan also checks the file's shape; a file of
@@ -1390,34 +1407,48 @@ class Store:
         except OSError as error:
             raise QueueError(f"cannot read {path}: {error.strerror}.") from None
         index = self._indexes.get(name)
-        earlier = b""  # the records of a scan prepare_history made without the lock, if it still fits
+        ready = None  # the positions file of a scan prepare_history made without the lock, if it still fits
         if index is not None and index.fits(path, st) and self._positions_cover(name, index):
             if index.size == st.st_size:
                 return index
         else:
-            index, earlier = self._prepared.pop(name, (None, b""))
+            index, ready = self._prepared.pop(name, (None, None))
             if index is not None and not index.fits(path, st):
-                index, earlier = None, b""
+                _quietly(lambda: os.unlink(ready))
+                index, ready = None, None
         scanned = (index, b"") if index is not None and index.size == st.st_size else _scan_into(path, index)
         if scanned is None:
             self._repair_history(name, relayout=True)  # raises, or rewrites the file whole
-            index, earlier = None, b""
+            index, ready = None, None
             scanned = _scan_into(path, None)
             if scanned is None:
                 raise CorruptFileError(path, "it does not hold one job per line")
         updated, records = scanned
-        if updated.jobs * POSITION_SIZE == len(records):  # the scan started over: it has them all
-            earlier = b""
-        self._save_positions(name, updated, earlier + records, fresh=index is None or bool(earlier)
-                             or updated.jobs * POSITION_SIZE == len(records))
-        self._indexes[name] = updated
-        if os.path.isdir(self.home):
+        fresh = index is None or updated.jobs * POSITION_SIZE == len(records)  # a scan that started over
+        if ready and not fresh:
             try:
-                atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes), durable=False,
-                             sync=False)
+                with open(ready, "ab") as handle:
+                    handle.write(records)
+                replace_with_retry(ready, self.path(positions_file(name)))
             except OSError:
-                pass  # only a cache
+                _quietly(lambda: os.unlink(ready))
+        else:
+            if ready:
+                _quietly(lambda: os.unlink(ready))
+            self._save_positions(name, updated, records, fresh)
+        self._indexes[name] = updated
+        self._indexes_changed = True
+        if save:
+            self._save_indexes()
         return updated
+
+    def _save_indexes(self) -> None:
+        """Write history.idx if an index changed (a cache: not fsynced, and a failure only means
+        the next command scans again)."""
+        if self._indexes_changed and self._indexes is not None and os.path.isdir(self.home):
+            self._indexes_changed = False
+            _quietly(lambda: atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
+                                          durable=False, sync=False))
 
     def prepare_history(self) -> None:
         """Index, without the lock, a history file whose caches are missing or out of date (a
@@ -1438,8 +1469,26 @@ class Store:
                 scanned = _scan_into(path, None)
             except OSError:
                 continue
-            if scanned is not None:  # (a file in another layout is for the locked scan to repair)
-                self._prepared[name] = scanned
+            if scanned is None:  # (a file in another layout is for the locked scan to repair)
+                continue
+            # Its positions too: written (and fsynced) here, renamed into place under the lock.
+            index, records = scanned
+            ready = f"{self.path(positions_file(name))}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                with new_private_file(ready) as handle:
+                    handle.write(positions_header(index.inode) + records)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError:
+                _quietly(lambda ready=ready: os.unlink(ready))
+                continue
+            self._prepared[name] = (index, ready)
+
+    def discard_prepared(self) -> None:
+        """Remove the positions files prepare_history wrote that no locked update took."""
+        for _, ready in self._prepared.values():
+            _quietly(lambda ready=ready: os.unlink(ready))
+        self._prepared = {}
 
     def _positions_cover(self, name: str, index: HistoryIndex) -> bool:
         """Does the positions file belong to this history file and hold the index's records?"""
@@ -2260,7 +2309,7 @@ class Store:
                 scanned = _scan_into(tmp, None, room=index.jobs)
                 if scanned is None:
                     raise CorruptFileError(path, "it changed while it was purged")
-                with open(tmp + ".pos", "wb") as positions:  # (fsynced with the data: see _put_purged_file)
+                with new_private_file(tmp + ".pos") as positions:  # (fsynced like the data it indexes)
                     positions.write(positions_header(scanned[0].inode) + scanned[1])
                     positions.flush()
                     os.fsync(positions.fileno())
@@ -2290,8 +2339,8 @@ class Store:
         queue.json holds an older copy of (id -> the purged copy's updated_at)."""
         removed = 0
         stale: dict[str, float] = {}
-        out = open(tmp, "wb") if tmp else None
-        ids = open(gone_ids, "wb") if tmp else None
+        out = new_private_file(tmp) if tmp else None
+        ids = new_private_file(gone_ids) if tmp else None
         try:
             first = True
             if out:
@@ -2354,8 +2403,8 @@ class Store:
         if self._indexes is None:
             self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
         self._indexes[name] = index
-        _quietly(lambda: atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
-                                      durable=False, sync=False))
+        self._indexes_changed = True
+        self._save_indexes()
 
     def _remove_purged_logs(self, gone_ids: str) -> None:
         """Remove the logs of purged jobs that no copy is left of. Most jobs have none (a silent
@@ -5842,6 +5891,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.strerror or error}{where}.", file=sys.stderr)
         return 1
     finally:
+        store.discard_prepared()
         flush_warnings(store)
 
 

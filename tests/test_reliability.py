@@ -612,6 +612,10 @@ def test_the_data_folder_and_every_file_in_it_are_private(queue: Queue, tmp_path
     assert {name: mode.get(name) for name in expected} == expected
     public = {name: oct(m) for name, m in mode.items() if m & 0o077}
     assert public == {}, f"readable by others: {public}"
+    queue.ok("--home", str(home), "purge", "--state", "dead", "--yes")  # writes a new failed.json beside the old
+    mode = {str(p.relative_to(home)): p.stat().st_mode & 0o777 for p in [home, *home.rglob("*")]}
+    assert mode["failed.json"] == mode["failed.pos"] == 0o600
+    assert {name: oct(m) for name, m in mode.items() if m & 0o077} == {}
 
     during = json.loads(seen.read_text())  # workers/ while the probe job ran
     assert during.pop(".") == 0o700
