@@ -989,6 +989,16 @@ def _finished_since(newest_first: Iterable[dict[str, Any]], since: float) -> Ite
             return
 
 
+def text_hint(text: str) -> bytes | None:
+    """Bytes that every ASCII history line whose job contains `text` (in any case) holds when
+    lowercased, so such lines without them need no parsing (a line with other characters is
+    parsed anyway: "K", the Kelvin sign, lowercases to "k"); None when there are no such bytes:
+    a non-ASCII text, or one with characters JSON escapes."""
+    if not text.isascii() or any(c in text for c in '"\\') or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return None
+    return text.lower().encode()
+
+
 class HistoryView:
     """The history files as they were when Store.history_view took it, under the lock, to be
     read after the lock is released, while workers go on appending. A history file changes
@@ -1097,23 +1107,27 @@ class HistoryView:
                     at = region.find(needle, at + 1)
         return lines
 
-    def forward(self, name: str) -> Iterator[dict[str, Any]]:
-        """The jobs of one history file, oldest first, a megabyte at a time."""
-        return (job for job, _ in self.lines(name))
+    def forward(self, name: str, hint: bytes | None = None) -> Iterator[dict[str, Any]]:
+        """The jobs of one history file, oldest first, a megabyte at a time; with a hint, only
+        those whose line holds it in any case (see text_hint), which are not parsed otherwise."""
+        return (job for job, _ in self.lines(name, hint))
 
-    def lines(self, name: str) -> Iterator[tuple[dict[str, Any], bytes]]:
+    def lines(self, name: str, hint: bytes | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
         """(job, its line as written, without the comma) of one history file, oldest first."""
         if name not in self.files:
             return
         handle, end, _, _ = self.files[name]
         for _, region in _regions(handle, 0, end):
+            if hint is not None and hint not in region.lower() and region.isascii():
+                continue
             for line in region.split(b"\n"):
-                if line and line != b"[":
+                if line and line != b"[" and (hint is None or hint in line.lower() or not line.isascii()):
                     line = line[:-1] if line.endswith(b",") else line
                     yield self._checked(name, line), line
 
-    def backward(self, name: str) -> Iterator[dict[str, Any]]:
-        """The jobs of one history file, newest first, a megabyte at a time from its end."""
+    def backward(self, name: str, hint: bytes | None = None) -> Iterator[dict[str, Any]]:
+        """The jobs of one history file, newest first, a megabyte at a time from its end (a hint
+        as for forward)."""
         if name not in self.files:
             return
         handle, position, _, _ = self.files[name]
@@ -1124,7 +1138,7 @@ class HistoryView:
             lines = (handle.read(position - start) + carry).split(b"\n")
             carry, position = (lines.pop(0) if start else b""), start
             for line in reversed(lines):
-                if line and line != b"[":
+                if line and line != b"[" and (hint is None or hint in line.lower() or not line.isascii()):
                     yield self._checked(name, line)
 
     def _checked(self, name: str, line: bytes) -> dict[str, Any]:
@@ -1741,11 +1755,13 @@ class Store:
             self._append_queue(jobs)
 
     def jobs(self, state: str | None = None, limit: int | None = None,
-             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
+             hint: bytes | None = None) -> list[dict[str, Any]]:
         """Jobs in one state, or all of them (active first, then the history, oldest first or
-        newest first), those `where` accepts, up to `limit`. A job that a crash left in two
-        files is shown once, as its latest copy. The history is read after the lock is
-        released, only as far as the limit needs."""
+        newest first), those `where` accepts, up to `limit`; `hint` (text_hint) lets history
+        lines that cannot match go unparsed. A job that a crash left in two files is shown
+        once, as its latest copy. The history is read after the lock is released, only as far
+        as the limit needs."""
         history_states = FINISHED_STATES if state is None else (state,) if state in FINISHED_STATES else ()
         with self.locked(write=False):
             listed = [] if state in FINISHED_STATES else self._active(state, None if where else limit)
@@ -1757,7 +1773,7 @@ class Store:
                 if limit is not None and len(result) >= limit:
                     break
                 name = HISTORY_FILE_OF[history_state]
-                jobs = view.backward(name) if newest_first else view.forward(name)
+                jobs = view.backward(name, hint) if newest_first else view.forward(name, hint)
                 for batch in _batches(job for job in jobs if where is None or where(job)):
                     result.extend(self._latest_only(batch, history_state, active, view))
                     if limit is not None and len(result) >= limit:
@@ -5059,7 +5075,8 @@ def dashboard_jobs(store: Store, state: str | None, query: str, limit: int) -> l
                 or needle in str(job.get("error") or "").lower())
 
     # Read only as far as the page needs: finished jobs from the end of their file.
-    return store.jobs(state, limit, where=matches if query else None, newest_first=state in FINISHED_STATES)
+    return store.jobs(state, limit, where=matches if query else None, newest_first=state in FINISHED_STATES,
+                      hint=text_hint(query) if query else None)
 
 
 def job_detail(store: Store, job_id: str) -> dict[str, Any] | None:

@@ -237,3 +237,21 @@ def test_percentiles_of_many_numbers_are_exact_without_sorting_them_all() -> Non
     got = queuectl.percentiles(array("d", values), 0.5, 0.95, 0.0, 1.0)
     assert got == [ordered[74_999], ordered[142_499], ordered[0], ordered[-1]]
     assert queuectl.percentiles(array("d"), 0.5) == [None]
+
+
+def test_a_text_filter_skips_unparsed_only_lines_that_cannot_match(tmp_path: Path) -> None:
+    jobs = finished(3000)
+    jobs[10]["command"] = "echo Ｋ ＫELVIN \u212aelvin"  # the Kelvin sign lowercases to an ASCII k
+    jobs[20]["error"] = 'said "quoted" \\ back'
+    jobs[2990]["command"] = "echo Needle"
+    write_history(tmp_path, jobs)
+    store = queuectl.Store(str(tmp_path))
+
+    def page(query: str) -> list[str]:
+        return [job["id"] for job in queuectl.dashboard_jobs(store, "completed", query, 5)]
+
+    assert page("kelvin") == ["h000010"]
+    assert page('"quoted"') == ["h000020"] and queuectl.text_hint('"quoted"') is None
+    assert page("needle") == ["h002990"]
+    assert page("ECHO 299") == [f"h00{n}" for n in range(2999, 2994, -1)]
+    assert page("nothing like it") == []
