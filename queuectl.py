@@ -3077,7 +3077,6 @@ class Runner:
         self._free: list[tuple[str, Any]] = []
         self._held: dict[tuple[str, int], tuple[str, Any]] = {}
         self._made = 0
-        self.retired: dict[str, int] = {}  # late output files -> how much of them is freed (cap_late_output)
         store.ensure_folder(LOGS_DIR)
         store.ensure_folder(WORKERS_DIR)
 
@@ -3237,33 +3236,26 @@ class Runner:
         late = os.path.join(self.logs, LATE_DIR, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.{end}.late.log")
         _quietly(lambda: make_private_folders(os.path.dirname(late)))
         _quietly(lambda: os.replace(path, late))
-        with self._lock:
-            self.retired[late] = 0
 
     def cap_late_output(self, limit: int, platform: str = sys.platform) -> None:
-        """Keep the late output files this worker retired within `limit` bytes on disk (Linux):
-        the processes that write them hold them open and write at their own offsets, so the
-        blocks before the newest `limit` bytes are freed in place (a hole), not cut off. (The
-        attempt's own output before the file's offset is in the log already.) A file that was
-        removed is forgotten."""
+        """Keep every late output file in logs/late/ within `limit` bytes on disk (Linux), whichever
+        worker retired it: the processes that write them hold them open and write at their own
+        offsets, so the blocks before the newest `limit` bytes are freed in place (a hole), not cut
+        off. (The attempt's own output before the file's offset is in the log already.)"""
         if platform != "linux":
             return
-        with self._lock:
-            retired = list(self.retired.items())
-        for path, freed in retired:
-            try:
-                fd = os.open(path, os.O_WRONLY)
-            except OSError:
-                with self._lock:
-                    self.retired.pop(path, None)
-                continue
-            try:
-                cut = (os.fstat(fd).st_size - limit) // 4096 * 4096
-                if cut > freed and punch_hole(fd, cut, platform):
-                    with self._lock:
-                        self.retired[path] = cut
-            finally:
-                os.close(fd)
+        for late in self.store.late_files().values():
+            for _, path, _ in late:
+                try:
+                    fd = os.open(path, os.O_WRONLY)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    if st.st_blocks * 512 > limit + 2 * 4096:
+                        punch_hole(fd, (st.st_size - limit) // 4096 * 4096, platform)
+                finally:
+                    os.close(fd)
 
     def close(self, remove_files: bool = True) -> None:
         """At exit: close this process's scratch files, and remove them unless recovery will need them."""
@@ -4157,11 +4149,10 @@ class WorkerPool:
     def _heartbeat_loop(self) -> None:
         while not self.heartbeat_stop.wait(self._heartbeat_interval()):
             self._heartbeat_once()
-            if self.runner.retired:
-                try:
-                    self.runner.cap_late_output(int(self.store.config()["log_max_bytes"]))
-                except (OSError, QueueError):
-                    pass  # tried again at the next beat
+            try:
+                self.runner.cap_late_output(int(self.store.config()["log_max_bytes"]))
+            except (OSError, QueueError):
+                pass  # tried again at the next beat
 
     def _heartbeat_interval(self) -> float:
         """A quarter of the lease (re-read every beat, so a shorter lease applies at once)."""
@@ -4596,6 +4587,7 @@ def _show_output(handle: Any, start: int, end: int, tail: int | None, limit: int
         if tail is None:
             print(f"=== {cut - start} bytes of older output removed (log_max_bytes)")
         start = cut
+    start = min(first_data(handle, start), end)  # past a hole that capping late output on disk left
     if _print_bytes(handle, _tail_start(handle, start, end, tail), end):
         print()
 
@@ -4612,7 +4604,7 @@ def _show_attempt(attempt: Attempt, tail: int | None, late: dict[int, tuple[str,
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 print(f"=== output written after attempt {record.number} ended, by processes it left running:")
-                _show_output(handle, min(first_data(handle, offset), size), size, tail, limit)
+                _show_output(handle, min(offset, size), size, tail, limit)
         except OSError:
             pass
 
