@@ -105,7 +105,28 @@ class QueueError(Exception):
         self.exit_code = exit_code
 
 
-class CorruptFileError(QueueError):
+class NoSuchJob(QueueError):
+    """No job has this id (anywhere in the queue or its history)."""
+
+
+class JobExists(QueueError):
+    """The id asked for is taken, by an active or a finished job."""
+
+
+class StoreError(QueueError):
+    """Where the queue lives cannot do what was asked: its state is damaged, its lock is held
+    too long, or it cannot be reached. Nothing was changed."""
+
+
+class StoreUnavailable(StoreError):
+    """The queue cannot be reached at all (a location no store can open, a server that is down)."""
+
+
+class LockTimeout(StoreError):
+    """Another process has held the queue's lock for longer than LOCK_TIMEOUT."""
+
+
+class CorruptFileError(StoreError):
     """A state file that does not parse; it is never overwritten."""
 
     def __init__(self, path: str, detail: str) -> None:
@@ -1745,12 +1766,12 @@ class Store:
             active = {job["id"]: job["state"] for job in self._active(ids=seen)}
             for job in jobs:
                 if job["id"] in active:
-                    raise QueueError(f"job {job['id']!r} already exists ({active[job['id']]}, in "
+                    raise JobExists(f"job {job['id']!r} already exists ({active[job['id']]}, in "
                                      f"{QUEUE_FILE}); nothing was enqueued.")
             taken = self.ids_in_history(list(seen))
             if taken:
                 job_id, state = next(iter(taken.items()))
-                raise QueueError(f"job {job_id!r} already exists ({state}, in "
+                raise JobExists(f"job {job_id!r} already exists ({state}, in "
                                  f"{HISTORY_FILE_OF[state]}); nothing was enqueued.")
             self._append_queue(jobs)
 
@@ -2195,8 +2216,9 @@ class Store:
                     if where is None:
                         found = self.find_in_history(job_id)
                         where = found[0] if found else None
-                    raise QueueError(f"job {job_id!r} is not in the DLQ"
-                                     + (f" (it is {where})." if where else " (no such job)."))
+                    if where is None:
+                        raise NoSuchJob(f"job {job_id!r} is not in the DLQ (no such job).")
+                    raise QueueError(f"job {job_id!r} is not in the DLQ (it is {where}).")
             if not ids:
                 if len(dead) != len(listed):
                     self._write(FAILED_FILE, render_array([dump_line(job).encode("utf-8") for job in dead]))
@@ -2719,10 +2741,6 @@ def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at
     return fresh
 
 
-class LockTimeout(Exception):
-    pass
-
-
 def _write_at(fd: int, offset: int, data: bytes) -> None:
     """Cut a file at offset and write data there."""
     os.ftruncate(fd, offset)
@@ -2752,10 +2770,22 @@ def make_file_lock(path: str, platform: str = sys.platform) -> Any:
     more than Python's own start-up, and every one-shot command would pay it.
     """
     if platform == "win32":
-        from filelock import FileLock
-
-        return FileLock(path, timeout=LOCK_TIMEOUT, mode=0o600)
+        return _windows_lock_class()(path, timeout=LOCK_TIMEOUT, mode=0o600)
     return PosixFileLock(path)
+
+
+def _windows_lock_class() -> type:
+    """filelock.FileLock, with its Timeout told as LockTimeout (filelock is imported only here)."""
+    from filelock import FileLock, Timeout
+
+    class WindowsFileLock(FileLock):
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().acquire(*args, **kwargs)
+            except Timeout:
+                raise LockTimeout(self.lock_file) from None
+
+    return WindowsFileLock
 
 
 # flock(2) on a folder fails with these where locks are emulated with fcntl
@@ -2856,9 +2886,9 @@ class _Locked:
                 store._file_lock().acquire()
             except Exception as error:
                 store._thread_lock.release()
-                if isinstance(error, LockTimeout) or type(error).__name__ == "Timeout":
-                    raise QueueError(f"the queue in {store.home} is locked by another queuectl process "
-                                     f"for more than {LOCK_TIMEOUT:.0f} s; try again.") from None
+                if isinstance(error, LockTimeout):
+                    raise LockTimeout(f"the queue in {store.home} is locked by another queuectl process "
+                                      f"for more than {LOCK_TIMEOUT:.0f} s; try again.") from None
                 if isinstance(error, OSError):
                     raise QueueError(f"cannot lock the queue in {store.home}: {error.strerror}.") from None
                 raise
@@ -4260,7 +4290,41 @@ def validate_config_value(name: str, value: Any) -> Any:
 
 
 def home_dir(args: argparse.Namespace) -> str:
+    """Where the queue lives: --home, else QUEUECTL_HOME, else the current folder."""
     return args.home or os.environ.get("QUEUECTL_HOME") or os.getcwd()
+
+
+# URL schemes and the store that opens a queue at such a URL ("module:class", imported only then).
+STORES = {"postgresql": "queuectl_pg:PostgresStore", "postgres": "queuectl_pg:PostgresStore"}
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def open_store(location: str) -> Store:
+    """The store of a queue: a folder (any path), or a URL whose scheme names a store in STORES."""
+    scheme = _SCHEME.match(location)
+    if scheme is None:
+        if os.path.exists(location) and not os.path.isdir(location):
+            raise StoreUnavailable(f"the data folder {location} is a file, not a folder.")
+        return Store(location)
+    name = scheme.group(1).lower()
+    if name not in STORES:
+        known = ", ".join(f"{key}://" for key in STORES)
+        raise StoreUnavailable(f"{redact(location)}: no queuectl store for {name}:// addresses; a queue lives in a "
+                               f"folder (a path) or at {known}.")
+    module_name, _, class_name = STORES[name].partition(":")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # not installed, or broken: one sentence either way
+        raise StoreUnavailable(f"a queue at a {name}:// address needs the {module_name} module, which this "
+                               f"installation cannot import ({error}).") from None
+    return getattr(module, class_name)(location)
+
+
+def redact(location: str) -> str:
+    """A location fit to print: the password of a URL replaced by ***."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", location)
 
 
 def normalize_state(text: str) -> str:
@@ -4480,7 +4544,7 @@ def _terminal_width() -> int:
 def cmd_show(args: argparse.Namespace, store: Store) -> int:
     job = store.get(args.id)
     if job is None:
-        raise QueueError(f"no job with id {args.id!r}.")
+        raise NoSuchJob(f"no job with id {args.id!r}.")
     if args.json:
         print_json(job)
         return 0
@@ -4646,7 +4710,7 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
         raise QueueError("--attempt must be 1 or more.")
     job = store.get(args.id)
     if job is None:
-        raise QueueError(f"no job with id {args.id!r}.")
+        raise NoSuchJob(f"no job with id {args.id!r}.")
     if args.attempt is not None and args.attempt > job["attempts"] and not args.follow:
         raise QueueError(f"job {args.id!r} has run {job['attempts']} attempt(s), not {args.attempt}.")
     attempts, late = read_log(store, args.id)
@@ -4996,7 +5060,7 @@ def cmd_wait(args: argparse.Namespace, store: Store) -> int:
         known = store.states_of(ids)
         unknown = [job_id for job_id in ids if job_id not in known]
         if unknown:
-            raise QueueError(f"no job with id {unknown[0]!r}.")
+            raise NoSuchJob(f"no job with id {unknown[0]!r}.")
     else:
         ids = [job["id"] for job in store.active_jobs()]
         if not ids:
@@ -5314,19 +5378,22 @@ def make_dashboard_handler() -> type:
                 self._json(404, {"error": "no such action"})
                 return
             job_id = parts[2]
-            job = store.get(job_id)
-            if job is None:
-                self._json(404, {"error": f"no job with id {job_id!r}"})
-            elif parts[3] == "retry" and job["state"] != "dead":
-                self._json(409, {"error": f"job {job_id!r} is not in the DLQ (it is {job['state']})"})
-            elif parts[3] == "retry":
-                self._json(200, {"requeued": store.dlq_retry([job_id])})
-            else:
+            try:  # the store decides, under its lock: what a job is now may differ from what the page showed
+                if parts[3] == "retry":
+                    self._json(200, {"requeued": store.dlq_retry([job_id])})
+                    return
                 what, state = store.cancel([job_id])[job_id]
-                if what == "finished":
-                    self._json(409, {"error": f"job {job_id!r} has already finished ({state})"})
-                else:
-                    self._json(200, {"result": what, "was": state})
+            except NoSuchJob:
+                what = "unknown"
+            except QueueError as error:
+                self._json(409, {"error": str(error).rstrip(".")})
+                return
+            if what == "unknown":
+                self._json(404, {"error": f"no job with id {job_id!r}"})
+            elif what == "finished":
+                self._json(409, {"error": f"job {job_id!r} has already finished ({state})"})
+            else:
+                self._json(200, {"result": what, "was": state})
 
     return DashboardHandler
 
@@ -5898,10 +5965,12 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         return unrecognized(parser, args, extra)
-    store = Store(home_dir(args))
     try:
-        if os.path.exists(store.home) and not os.path.isdir(store.home):
-            raise QueueError(f"the data folder {store.home} is a file, not a folder.")
+        store = open_store(home_dir(args))
+    except QueueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    try:
         store.config()  # a damaged config.json stops every command, not only some
         store.prepare_history()
         return args.handler(args, store)
@@ -5939,4 +6008,7 @@ def main_entry() -> None:
 
 
 if __name__ == "__main__":
+    # Run as `python queuectl.py`, this file is the module __main__: a store module that imports
+    # queuectl must get this one, not a second copy with classes of its own.
+    sys.modules.setdefault("queuectl", sys.modules[__name__])
     main_entry()

@@ -701,3 +701,74 @@ def test_state_survives_a_new_process(queue):
     assert [(job["id"], job["priority"], job["state"]) for job in jobs] == [("a", 4, "pending"), ("b", 0, "pending")]
     assert jobs == queue.file("queue.json")
     assert queue.json("show", "a") == stored(queue, "a")
+
+
+# -- where the queue lives: a folder, or a URL naming a store --------------------------------
+
+
+def test_a_url_of_an_unknown_kind_is_refused_naming_the_known_ones_without_its_password(queue: Queue) -> None:
+    proc = queue.run("--home", "redis://bob:s3cret@localhost/0", "status")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == ("error: redis://bob:***@localhost/0: no queuectl store for redis:// addresses; a queue "
+                           "lives in a folder (a path) or at postgresql://, postgres://.\n")
+
+
+def test_a_store_module_that_cannot_be_imported_is_one_sentence(queue: Queue, monkeypatch) -> None:
+    import queuectl
+
+    monkeypatch.setitem(queuectl.STORES, "fake", "queuectl_no_such_module:FakeStore")
+    with pytest.raises(queuectl.StoreUnavailable) as raised:
+        queuectl.open_store("fake://alice:pw@host/q")
+    assert str(raised.value) == ("a queue at a fake:// address needs the queuectl_no_such_module module, which this "
+                                 "installation cannot import (No module named 'queuectl_no_such_module').")
+
+
+def test_a_store_module_gets_its_url_and_imports_the_running_queuectl(queue: Queue, tmp_path) -> None:
+    """Run as `python queuectl.py`, the store module's `import queuectl` must be this very module
+    (a second copy would have classes of its own). A stand-in queuectl_pg keeps a folder."""
+    (tmp_path / "queuectl_pg.py").write_text(
+        "import sys\n"
+        "import queuectl\n"
+        "assert queuectl is sys.modules['__main__'], 'a second copy of queuectl was imported'\n"
+        "class PostgresStore(queuectl.Store):\n"
+        "    def __init__(self, location):\n"
+        "        super().__init__(location.split('://', 1)[1])\n")
+    env = dict(queue.env(), PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, SCRIPT, "--home", f"postgresql://{queue.home}", "status"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert f"Data folder    : {queue.home}" in proc.stdout
+
+
+def test_a_file_where_the_data_folder_should_be_is_one_sentence(queue: Queue, tmp_path) -> None:
+    path = tmp_path / "not-a-folder"
+    path.write_text("x")
+    proc = queue.run("--home", str(path), "status")
+    assert proc.returncode == 1 and proc.stderr == f"error: the data folder {path} is a file, not a folder.\n"
+
+
+# Runs queuectl as `python queuectl.py ARGS` does, then prints which of the heavy modules it loaded.
+IMPORTS_AFTER = """
+import sys, runpy
+sys.argv = [{script!r}, *sys.argv[1:]]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit:
+    pass
+heavy = ("subprocess", "http.server", "filelock", "psycopg2", "psycopg", "socket", "asyncio", "ctypes")
+sys.stderr.write(" ".join(m for m in heavy if m in sys.modules) + "\\n")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="on Windows the lock is filelock's")
+@pytest.mark.parametrize("args", [["enqueue", "--id", "a", "--command", "true"], ["status"], ["list"],
+                                  ["list", "--state", "completed", "--limit", "5"], ["show", "a"],
+                                  ["--home", "redis://x", "status"]])
+def test_one_shot_commands_import_nothing_heavy(queue: Queue, args: list[str]) -> None:
+    """The start-up budget: a one-shot command pays for no subprocess, HTTP server, filelock
+    (POSIX), socket or database driver; a folder queue never imports a store module."""
+    if args[0] != "enqueue":
+        queue.ok("enqueue", "--id", "a", "--command", "true")
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_AFTER.format(script=SCRIPT), *args], capture_output=True,
+                          text=True, timeout=60, env=queue.env(), cwd=str(queue.home))
+    assert proc.stderr.splitlines()[-1] == "", f"{args} imported: {proc.stderr.splitlines()[-1]}"
