@@ -2504,7 +2504,7 @@ class Store:
         try:
             names = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
-            names = []
+            names = self._move_old_late_files(folder)
         found: dict[str, list[tuple[int, str, int]]] = {}
         for name in names:
             stem, _, rest = name[:-len(".late.log")].rpartition(".") if name.endswith(".late.log") else ("", "", "")
@@ -2514,6 +2514,33 @@ class Store:
         for late in found.values():
             late.sort()
         return found
+
+    def _move_old_late_files(self, folder: str) -> list[str]:
+        """The previous release kept late output in logs/ itself, as <id>.<attempt>[.<offset>].late.log:
+        move such files into logs/late/ (made now, so that this looks through logs/ only once).
+        Their writers keep writing into them: a rename does not change an open file."""
+        logs = self.path(LOGS_DIR)
+        try:
+            old = [name for name in os.listdir(logs) if name.endswith(".late.log")]
+            make_private_folders(folder)
+        except OSError:
+            return []  # no logs/ yet, or a folder we cannot write: nothing to move
+        moved = []
+        for name in old:
+            parts = name[:-len(".late.log")].rsplit(".", 2)
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                stem, attempt, offset = parts  # <id>.<attempt>.<offset>
+            elif len(parts) >= 2 and parts[-1].isdigit():
+                stem, attempt, offset = ".".join(parts[:-1]), parts[-1], "0"  # <id>.<attempt>, before offsets
+            else:
+                continue
+            new = f"{stem}.{attempt}.{offset}.late.log"
+            try:
+                os.replace(os.path.join(logs, name), os.path.join(folder, new))
+                moved.append(new)
+            except OSError:
+                pass  # another process moved it first
+        return moved
 
     def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
                     start: int, end: int, ending: str, counted: bool = True) -> bool:

@@ -488,6 +488,13 @@ class Bench:
 
         self.one_shot("enqueue_one_empty", "enqueue --id X --command true, empty folder",
                       into_empty, 1.5)
+
+        def as_script() -> list[str]:  # `python queuectl.py ...`: Python compiles a script on every run
+            home = self.ws.new_home("script")
+            os.makedirs(home)
+            return [PYTHON, SCRIPT, "--home", home, "enqueue", "--id", self.unique("one"), "--command", "true"]
+
+        self.one_shot("enqueue_one_script", "the same, run as python queuectl.py (not installed)", as_script, 3.0)
         loaded = self.shared_loaded_home()
         self.one_shot("enqueue_one_loaded", f"the same, {fmt_n(self.sizes['pending'])} pending + "
                       f"{fmt_n(self.sizes['history'])} completed",

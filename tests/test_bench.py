@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = str(ROOT / "bench" / "bench.py")
 
 SCENARIOS = {
-    "drain_small", "drain_large", "worker_overhead", "enqueue_one_empty", "enqueue_one_loaded",
+    "drain_small", "drain_large", "worker_overhead", "enqueue_one_empty", "enqueue_one_script", "enqueue_one_loaded",
     "enqueue_file", "status_loaded", "list_loaded", "worker_peak_memory",
 }
 HISTORY = {"show_first", "show_middle", "show_last", "logs_middle", "cancel_finished", "list_20",
