@@ -2381,7 +2381,7 @@ class Store:
                         for job_id in stale:
                             self._remove(job_id)
                         self._save_queue()
-                    self._put_purged_file(name, tmp, handle, end, scanned)
+                    self._put_purged_file(name, tmp, view, end, scanned)
             self._remove_purged_logs(gone_ids)
             return removed
         finally:
@@ -2424,16 +2424,21 @@ class Store:
                     handle.close()
         return removed, stale
 
-    def _put_purged_file(self, name: str, tmp: str, old: Any, end: int,
+    def _put_purged_file(self, name: str, tmp: str, view: HistoryView, end: int,
                          scanned: tuple[HistoryIndex, bytes]) -> None:
         """With the lock held: add to the purged copy what was appended to the file since it was
-        read, and the positions of those jobs to its positions file, and put both in place."""
+        read, and the positions of those jobs to its positions file, and put both in place (the
+        view is closed first: Windows cannot replace a file that is open)."""
         path = self.path(name)
         index = scanned[0]
+        old = view.files[name][0]
         appended = os.fstat(old.fileno()).st_size - 3 - end
+        tail = b""
         if appended > 0:
             old.seek(end)
             tail = old.read(appended)  # ",\n{...},\n{...}": the jobs that finished meanwhile
+        view.close()
+        if tail:
             with open(tmp, "r+b") as out:
                 size = os.fstat(out.fileno()).st_size
                 if size == 4:  # "[\n]\n": nothing was kept

@@ -255,3 +255,31 @@ def test_a_text_filter_skips_unparsed_only_lines_that_cannot_match(tmp_path: Pat
     assert page("needle") == ["h002990"]
     assert page("ECHO 299") == [f"h00{n}" for n in range(2999, 2994, -1)]
     assert page("nothing like it") == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see this process's open files")
+def test_purge_holds_no_file_open_that_it_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows cannot replace a file that is open, not even by the process that opened it."""
+    write_history(tmp_path, finished(3000))
+    store = queuectl.Store(str(tmp_path))
+    store.history_count("completed")
+    real = queuectl.replace_with_retry
+    replaced = []
+
+    def replace(src: str, dst: str, *args, **kwargs) -> None:
+        try:
+            target = os.stat(dst)
+        except FileNotFoundError:
+            target = None
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                st = os.stat(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            assert target is None or not os.path.samestat(st, target), f"{dst} is open while it is replaced"
+        replaced.append(os.path.basename(dst))
+        real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(queuectl, "replace_with_retry", replace)
+    assert store.purge(["completed"], time.time() - 20 * DAY, apply=True) == {"completed": 3000}
+    assert {"processed.json", "processed.pos"} <= set(replaced)
