@@ -1198,7 +1198,152 @@ class Outcome:
         self.warning: str | None = None  # e.g. its output could not be kept; never changes the result
 
 
-class Store:
+class BaseStore:
+    """Where a queue lives, in queue verbs: the contract that the command line, the worker and the
+    dashboard rely on. Every verb is atomic across processes (and, for a database, hosts): it sees
+    and leaves the queue whole. A store keeps the states, the history and each attempt's output;
+    the rules of what happens to a job are the same for every store (DESIGN.md's state table).
+    Store (the folder of JSON files) is the first; a new store implements every verb below and
+    is named in STORES. (Some verbs still say what the folder store does: `home`, `log_files`,
+    `live_output`, `keep_output`; see the issue "One Store interface".)"""
+
+    home: str  # where the queue lives, as the user named it
+    warnings: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
+
+    def prepare(self) -> None:
+        """Before the command's first verb: whatever can be done without holding anyone up."""
+
+    def close(self) -> None:
+        """After the command's last verb (connections, temporary files)."""
+
+    # -- the queue
+    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
+        """Add jobs, all or nothing; an id that exists anywhere raises JobExists."""
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """One job in its current state, or None."""
+        raise NotImplementedError
+
+    def jobs(self, state: str | None = None, limit: int | None = None,
+             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
+             hint: bytes | None = None) -> list[dict[str, Any]]:
+        """Jobs in one state or all (active first, then finished ones in the order they finished),
+        those `where` accepts, up to `limit`; `hint` (text_hint) may let a store skip rows."""
+        raise NotImplementedError
+
+    def newest(self, state: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` jobs to reach a finished state, newest first."""
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, and "scheduled": pending jobs whose run_at is still to come."""
+        raise NotImplementedError
+
+    def history_count(self, state: str) -> int:
+        """How many jobs are in one finished state."""
+        raise NotImplementedError
+
+    def states_of(self, ids: Iterable[str]) -> dict[str, str]:
+        """The current state of each of these jobs (an unknown id is left out)."""
+        raise NotImplementedError
+
+    def active_jobs(self) -> list[dict[str, Any]]:
+        """Every pending, processing and failed job."""
+        raise NotImplementedError
+
+    def finished_jobs(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Finished jobs (those that finished at `since` or later), one at a time."""
+        raise NotImplementedError
+
+    def cancel(self, ids: list[str], watch: HistoryWatch | None = None) -> dict[str, tuple[str, str]]:
+        """Cancel jobs: {id: (what happened, the state it was in)}; a running one is asked to stop."""
+        raise NotImplementedError
+
+    def dlq_retry(self, ids: list[str] | None) -> list[str]:
+        """Dead jobs (all when None) back to pending with attempts 0; the ids moved."""
+        raise NotImplementedError
+
+    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
+        """Finished jobs in these states that finished before `before`, counted per state; deleted
+        (with their output) when `apply`."""
+        raise NotImplementedError
+
+    def recover_orphans(self) -> list[dict[str, Any]]:
+        """Settle the jobs of workers that died; the jobs recovered."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The settings (DEFAULT_CONFIG, with what `config set` changed)."""
+        raise NotImplementedError
+
+    def set_config(self, key: str, value: Any) -> None:
+        """Change one setting (already validated)."""
+        raise NotImplementedError
+
+    def check_files(self) -> None:
+        """Raise StoreError now if the stored state is damaged, before a worker starts on it."""
+        raise NotImplementedError
+
+    # -- workers
+    def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
+                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+        """A worker's one transaction: record its outcomes, recover dead workers' jobs (when
+        `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to cancel)."""
+        raise NotImplementedError
+
+    def next_due(self) -> float | None:
+        """When the next claimable job is due (0: now), a hint that takes no lock."""
+        raise NotImplementedError
+
+    def queue_changed(self) -> bool:
+        """Has the queue changed since this process last looked (a hint that takes no lock)?"""
+        raise NotImplementedError
+
+    def has_retries_waiting(self) -> bool:
+        """Does a failed job wait for its retry?"""
+        raise NotImplementedError
+
+    def write_heartbeat(self, info: dict[str, Any]) -> None:
+        """Say this worker process is alive (info: host, pid, threads, started_at, heartbeat_at)."""
+        raise NotImplementedError
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker processes with their last heartbeat and whether they look alive."""
+        raise NotImplementedError
+
+    def remove_worker_files(self, host: str, pid: int) -> None:
+        """Forget a worker process that has stopped."""
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """Ask every running worker to stop after its running jobs."""
+        raise NotImplementedError
+
+    def stop_requested_at(self) -> float | None:
+        """When a stop was last asked for, or None."""
+        raise NotImplementedError
+
+    def clear_stop(self) -> None:
+        """The last worker has stopped: forget the request."""
+        raise NotImplementedError
+
+    # -- output (folder-shaped for now)
+    def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str, int]]]:
+        """Where a job's log and its late output are."""
+        raise NotImplementedError
+
+    def live_output(self, job: dict[str, Any]) -> str | None:
+        """Where a running attempt's output is being written, or None."""
+        raise NotImplementedError
+
+    def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
+                    start: int, end: int, ending: str, counted: bool = True) -> bool:
+        """Keep an attempt's output while the attempt is still this worker's claim; False if not."""
+        raise NotImplementedError
+
+
+class Store(BaseStore):
     """Every read and write of the state files, in queue verbs.
 
     queue.json holds active jobs (pending, processing, failed) and is replaced
@@ -1502,6 +1647,12 @@ class Store:
             self._indexes_changed = False
             _quietly(lambda: atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
                                           durable=False, sync=False))
+
+    def prepare(self) -> None:
+        self.prepare_history()
+
+    def close(self) -> None:
+        self.discard_prepared()
 
     def prepare_history(self) -> None:
         """Index, without the lock, a history file whose caches are missing or out of date (a
@@ -4331,7 +4482,7 @@ STORES = {"postgresql": "queuectl_pg:PostgresStore", "postgres": "queuectl_pg:Po
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def open_store(location: str) -> Store:
+def open_store(location: str) -> BaseStore:
     """The store of a queue: a folder (any path), or a URL whose scheme names a store in STORES."""
     scheme = _SCHEME.match(location)
     if scheme is None:
@@ -6004,7 +6155,7 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     try:
         store.config()  # a damaged config.json stops every command, not only some
-        store.prepare_history()
+        store.prepare()
         return args.handler(args, store)
     except QueueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -6019,7 +6170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.strerror or error}{where}.", file=sys.stderr)
         return 1
     finally:
-        store.discard_prepared()
+        store.close()
         flush_warnings(store)
 
 

@@ -260,3 +260,11 @@ def test_a_history_file_in_another_layout_is_read_whole_and_still_right(tmp_path
     assert store.newest("completed", 3) == jobs[::-1][:3]
     (tmp_path / "failed.json").write_text("[\n]\n")
     assert store.newest("dead", 3) == []
+
+
+def test_the_folder_store_implements_every_verb_of_the_store_contract() -> None:
+    verbs = [name for name, value in vars(queuectl.BaseStore).items() if callable(value) and not name.startswith("_")]
+    missing = [name for name in verbs if getattr(queuectl.Store, name) is getattr(queuectl.BaseStore, name)]
+    assert len(verbs) >= 30 and missing == [], missing
+    with pytest.raises(NotImplementedError):
+        queuectl.BaseStore().enqueue([])
