@@ -1198,6 +1198,99 @@ class Outcome:
         self.warning: str | None = None  # e.g. its output could not be kept; never changes the result
 
 
+# -- the rules: what becomes of a job, the same for every store (DESIGN.md's state table) ------
+# Each takes a job (a dict as stored) and returns the job it becomes; a store only keeps state.
+
+
+def released(job: dict[str, Any]) -> dict[str, Any]:
+    """The job without its worker's claim."""
+    return {key: value for key, value in job.items() if key not in ("pid", "host")}
+
+
+def uncounted(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as if its current attempt had never started: a claim ahead of time, a run killed
+    by a second Ctrl+C, a worker that gave it back unstarted."""
+    job = {key: value for key, value in job.items() if key != "started_at"}
+    job["attempts"] = max(0, job["attempts"] - 1)
+    return job
+
+
+def requeued(job: dict[str, Any], now: float, counted: bool) -> dict[str, Any]:
+    """Back to pending, due now; an attempt that never really ran is not counted."""
+    job = released(job if counted else uncounted(job))
+    job.update(state="pending", updated_at=iso(now))
+    return job
+
+
+def cancelled_job(job: dict[str, Any], now: float, error: str | None) -> dict[str, Any]:
+    """The job as recorded in cancelled.json: it is never run, or run again."""
+    job = {key: value for key, value in job.items() if key not in ("pid", "host", "run_at")}
+    job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
+    return job
+
+
+def out_of_attempts(job: dict[str, Any]) -> bool:
+    """Has the job used up its attempts (a job allows at least one)?"""
+    return job["attempts"] >= max(1, job.get("max_retries", 1))
+
+
+def settle_outcome(job: dict[str, Any], outcome: Outcome, config: dict[str, Any], now: float,
+                   chance: Callable[[], float]) -> tuple[dict[str, Any], str]:
+    """What an attempt's outcome makes of its claimed job: (the job, what happened), what being
+    "completed", "dead" or "cancelled" (finished), "failed" (its retry is scheduled), or the
+    outcome's kind, "released" or "interrupted" (back to pending, the attempt not counted).
+    A success stands even if a cancel came meanwhile: it finished first. `chance` is the dice
+    for config's failure_rate."""
+    cancel = outcome.kind == "cancelled" or "cancel_requested_at" in job
+    if outcome.kind not in ("ran", "cancelled"):  # never started, or killed by a second Ctrl+C
+        if cancel:
+            return cancelled_job(uncounted(job), now, "cancelled before it started"), "cancelled"
+        if outcome.kind == "interrupted":
+            job = dict(job, error=outcome.error or "interrupted by Ctrl+C; not counted as an attempt")
+        return requeued(job, now, counted=False), outcome.kind
+    job = released(job)
+    job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
+               error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
+    job.setdefault("first_started_at", job["started_at"])  # for `stats`: enqueue to first start
+    job.pop("warning", None)  # a warning belongs to the attempt that had it
+    if outcome.warning:
+        job["warning"] = outcome.warning
+    if outcome.duration is not None:
+        job["duration"] = round(outcome.duration, 3)
+    success = outcome.exit_code == 0 and outcome.error is None
+    if success and config["failure_rate"] and chance() < config["failure_rate"]:
+        success = False
+        job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
+    if success:
+        job.update(state="completed", finished_at=iso(now))
+        return job, "completed"
+    if cancel:  # never retried
+        return cancelled_job(job, now, f"cancelled; the attempt ended with {outcome.error}" if outcome.kind == "ran"
+                             else "cancelled while running; its process tree was killed"), "cancelled"
+    if out_of_attempts(job):
+        job.update(state="dead", finished_at=iso(now))
+        return job, "dead"
+    delay = backoff_delay(job["attempts"], config["backoff_base"], config["max_backoff"])
+    job.update(state="failed", run_at=iso(now + delay))
+    return job, "failed"
+
+
+def settle_orphan(job: dict[str, Any], started: bool, now: float) -> tuple[dict[str, Any], str]:
+    """What becomes of a job whose worker died: (the job, "cancelled", "dead" or "pending"). A run
+    that had started counts as an attempt (the crash may have been the job's doing); a job
+    claimed ahead and never started does not."""
+    if started:
+        job = dict(job, error=f"the worker (pid {job.get('pid')} on {job.get('host')}) died during attempt "
+                              f"{job['attempts']}", exit_code=None)
+    if "cancel_requested_at" in job:
+        return cancelled_job(job if started else uncounted(job), now, "cancelled; its worker had died"), "cancelled"
+    if started and out_of_attempts(job):
+        job = released(job)
+        job.update(state="dead", finished_at=iso(now), updated_at=iso(now))
+        return job, "dead"
+    return requeued(job, now, counted=started), "pending"
+
+
 class BaseStore:
     """Where a queue lives, in queue verbs: the contract that the command line, the worker and the
     dashboard rely on. Every verb is atomic across processes (and, for a database, hosts): it sees
@@ -2121,66 +2214,18 @@ class Store(BaseStore):
             if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
                     or job.get("host") != worker.host or job["attempts"] != outcome.attempt):
                 continue  # no longer this worker's claim (it was recovered meanwhile): not ours to record
-            job = dict(job)
-            cancelled = outcome.kind == "cancelled" or "cancel_requested_at" in job
-            if outcome.kind not in ("ran", "cancelled"):
-                # Never started, or killed by a second Ctrl+C: not an attempt.
-                if cancelled:
-                    job["attempts"] = max(0, job["attempts"] - 1)
-                    job.pop("started_at", None)
-                    to_cancelled.append(self._cancelled(job, now, "cancelled before it started"))
-                    done.append((job, "cancelled"))
-                    continue
-                if outcome.kind == "interrupted":
-                    job["error"] = outcome.error or "interrupted by Ctrl+C; not counted as an attempt"
-                done.append((self._requeue(job, now, counted=False), outcome.kind))
-                continue
-            for key in ("pid", "host"):
-                job.pop(key, None)
-            job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
-                       error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
-            job.setdefault("first_started_at", job["started_at"])  # for `stats`: enqueue to first start
-            job.pop("warning", None)  # a warning belongs to the attempt that had it
-            if outcome.warning:
-                job["warning"] = outcome.warning
-            if outcome.duration is not None:
-                job["duration"] = round(outcome.duration, 3)
-            success = outcome.exit_code == 0 and outcome.error is None
-            if success and config["failure_rate"] and _chance() < config["failure_rate"]:
-                success = False
-                job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
-            if success:  # even if a cancel came: it finished first
-                job.update(state="completed", finished_at=iso(now))
-                to_processed.append(job)
-                done.append((job, "completed"))
-            elif cancelled:  # never retried
-                to_cancelled.append(self._cancelled(job, now, f"cancelled; the attempt ended with {outcome.error}"
-                                                    if outcome.kind == "ran" else
-                                                    "cancelled while running; its process tree was killed"))
-                done.append((job, "cancelled"))
-            elif job["attempts"] >= max(1, job.get("max_retries", 1)):
-                job.update(state="dead", finished_at=iso(now))
-                to_failed.append(job)
-                done.append((job, "dead"))
-            else:
-                delay = backoff_delay(job["attempts"], config["backoff_base"], config["max_backoff"])
-                job.update(state="failed", run_at=iso(now + delay))
+            job, what = settle_outcome(job, outcome, config, now, _chance)
+            done.append((job, what))
+            if what in HISTORY_FILE_OF:
+                {"completed": to_processed, "dead": to_failed, "cancelled": to_cancelled}[what].append(job)
+            else:  # failed (its retry scheduled), or back to pending
                 self._update(job)
                 self._index(job)
-                done.append((job, "failed"))
         self._finish(PROCESSED_FILE, to_processed)
         self._finish(FAILED_FILE, to_failed)
         self._finish(CANCELLED_FILE, to_cancelled)
         self._drop_stale_dead(to_processed + to_failed + to_cancelled)
         return done
-
-    @staticmethod
-    def _cancelled(job: dict[str, Any], now: float, error: str | None) -> dict[str, Any]:
-        """A job as recorded in cancelled.json (it is never run, or run again)."""
-        for key in ("pid", "host", "run_at"):
-            job.pop(key, None)
-        job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
-        return job
 
     def _drop_stale_dead(self, written: list[dict[str, Any]]) -> None:
         """After jobs reached a history file: remove older copies of them from the DLQ, which
@@ -2207,17 +2252,6 @@ class Store(BaseStore):
         for job in jobs:
             self._remove(job["id"])
 
-    def _requeue(self, job: dict[str, Any], now: float, counted: bool) -> dict[str, Any]:
-        """Back to pending, due now; an attempt that never really ran is not counted."""
-        for key in ("pid", "host"):
-            job.pop(key, None)
-        job.update(state="pending", updated_at=iso(now))
-        if not counted:
-            job["attempts"] = max(0, job["attempts"] - 1)
-            job.pop("started_at", None)
-        self._update(job)
-        self._index(job)
-        return job
 
     def _claim(self, want: int, worker: WorkerIdentity, now: float) -> list[dict[str, Any]]:
         """Highest priority first, then the oldest, among the jobs that are due."""
@@ -2303,26 +2337,18 @@ class Store(BaseStore):
             if history and _epoch(history.get("updated_at")) >= _epoch(job.get("updated_at")):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
                 continue
-            job = dict(job)
             # Kill the command the dead worker left running, if this host can and
             # the death is recent (an old pid may belong to someone else by now).
             kill = host == HOST and beat is not None and now - beat <= 2 * config["lease_timeout"]
             started = self._salvage_output(job, host, pid, kill)
-            if started:
-                job.update(error=f"the worker (pid {pid} on {host}) died during attempt {job['attempts']}",
-                           exit_code=None)
-            if "cancel_requested_at" in job:
-                if not started:  # claimed ahead, never run: not an attempt
-                    job["attempts"] = max(0, job["attempts"] - 1)
-                    job.pop("started_at", None)
-                to_cancelled.append(self._cancelled(job, now, "cancelled; its worker had died"))
-            elif started and job["attempts"] >= max(1, job.get("max_retries", 1)):
-                for key in ("pid", "host"):
-                    job.pop(key, None)
-                job.update(state="dead", finished_at=iso(now), updated_at=iso(now))
+            job, what = settle_orphan(job, started, now)
+            if what == "cancelled":
+                to_cancelled.append(job)
+            elif what == "dead":
                 to_failed.append(job)
-            else:  # a crash counts as an attempt; a job claimed ahead and never started does not
-                self._requeue(job, now, counted=started)
+            else:
+                self._update(job)
+                self._index(job)
             recovered.append(job)
         self._finish(FAILED_FILE, to_failed)
         self._finish(CANCELLED_FILE, to_cancelled)
@@ -2422,7 +2448,7 @@ class Store(BaseStore):
                     results[job_id] = ("requested", "processing")
                 else:
                     results[job_id] = ("cancelled", job["state"])
-                    to_cancelled.append(self._cancelled(dict(job), now, f"cancelled while {job['state']}"))
+                    to_cancelled.append(cancelled_job(job, now, f"cancelled while {job['state']}"))
             self._finish(CANCELLED_FILE, to_cancelled)  # destination first
             if requested:  # a job whose worker has died is cancelled now, its leftover command killed
                 recovered, _ = self._recover(self.config(), now, None)

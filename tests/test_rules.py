@@ -1,0 +1,123 @@
+"""The rules of what becomes of a job, as pure functions every store applies: one row per line of
+DESIGN.md's state table. Each row gives the claimed job, what happened to its attempt, and what
+the job must become."""
+
+from __future__ import annotations
+
+import pytest
+
+import queuectl
+from queuectl import Outcome
+
+NOW = 1_800_000_000.0
+CONFIG = dict(queuectl.DEFAULT_CONFIG, backoff_base=2, max_backoff=3600, failure_rate=0.0)
+
+
+def claimed(attempts: int = 1, max_retries: int = 3, **extra) -> dict:
+    """A job as a worker holds it: processing, its current attempt counted, its claim on it."""
+    return {"id": "j", "command": "true", "state": "processing", "attempts": attempts, "max_retries": max_retries,
+            "priority": 0, "created_at": "2027-01-15T08:00:00.000Z", "updated_at": "2027-01-15T08:00:00.000Z",
+            "started_at": "2027-01-15T08:00:00.000Z", "pid": 42, "host": "h", **extra}
+
+
+def ran(exit_code: int | None = 0, error: str | None = None, kind: str = "ran") -> Outcome:
+    return Outcome("j", 1, kind, exit_code=exit_code, error=error, output_tail="out\n", worker="Worker-1",
+                   started=NOW - 2, duration=1.5)
+
+
+# (claimed job, outcome, what happens, state, attempts, error)
+SETTLE = [
+    ("success", claimed(), ran(0), "completed", "completed", 1, None),
+    ("success although a cancel came: it finished first", claimed(cancel_requested_at="x"), ran(0),
+     "completed", "completed", 1, None),
+    ("failure with attempts left: retried later", claimed(1, 3), ran(3, "exit code 3"), "failed", "failed", 1,
+     "exit code 3"),
+    ("failure on the last attempt: the DLQ", claimed(3, 3), ran(3, "exit code 3"), "dead", "dead", 3, "exit code 3"),
+    ("max_retries 0 still allows one attempt", claimed(1, 0), ran(1, "exit code 1"), "dead", "dead", 1,
+     "exit code 1"),
+    ("failure after a cancel was asked: never retried", claimed(1, 3, cancel_requested_at="x"),
+     ran(3, "exit code 3"), "cancelled", "cancelled", 1, "cancelled; the attempt ended with exit code 3"),
+    ("killed by cancel", claimed(1, 3), ran(None, None, "cancelled"), "cancelled", "cancelled", 1,
+     "cancelled while running; its process tree was killed"),
+    ("claimed ahead, handed back unstarted: not counted", claimed(2, 3), ran(None, None, "released"),
+     "released", "pending", 1, None),
+    ("handed back unstarted after a cancel: cancelled, not counted", claimed(1, 3, cancel_requested_at="x"),
+     ran(None, None, "released"), "cancelled", "cancelled", 0, "cancelled before it started"),
+    ("killed by a second Ctrl+C: not counted", claimed(1, 3), ran(None, "interrupted by Ctrl+C", "interrupted"),
+     "interrupted", "pending", 0, "interrupted by Ctrl+C"),
+]
+
+
+@pytest.mark.parametrize("job, outcome, what, state, attempts, error", [row[1:] for row in SETTLE],
+                         ids=[row[0] for row in SETTLE])
+def test_settle_outcome(job: dict, outcome: Outcome, what: str, state: str, attempts: int, error: str | None) -> None:
+    before = dict(job)
+    settled, happened = queuectl.settle_outcome(job, outcome, CONFIG, NOW, chance=lambda: 1.0)
+    assert (happened, settled["state"], settled["attempts"], settled.get("error")) == (what, state, attempts, error)
+    assert job == before, "the rule changed the job it was given"
+    assert "pid" not in settled and "host" not in settled, "the claim is dropped"
+    assert settled["updated_at"] == queuectl.iso(NOW)
+    if state in ("completed", "dead", "cancelled"):
+        assert settled["finished_at"] == queuectl.iso(NOW)
+    if state == "failed":
+        assert settled["run_at"] == queuectl.iso(NOW + queuectl.backoff_delay(1, 2, 3600))
+    if state == "pending":
+        assert "run_at" not in settled and ("started_at" not in settled) == (attempts < job["attempts"])
+
+
+def test_a_simulated_failure_takes_the_dice_only_for_a_success() -> None:
+    config = dict(CONFIG, failure_rate=0.5)
+    rolls = []
+    dice = lambda: rolls.append(1) or 0.1  # noqa: E731 - below 0.5: fails
+    settled, what = queuectl.settle_outcome(claimed(), ran(0), config, NOW, dice)
+    assert (what, settled["error"]) == ("failed", "simulated failure (failure_rate=0.5)") and rolls == [1]
+    queuectl.settle_outcome(claimed(), ran(3, "exit code 3"), config, NOW, dice)
+    assert rolls == [1], "a real failure needs no dice"
+
+
+def test_a_success_records_what_the_attempt_did() -> None:
+    outcome = ran(0)
+    outcome.warning = "its output could not be kept: disk full"
+    settled, _ = queuectl.settle_outcome(claimed(warning="an older attempt's"), outcome, CONFIG, NOW, lambda: 1.0)
+    assert {key: settled[key] for key in ("worker", "exit_code", "output", "duration", "warning")} == {
+        "worker": "Worker-1", "exit_code": 0, "output": "out\n", "duration": 1.5,
+        "warning": "its output could not be kept: disk full"}
+    assert settled["started_at"] == settled["first_started_at"] == queuectl.iso(NOW - 2)
+    again, _ = queuectl.settle_outcome(claimed(2, first_started_at="2027-01-01T00:00:00.000Z"), ran(0), CONFIG, NOW,
+                                       lambda: 1.0)
+    assert again["first_started_at"] == "2027-01-01T00:00:00.000Z" and "warning" not in again
+
+
+# (claimed job, had its attempt started, what happens, state, attempts)
+ORPHANS = [
+    ("a crash counts as an attempt", claimed(1, 3), True, "pending", "pending", 1),
+    ("a crash on the last attempt: the DLQ", claimed(3, 3), True, "dead", "dead", 3),
+    ("claimed ahead, never started: not counted", claimed(2, 3), False, "pending", "pending", 1),
+    ("claimed ahead on the last attempt: runs again", claimed(3, 3), False, "pending", "pending", 2),
+    ("a cancel was asked: cancelled", claimed(1, 3, cancel_requested_at="x"), True, "cancelled", "cancelled", 1),
+    ("a cancel was asked, never started: not counted", claimed(1, 3, cancel_requested_at="x"), False,
+     "cancelled", "cancelled", 0),
+]
+
+
+@pytest.mark.parametrize("job, started, what, state, attempts", [row[1:] for row in ORPHANS],
+                         ids=[row[0] for row in ORPHANS])
+def test_settle_orphan(job: dict, started: bool, what: str, state: str, attempts: int) -> None:
+    before = dict(job)
+    settled, happened = queuectl.settle_orphan(job, started, NOW)
+    assert (happened, settled["state"], settled["attempts"]) == (what, state, attempts)
+    assert job == before and "pid" not in settled and "host" not in settled
+    if what == "cancelled":
+        assert settled["error"] == "cancelled; its worker had died"
+    elif started:
+        assert settled["error"] == f"the worker (pid 42 on h) died during attempt {attempts}"
+
+
+def test_requeued_and_uncounted() -> None:
+    job = claimed(2)
+    unclaimed = {k: v for k, v in job.items() if k not in ("pid", "host")}
+    pending = {**unclaimed, "state": "pending", "updated_at": queuectl.iso(NOW)}
+    assert queuectl.requeued(job, NOW, counted=True) == pending
+    back = queuectl.requeued(job, NOW, counted=False)
+    assert back["attempts"] == 1 and "started_at" not in back
+    assert queuectl.uncounted(claimed(0))["attempts"] == 0, "never below zero"
