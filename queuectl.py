@@ -1234,6 +1234,22 @@ def out_of_attempts(job: dict[str, Any]) -> bool:
     return job["attempts"] >= max(1, job.get("max_retries", 1))
 
 
+def claimed_job(job: dict[str, Any], worker: WorkerIdentity, now: float) -> dict[str, Any]:
+    """A due job as the worker that claims it holds it: processing, its new attempt counted."""
+    job = {key: value for key, value in job.items() if key != "run_at"}
+    stamp = iso(now)
+    job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
+               started_at=stamp, updated_at=stamp)
+    return job
+
+
+def revived(job: dict[str, Any], now: float) -> dict[str, Any]:
+    """A dead job that `dlq retry` sends back: pending, with all its attempts again."""
+    job = {key: value for key, value in job.items() if key not in ("finished_at", "started_at", "exit_code")}
+    job.update(state="pending", attempts=0, updated_at=iso(now))
+    return job
+
+
 def settle_outcome(job: dict[str, Any], outcome: Outcome, config: dict[str, Any], now: float,
                    chance: Callable[[], float]) -> tuple[dict[str, Any], str]:
     """What an attempt's outcome makes of its claimed job: (the job, what happened), what being
@@ -2261,7 +2277,6 @@ class Store(BaseStore):
             if job and job["state"] != "processing":
                 heapq.heappush(self._ready, (-job.get("priority", 0), self._seq[job_id], job_id))
         claimed = []
-        stamp = iso(now)
         while len(claimed) < want and self._ready:
             _, seq, job_id = heapq.heappop(self._ready)
             job = self._jobs.get(job_id)
@@ -2272,10 +2287,7 @@ class Store(BaseStore):
                 # moment later than the clock that filed it): file it under 'due later'.
                 heapq.heappush(self._scheduled, (_epoch(job["run_at"]), job_id))
                 continue
-            job = dict(job)
-            job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
-                       started_at=stamp, updated_at=stamp)
-            job.pop("run_at", None)
+            job = claimed_job(job, worker, now)
             self._update(job)
             claimed.append(job)
         return claimed
@@ -2400,13 +2412,8 @@ class Store(BaseStore):
                 if len(dead) != len(listed):
                     self._write(FAILED_FILE, render_array([dump_line(job).encode("utf-8") for job in dead]))
                 return []
-            now = iso(now_ts())
-            requeued = []
-            for job_id in dict.fromkeys(ids):
-                job = {k: v for k, v in by_id[job_id].items()
-                       if k not in ("finished_at", "started_at", "exit_code")}
-                job.update(state="pending", attempts=0, updated_at=now)
-                requeued.append(job)
+            now = now_ts()
+            requeued = [revived(by_id[job_id], now) for job_id in dict.fromkeys(ids)]
             # Destination first (queue.json), then the DLQ without them.
             before = self._signature_of(self.path(QUEUE_FILE))
             self._append_queue(requeued)

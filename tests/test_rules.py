@@ -121,3 +121,24 @@ def test_requeued_and_uncounted() -> None:
     back = queuectl.requeued(job, NOW, counted=False)
     assert back["attempts"] == 1 and "started_at" not in back
     assert queuectl.uncounted(claimed(0))["attempts"] == 0, "never below zero"
+
+
+def test_a_claim_counts_the_new_attempt_and_names_its_worker() -> None:
+    class Worker:
+        pid, host = 7, "w"
+
+    due = {**claimed(1), "state": "failed", "run_at": "2027-01-15T08:00:02.000Z", "pid": None}
+    due.pop("host")
+    job = queuectl.claimed_job(due, Worker(), NOW)
+    assert {k: job[k] for k in ("state", "attempts", "pid", "host", "started_at", "updated_at")} == {
+        "state": "processing", "attempts": 2, "pid": 7, "host": "w", "started_at": queuectl.iso(NOW),
+        "updated_at": queuectl.iso(NOW)}
+    assert "run_at" not in job and due["attempts"] == 1
+
+
+def test_dlq_retry_revives_a_dead_job_with_all_its_attempts() -> None:
+    dead = {**claimed(3, 3), "state": "dead", "finished_at": "x", "exit_code": 3, "error": "exit code 3"}
+    job = queuectl.revived(dead, NOW)
+    assert (job["state"], job["attempts"], job["updated_at"]) == ("pending", 0, queuectl.iso(NOW))
+    assert not {"finished_at", "started_at", "exit_code"} & set(job) and job["error"] == "exit code 3"
+    assert dead["state"] == "dead"
