@@ -58,14 +58,17 @@ PYTHON = sys.executable
 BASELINE = [PYTHON, "-c", "import json, filelock"]
 WORKERS = 4
 
-# Runs one command and prints {"rc": ..., "maxrss_kb": ...}: RUSAGE_CHILDREN then
-# covers that command (and its own children) only.
+# Runs one command and prints {"rc": ..., "maxrss_kb": ..., "seconds": ...}: RUSAGE_CHILDREN then
+# covers that command (and its own children) only, and the time is the command's, not the wrapper's
+# own Python start-up.
 MAXRSS_WRAPPER = (
-    "import json, resource, subprocess, sys\n"
+    "import json, resource, subprocess, sys, time\n"
+    "began = time.perf_counter()\n"
     "rc = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode\n"
+    "seconds = time.perf_counter() - began\n"
     "kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
     "kb = kb // 1024 if sys.platform == 'darwin' else kb\n"
-    "print(json.dumps({'rc': rc, 'maxrss_kb': kb}))\n"
+    "print(json.dumps({'rc': rc, 'maxrss_kb': kb, 'seconds': seconds}))\n"
 )
 
 
@@ -604,8 +607,7 @@ class Bench:
                 _children.add(prober)
             try:
                 prober.stdout.readline()  # it holds the lock once before it reports ready
-                seconds, result = run([PYTHON, "-c", MAXRSS_WRAPPER, *queuectl(home, *args)], " ".join(args),
-                                      capture=True)
+                _, result = run([PYTHON, "-c", MAXRSS_WRAPPER, *queuectl(home, *args)], " ".join(args), capture=True)
                 out, _ = prober.communicate(b"stop\n", timeout=30)
             finally:
                 kill(prober)
@@ -614,7 +616,7 @@ class Bench:
             report = json.loads(result.stdout)
             if report["rc"] not in (0, 1):
                 raise BenchError(f"{key}: queuectl {' '.join(args)} exited with code {report['rc']}")
-            times.append(seconds)
+            times.append(report["seconds"])
             peaks.append(report["maxrss_kb"] / 1024)
             waits.append(float(out) * 1000)
         t, peak, wait = median(times) * 1000, median(peaks), max(waits)

@@ -25,6 +25,26 @@ sys.path.insert(0, str(ROOT))
 IN_CI = os.environ.get("QUEUECTL_CI") == "1"
 
 
+# Where the PostgreSQL tests' server is (.ci/run starts it and sets this; the default is this
+# project's development machine: trust authentication, a database `test`).
+POSTGRES_URL = os.environ.get("QUEUECTL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_reachable(url: str = POSTGRES_URL, timeout: float = 2.0) -> bool:
+    """Does a PostgreSQL server answer at the URL's host and port (its startup handshake)?"""
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=timeout) as sock:
+            sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest: a server answers S or N
+            return sock.recv(1) in (b"S", b"N")
+    except OSError:
+        return False
+
+
 def needs(available: bool, reason: str) -> pytest.MarkDecorator:
     """Skip without a tool this machine does not have, except in CI, where the test runs and fails."""
     return pytest.mark.skipif(not available and not IN_CI, reason=reason)
