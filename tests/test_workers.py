@@ -350,9 +350,10 @@ def test_recovery_after_kill_9_takes_under_5_s_with_default_settings(queue: Queu
     try:
         assert took < 5, f"recovery took {took:.1f} s"
         assert job["attempts"] == 2
+        # The claim is recorded before the command starts: wait for it before the workers stop.
+        wait_until(lambda: len(lines_of(pids)) == 2, 10, what="the second run to start")
     finally:
         queue.cleanup()
-        wait_until(lambda: len(lines_of(pids)) == 2, 10, what="the second run to start")
         for pid in lines_of(pids):
             kill_leftover(int(pid))
 
