@@ -1325,8 +1325,8 @@ class BaseStore:
     is named in STORES. (Some verbs still say what the folder store does: `home`, `log_files`,
     `live_output`, `keep_output`; see the issue "One Store interface".)"""
 
-    home: str  # where the queue lives, as the user named it
-    warnings: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
+    location: str  # where the queue lives: a folder's absolute path, or a URL
+    notes: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
 
     def prepare(self) -> None:
         """Before the command's first verb: whatever can be done without holding anyone up."""
@@ -1358,7 +1358,7 @@ class BaseStore:
         """Jobs per state, and "scheduled": pending jobs whose run_at is still to come."""
         raise NotImplementedError
 
-    def history_count(self, state: str) -> int:
+    def finished_count(self, state: str) -> int:
         """How many jobs are in one finished state."""
         raise NotImplementedError
 
@@ -1370,7 +1370,7 @@ class BaseStore:
         """Every pending, processing and failed job."""
         raise NotImplementedError
 
-    def finished_jobs(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+    def finished_since(self, since: float | None = None) -> Iterator[dict[str, Any]]:
         """Finished jobs (those that finished at `since` or later), one at a time."""
         raise NotImplementedError
 
@@ -1399,12 +1399,12 @@ class BaseStore:
         """Change one setting (already validated)."""
         raise NotImplementedError
 
-    def check_files(self) -> None:
+    def check(self) -> None:
         """Raise StoreError now if the stored state is damaged, before a worker starts on it."""
         raise NotImplementedError
 
     # -- workers
-    def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
                    recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         """A worker's one transaction: record its outcomes, recover dead workers' jobs (when
         `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to cancel)."""
@@ -1414,7 +1414,7 @@ class BaseStore:
         """When the next claimable job is due (0: now), a hint that takes no lock."""
         raise NotImplementedError
 
-    def queue_changed(self) -> bool:
+    def changed(self) -> bool:
         """Has the queue changed since this process last looked (a hint that takes no lock)?"""
         raise NotImplementedError
 
@@ -1422,7 +1422,7 @@ class BaseStore:
         """Does a failed job wait for its retry?"""
         raise NotImplementedError
 
-    def write_heartbeat(self, info: dict[str, Any]) -> None:
+    def heartbeat(self, info: dict[str, Any]) -> None:
         """Say this worker process is alive (info: host, pid, threads, started_at, heartbeat_at)."""
         raise NotImplementedError
 
@@ -1430,7 +1430,7 @@ class BaseStore:
         """Worker processes with their last heartbeat and whether they look alive."""
         raise NotImplementedError
 
-    def remove_worker_files(self, host: str, pid: int) -> None:
+    def forget_worker(self, host: str, pid: int) -> None:
         """Forget a worker process that has stopped."""
         raise NotImplementedError
 
@@ -1461,7 +1461,7 @@ class BaseStore:
         raise NotImplementedError
 
 
-class Store(BaseStore):
+class FolderStore(BaseStore):
     """Every read and write of the state files, in queue verbs.
 
     queue.json holds active jobs (pending, processing, failed) and is replaced
@@ -1476,7 +1476,7 @@ class Store(BaseStore):
     _process_locks_guard = threading.Lock()
 
     def __init__(self, home: str) -> None:
-        self.home = os.path.abspath(home)
+        self.location = self._folder = os.path.abspath(home)
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._jobs: dict[str, dict[str, Any]] = {}
@@ -1490,7 +1490,7 @@ class Store(BaseStore):
         self._failed: set[str] = set()
         self._config: dict[str, Any] | None = None
         self._config_signature: tuple[int, int, int] | None = None
-        self.warnings: list[str] = []
+        self.notes: list[str] = []
         self._home_ready = False
         self._pinned: int | None = None
         self._indexes: dict[str, HistoryIndex] | None = None
@@ -1501,16 +1501,16 @@ class Store(BaseStore):
     # -- paths, lock and files --------------------------------------------
 
     def path(self, name: str) -> str:
-        return os.path.join(self.home, name)
+        return os.path.join(self._folder, name)
 
     def ensure_home(self) -> None:
         if self._home_ready:
             return
-        if not os.path.isdir(self.home):
+        if not os.path.isdir(self._folder):
             try:
-                make_private_folders(self.home)
+                make_private_folders(self._folder)
             except OSError as error:
-                raise QueueError(f"cannot create the data folder {self.home}: {error.strerror}.") from None
+                raise QueueError(f"cannot create the data folder {self._folder}: {error.strerror}.") from None
         self._home_ready = True
 
     def ensure_folder(self, name: str) -> str:
@@ -1529,10 +1529,10 @@ class Store(BaseStore):
     def _file_lock(self) -> Any:
         """One lock object per lock file per process (see make_file_lock)."""
         path = self.path(LOCK_FILE)
-        with Store._process_locks_guard:
-            lock = Store._process_locks.get(path)
+        with FolderStore._process_locks_guard:
+            lock = FolderStore._process_locks.get(path)
             if lock is None:
-                lock = Store._process_locks[path] = make_file_lock(path)
+                lock = FolderStore._process_locks[path] = make_file_lock(path)
             return lock
 
     def locked(self, write: bool = True) -> _Locked:
@@ -1626,7 +1626,7 @@ class Store(BaseStore):
                     written += os.write(fd, payload[written:])
                 os.fsync(fd)
                 if size == 0:
-                    _fsync_dir(self.home)
+                    _fsync_dir(self._folder)
             except OSError:
                 # Not acknowledged, so not done: put the old end back (best effort; a
                 # crash instead leaves a tail the next load repairs).
@@ -1669,20 +1669,20 @@ class Store(BaseStore):
             repaired = render_array(lines) != data
         if repaired:
             self._write(name, render_array(lines))
-            self.warnings.append(f"note: rewrote {self.path(name)} in queuectl's layout ({repair_reason(data)}).")
+            self.notes.append(f"note: rewrote {self.path(name)} in queuectl's layout ({repair_reason(data)}).")
         return jobs
 
-    def history_count(self, state: str) -> int:
+    def finished_count(self, state: str) -> int:
         """Jobs in a history file, from its index (no re-reading of old lines)."""
         with self.locked(write=False):
             return self._history_index(HISTORY_FILE_OF[state]).jobs
 
-    def check_files(self) -> None:
+    def check(self) -> None:
         """Fail early on a damaged state file (history files by their shape)."""
         with self.locked(write=False):
             self._load_queue()
             for state in HISTORY_FILE_OF:
-                self.history_count(state)
+                self.finished_count(state)
 
     def ids_in_history(self, ids: list[str]) -> dict[str, str]:
         """Which of these ids the history holds, by state (call with the lock held). The Bloom
@@ -1766,7 +1766,7 @@ class Store(BaseStore):
     def _save_indexes(self) -> None:
         """Write history.idx if an index changed (a cache: not fsynced, and a failure only means
         the next command scans again)."""
-        if self._indexes_changed and self._indexes is not None and os.path.isdir(self.home):
+        if self._indexes_changed and self._indexes is not None and os.path.isdir(self._folder):
             self._indexes_changed = False
             _quietly(lambda: atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
                                           durable=False, sync=False))
@@ -1872,7 +1872,7 @@ class Store(BaseStore):
         self._reset_cache(by_id, dict(zip((job["id"] for job in jobs), lines)))
         if repaired:
             self._save_queue()
-            self.warnings.append(f"note: rewrote {path} in queuectl's layout ({repair_reason(data)}).")
+            self.notes.append(f"note: rewrote {path} in queuectl's layout ({repair_reason(data)}).")
         self._remember_queue_file()
 
     def _load_appended(self, old_size: int) -> bool:
@@ -2121,7 +2121,7 @@ class Store(BaseStore):
                     if job["state"] == "pending" and job.get("run_at") and _epoch(job["run_at"]) > now:
                         counts["scheduled"] += 1
             for state in HISTORY_FILE_OF:
-                counts[state] = self.history_count(state)
+                counts[state] = self.finished_count(state)
             if counts["dead"]:
                 counts["dead"] -= self._stale_dead_count(text)
             return counts
@@ -2209,7 +2209,7 @@ class Store(BaseStore):
             return None  # an id twice: the full parser says which
         return text
 
-    def checkpoint(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
                    recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         """One locked round for a worker process: record what its threads
         finished, recover jobs of dead workers, and claim up to `want` due jobs.
@@ -2314,7 +2314,7 @@ class Store(BaseStore):
     def has_retries_waiting(self) -> bool:
         return bool(self._failed)
 
-    def queue_changed(self) -> bool:
+    def changed(self) -> bool:
         return self._signature_of(self.path(QUEUE_FILE)) != self._signature
 
     def recover_orphans(self) -> list[dict[str, Any]]:
@@ -2380,7 +2380,7 @@ class Store(BaseStore):
         if changed:  # the decisions on disk before the evidence they consumed goes
             self._save_queue()
         for host, pid in dead:
-            self.remove_worker_files(host or "", pid or 0)  # every job of theirs is settled now
+            self.forget_worker(host or "", pid or 0)  # every job of theirs is settled now
         return recovered, changed
 
     @staticmethod
@@ -2506,7 +2506,7 @@ class Store(BaseStore):
         with self.locked(write=False):
             return self._active()
 
-    def finished_jobs(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+    def finished_since(self, since: float | None = None) -> Iterator[dict[str, Any]]:
         """Finished jobs (completed, dead, cancelled), those finished at `since` or later, one
         at a time, read after the lock is released. With `since`, only the ends of the history
         files are read (with 5 minutes to spare: jobs are appended in the order they finish,
@@ -2656,7 +2656,7 @@ class Store(BaseStore):
                     positions.write(records)
         replace_with_retry(tmp + ".pos", self.path(positions_file(name)))
         replace_with_retry(tmp, path)
-        _fsync_dir(self.home)
+        _fsync_dir(self._folder)
         if self._indexes is None:
             self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
         self._indexes[name] = index
@@ -2777,7 +2777,7 @@ class Store(BaseStore):
         """workers/<host>-<pid>.json is a worker process's heartbeat; its threads'
         scratch files sit beside it as <host>-<pid>.<thread>.out."""
         safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64]
-        return os.path.join(self.home, WORKERS_DIR, f"{safe_host}-{pid}{suffix}")
+        return os.path.join(self._folder, WORKERS_DIR, f"{safe_host}-{pid}{suffix}")
 
     def scratch_file(self, host: str, pid: int, thread: str) -> str:
         return self.worker_file(host, pid, f".{thread}.out")
@@ -2832,14 +2832,14 @@ class Store(BaseStore):
             pass  # the output is lost, the attempt still counts
         return True
 
-    def remove_worker_files(self, host: str, pid: int) -> None:
+    def forget_worker(self, host: str, pid: int) -> None:
         for path in self._scratch_files(host, pid) + [self.worker_file(host, pid)]:
             try:
                 os.unlink(path)
             except OSError:
                 pass
 
-    def write_heartbeat(self, info: dict[str, Any]) -> None:
+    def heartbeat(self, info: dict[str, Any]) -> None:
         self.ensure_folder(WORKERS_DIR)
         atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode(),
                      durable=False, sync=False)  # a torn heartbeat is skipped as unreadable
@@ -3095,15 +3095,15 @@ def not_a_file(path: str, mode: int) -> QueueError:
 class _Locked:
     """Re-entrant context: the thread lock, then (outermost only) the file lock."""
 
-    def __init__(self, store: Store, write: bool) -> None:
+    def __init__(self, store: BaseStore, write: bool) -> None:
         self.store = store
         self.write = write
         self.holds_file = False
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> FolderStore:
         store = self.store
         store._thread_lock.acquire()
-        if store._depth == 0 and (self.write or os.path.isdir(store.home)):
+        if store._depth == 0 and (self.write or os.path.isdir(store.location)):
             store.ensure_home()
             self.holds_file = True
             try:
@@ -3111,10 +3111,10 @@ class _Locked:
             except Exception as error:
                 store._thread_lock.release()
                 if isinstance(error, LockTimeout):
-                    raise LockTimeout(f"the queue in {store.home} is locked by another queuectl process "
+                    raise LockTimeout(f"the queue in {store.location} is locked by another queuectl process "
                                       f"for more than {LOCK_TIMEOUT:.0f} s; try again.") from None
                 if isinstance(error, OSError):
-                    raise QueueError(f"cannot lock the queue in {store.home}: {error.strerror}.") from None
+                    raise QueueError(f"cannot lock the queue in {store.location}: {error.strerror}.") from None
                 raise
             try:
                 store.check_kinds()
@@ -3317,7 +3317,7 @@ class Runner:
     had started and moves their output into the jobs' logs.
     """
 
-    def __init__(self, store: Store, identity: WorkerIdentity) -> None:
+    def __init__(self, store: BaseStore, identity: WorkerIdentity) -> None:
         self.logs = store.path(LOGS_DIR)
         self.store = store
         self.identity = identity
@@ -3407,7 +3407,7 @@ class Runner:
         # The mark lets recovery find the command even if this process dies before it knows its pid.
         # QUEUECTL_HOME: a job that enqueues a follow-up job reaches this queue, not its folder's.
         mark = attempt_mark(job["id"], job["attempts"], self.identity)
-        env = dict(os.environ, QUEUECTL_ATTEMPT=mark, QUEUECTL_HOME=self.store.home)
+        env = dict(os.environ, QUEUECTL_ATTEMPT=mark, QUEUECTL_HOME=self.store.location)
         args, use_shell = shell_invocation(job["command"], job.get("shell") or shell)
         try:
             proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env,
@@ -3975,7 +3975,7 @@ class WorkerPool:
     does the bookkeeping in locked rounds (record finished jobs, recover dead
     workers' jobs, claim), so one file write serves many jobs."""
 
-    def __init__(self, store: Store, count: int, burst: bool, say: Printer) -> None:
+    def __init__(self, store: BaseStore, count: int, burst: bool, say: Printer) -> None:
         self.store = store
         self.count = count
         self.burst = burst
@@ -3984,7 +3984,7 @@ class WorkerPool:
         store.ensure_home()
         try:
             self.runner = Runner(store, self.identity)
-            home = os.stat(store.home)
+            home = os.stat(store.location)
         except OSError as error:
             raise QueueError(f"cannot create the worker's folder {error.filename}: {error.strerror}.") from None
         self.home_id = (home.st_dev, home.st_ino)
@@ -4021,7 +4021,7 @@ class WorkerPool:
     # -- lifecycle ----------------------------------------------------------
 
     def run(self) -> int:
-        self.store.check_files()  # a damaged file fails before any job starts
+        self.store.check()  # a damaged file fails before any job starts
         self._heartbeat_once()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threads = []
@@ -4060,7 +4060,7 @@ class WorkerPool:
             self.say(f"Summary: {t['completed']} completed, {t['failed']} failed attempt(s), {t['dead']} dead, "
                      f"{t['cancelled']} cancelled in {now_ts() - self.started_at:.1f} s.")
             if settled:  # last: `worker stop --wait` waits for this file to go (and the pid to end)
-                _quietly(lambda: self.store.remove_worker_files(self.identity.host, self.identity.pid))
+                _quietly(lambda: self.store.forget_worker(self.identity.host, self.identity.pid))
         return 130 if self.interrupts >= 2 else 1 if self.failed else 0
 
     def _main_loop(self) -> None:
@@ -4095,7 +4095,7 @@ class WorkerPool:
             # Refill when the jobs claimed ahead run low (at once when none are).
             low = want > 0 and backlog <= ahead // 2
             due = self.store.next_due()
-            fetch = low and ((due is not None and due <= now_ts()) or self.store.queue_changed())
+            fetch = low and ((due is not None and due <= now_ts()) or self.store.changed())
             # Results wait for the next claim, for 50 ms, or until every thread is idle.
             record = waiting_results and (fetch or held == 0 or self.stopping or clock - last_round >= 0.05
                                           or not self._short_jobs())
@@ -4154,7 +4154,7 @@ class WorkerPool:
     def _checkpoint(self, outcomes: list[Outcome], want: int, recover: bool = False) -> tuple[Any, Any, Any]:
         """The store's round, with a file system error it did not foresee as one sentence too."""
         try:
-            return self.store.checkpoint(outcomes, want, self.identity, recover)
+            return self.store.worker_round(outcomes, want, self.identity, recover)
         except OSError as error:
             where = f" {error.filename}" if error.filename else ""
             raise QueueError(f"cannot use{where}: {error.strerror or error}.") from None
@@ -4162,14 +4162,14 @@ class WorkerPool:
     def _check_home(self) -> None:
         """A data folder deleted (or replaced) under a running worker can take no result: stop."""
         try:
-            home = os.stat(self.store.home)
+            home = os.stat(self.store.location)
             same = (home.st_dev, home.st_ino) == self.home_id
         except OSError:
             same = False
         if not same and not self.home_lost:
             self.home_lost = self.failed = self.stopping = True
             self.heartbeat_stop.set()  # a heartbeat would re-create workers/ in a replacing folder
-            self.fault = f"the data folder {self.store.home} was deleted or replaced while this worker ran"
+            self.fault = f"the data folder {self.store.location} was deleted or replaced while this worker ran"
             self.fault_said_at = None
 
     def _fault_found(self, text: str) -> None:
@@ -4406,12 +4406,12 @@ class WorkerPool:
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {"pid": self.identity.pid, "host": self.identity.host, "threads": self.count,
-                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": self.store.home}
+                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": self.store.location}
 
     def _heartbeat_once(self) -> None:
         began = time.monotonic()
         try:
-            self.store.write_heartbeat(self._heartbeat_info())
+            self.store.heartbeat(self._heartbeat_info())
             self.last_beat = began
         except OSError as error:  # others would take this worker for dead: claim nothing meanwhile
             path = self.store.worker_file(self.identity.host, self.identity.pid)
@@ -4546,7 +4546,7 @@ def open_store(location: str) -> BaseStore:
     if scheme is None:
         if os.path.exists(location) and not os.path.isdir(location):
             raise StoreUnavailable(f"the data folder {location} is a file, not a folder.")
-        return Store(location)
+        return FolderStore(location)
     name = scheme.group(1).lower()
     if name not in STORES:
         known = ", ".join(f"{key}://" for key in STORES)
@@ -4580,10 +4580,10 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def flush_warnings(store: Store) -> None:
-    for warning in store.warnings:
+def flush_notes(store: BaseStore) -> None:
+    for warning in store.notes:
         print(warning, file=sys.stderr)
-    store.warnings.clear()
+    store.notes.clear()
 
 
 # -- enqueue --------------------------------------------------------------
@@ -4600,7 +4600,7 @@ def read_input_file(path: str) -> tuple[str, str]:
     return decode_input(data, path), path
 
 
-def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
+def cmd_enqueue(args: argparse.Namespace, store: BaseStore) -> int:
     notes: list[str] = []  # what a repair of shell-mangled JSON did
     try:
         code = _enqueue(args, store, notes)
@@ -4613,7 +4613,7 @@ def cmd_enqueue(args: argparse.Namespace, store: Store) -> int:
     return code
 
 
-def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
+def _enqueue(args: argparse.Namespace, store: BaseStore, notes: list[str]) -> int:
     sources = [s for s in (args.job, args.json, args.file) if s is not None]
     flags = args.id is not None or args.command is not None
     if args.json is not None and args.job is not None and looks_split(args.json):
@@ -4669,13 +4669,13 @@ def _enqueue(args: argparse.Namespace, store: Store, notes: list[str]) -> int:
 # -- worker ---------------------------------------------------------------
 
 
-def cmd_worker_start(args: argparse.Namespace, store: Store) -> int:
+def cmd_worker_start(args: argparse.Namespace, store: BaseStore) -> int:
     if args.count < 1 or args.count > 256:
         raise QueueError("--count must be between 1 and 256.")
     return WorkerPool(store, args.count, args.burst, Printer()).run()
 
 
-def cmd_worker_stop(args: argparse.Namespace, store: Store) -> int:
+def cmd_worker_stop(args: argparse.Namespace, store: BaseStore) -> int:
     alive = [w for w in store.workers() if w["alive"]]
     if not alive:
         print("No workers are running.")
@@ -4698,12 +4698,12 @@ def cmd_worker_stop(args: argparse.Namespace, store: Store) -> int:
 # -- status, list, show ---------------------------------------------------
 
 
-def status_data(store: Store) -> dict[str, Any]:
+def status_data(store: BaseStore) -> dict[str, Any]:
     store.recover_orphans()
     counts = store.counts()
     workers = [w for w in store.workers() if w["alive"]]
     return {
-        "home": store.home,
+        "home": store.location,
         "counts": {state: counts[state] for state in STATES},
         "scheduled": counts["scheduled"],
         "workers": [{k: w.get(k) for k in ("pid", "host", "threads", "started_at", "heartbeat_at")}
@@ -4711,7 +4711,7 @@ def status_data(store: Store) -> dict[str, Any]:
     }
 
 
-def cmd_status(args: argparse.Namespace, store: Store) -> int:
+def cmd_status(args: argparse.Namespace, store: BaseStore) -> int:
     data = status_data(store)
     if args.json:
         print_json(data)
@@ -4754,7 +4754,7 @@ def format_table(rows: list[list[str]], headers: list[str], width: int) -> str:
     return "\n".join(out)
 
 
-def cmd_list(args: argparse.Namespace, store: Store) -> int:
+def cmd_list(args: argparse.Namespace, store: BaseStore) -> int:
     if args.limit is not None and args.limit < 0:
         raise QueueError("--limit must be 0 or more.")
     jobs = store.jobs(args.state, args.limit)
@@ -4763,7 +4763,7 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
         return 0
     if not jobs:
         hint = ""
-        if args.state == "failed" and store.history_count("dead"):
+        if args.state == "failed" and store.finished_count("dead"):
             hint = " (jobs that used up their attempts are in the DLQ: queuectl list --state dead)"
         print(f"No {args.state + ' ' if args.state else ''}jobs.{hint}")
         return 0
@@ -4782,7 +4782,7 @@ def _terminal_width() -> int:
         return 100
 
 
-def cmd_show(args: argparse.Namespace, store: Store) -> int:
+def cmd_show(args: argparse.Namespace, store: BaseStore) -> int:
     job = store.get(args.id)
     if job is None:
         raise NoSuchJob(f"no job with id {args.id!r}.")
@@ -4836,7 +4836,7 @@ def parse_log(handle: Any, job_id: str) -> list[Attempt]:
     return [Attempt(record, handle) for record in log_records(handle) if record.job_id in (None, job_id)]
 
 
-def read_log(store: Store, job_id: str) -> tuple[list[Attempt], dict[int, tuple[str, int]]]:
+def read_log(store: BaseStore, job_id: str) -> tuple[list[Attempt], dict[int, tuple[str, int]]]:
     """A job's attempts as its log holds them, and its late output by attempt: (file, offset)."""
     log_path, late = store.log_files(job_id)
     try:
@@ -4944,7 +4944,7 @@ def _live_attempt(path: str, job: dict[str, Any]) -> Attempt | None:
     return Attempt(record, handle)
 
 
-def cmd_logs(args: argparse.Namespace, store: Store) -> int:
+def cmd_logs(args: argparse.Namespace, store: BaseStore) -> int:
     if args.tail is not None and args.tail < 0:
         raise QueueError("--tail must be 0 or more.")
     if args.attempt is not None and args.attempt < 1:
@@ -4980,14 +4980,14 @@ def cmd_logs(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def _log_limit(store: Store) -> int:
+def _log_limit(store: BaseStore) -> int:
     try:
         return int(store.config()["log_max_bytes"])
     except QueueError:
         return DEFAULT_CONFIG["log_max_bytes"]
 
 
-def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
+def _follow(args: argparse.Namespace, store: BaseStore, job: dict[str, Any]) -> int:
     """Stream the output of the job's running attempt until it is no longer processing
     (a pending or failed job is waited for first)."""
     import codecs
@@ -5079,7 +5079,7 @@ def _follow(args: argparse.Namespace, store: Store, job: dict[str, Any]) -> int:
 # -- cancel, purge ----------------------------------------------------------
 
 
-def cmd_cancel(args: argparse.Namespace, store: Store) -> int:
+def cmd_cancel(args: argparse.Namespace, store: BaseStore) -> int:
     watch = HistoryWatch([store.path(name) for name in HISTORY_FILE_OF.values()])
     try:
         return _cancel(args, store, watch)
@@ -5087,7 +5087,7 @@ def cmd_cancel(args: argparse.Namespace, store: Store) -> int:
         watch.close()
 
 
-def _cancel(args: argparse.Namespace, store: Store, watch: HistoryWatch) -> int:
+def _cancel(args: argparse.Namespace, store: BaseStore, watch: HistoryWatch) -> int:
     results = store.cancel(args.ids, watch)
     failed = False
     for job_id, (what, state) in results.items():
@@ -5132,7 +5132,7 @@ def _cancel(args: argparse.Namespace, store: Store, watch: HistoryWatch) -> int:
 CANCEL_WAIT_S = 10.0  # how long `cancel` waits for a worker to confirm it killed a running job
 
 
-def cmd_purge(args: argparse.Namespace, store: Store) -> int:
+def cmd_purge(args: argparse.Namespace, store: BaseStore) -> int:
     states = [args.state] if args.state else list(FINISHED_STATES)
     before = now_ts() - args.older_than if args.older_than is not None else None
     planned = store.purge(states, before, apply=False)
@@ -5145,7 +5145,7 @@ def cmd_purge(args: argparse.Namespace, store: Store) -> int:
             raise QueueError(f"purge would delete {what} for good; run it again with --yes to confirm "
                              "(there is no terminal to ask).")
         try:
-            answer = input(f"Delete {what} from {store.home}? [y/N] ").strip().lower()
+            answer = input(f"Delete {what} from {store.location}? [y/N] ").strip().lower()
         except EOFError:  # Ctrl+D: no
             answer = ""
             print()
@@ -5204,7 +5204,7 @@ def _nth(values: Any, rank: int) -> float:
     return sorted(values)[rank]
 
 
-def stats_data(store: Store, since: float | None) -> dict[str, Any]:
+def stats_data(store: BaseStore, since: float | None) -> dict[str, Any]:
     """The numbers `stats` shows, in one pass over the finished jobs: what is kept is two
     numbers per job (run time, queue wait) for the percentiles, not the jobs."""
     from array import array
@@ -5216,7 +5216,7 @@ def stats_data(store: Store, since: float | None) -> dict[str, Any]:
     ran = attempts_total = 0
     attempts_max: int | None = None
     first_created = last_finished = None
-    for job in store.finished_jobs(start):
+    for job in store.finished_since(start):
         counts[job["state"]] += 1
         first_start = job.get("first_started_at") or (job.get("attempts") == 1 and job.get("started_at"))
         if job.get("created_at") and first_start:
@@ -5266,7 +5266,7 @@ def stats_data(store: Store, since: float | None) -> dict[str, Any]:
     }
 
 
-def cmd_stats(args: argparse.Namespace, store: Store) -> int:
+def cmd_stats(args: argparse.Namespace, store: BaseStore) -> int:
     data = stats_data(store, args.since)
 
     def secs(value: float | None) -> str:
@@ -5293,7 +5293,7 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def cmd_wait(args: argparse.Namespace, store: Store) -> int:
+def cmd_wait(args: argparse.Namespace, store: BaseStore) -> int:
     if args.timeout is not None and not 0 <= args.timeout < 1e9:  # (also refuses nan and inf)
         raise QueueError("--timeout must be a number of seconds, 0 or more (leave it out to wait for ever).")
     if args.ids:
@@ -5363,7 +5363,7 @@ class BadQuery(Exception):
     """A query parameter the dashboard's API cannot use; the message is the 400's one sentence."""
 
 
-def dashboard_jobs(store: Store, state: str | None, query: str, limit: int) -> list[dict[str, Any]]:
+def dashboard_jobs(store: BaseStore, state: str | None, query: str, limit: int) -> list[dict[str, Any]]:
     """Jobs for the dashboard: one state (finished ones newest first), filtered by text."""
     needle = query.lower()
 
@@ -5376,7 +5376,7 @@ def dashboard_jobs(store: Store, state: str | None, query: str, limit: int) -> l
                       hint=text_hint(query) if query else None)
 
 
-def job_detail(store: Store, job_id: str) -> dict[str, Any] | None:
+def job_detail(store: BaseStore, job_id: str) -> dict[str, Any] | None:
     """One job with the last part of its log (what `show` and `logs` print)."""
     job = store.get(job_id)
     if job is None:
@@ -5395,12 +5395,12 @@ def job_detail(store: Store, job_id: str) -> dict[str, Any] | None:
     return {"job": job, "log": path, "log_tail": tail[-OUTPUT_TAIL_BYTES * 2:].decode("utf-8", "replace")}
 
 
-def timeline(store: Store, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
+def timeline(store: BaseStore, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
     """Jobs that finished (completed, dead, cancelled) in each of the last `minutes` minutes, oldest first."""
     now = now_ts() if now is None else now
     start = (now // 60 - minutes + 1) * 60
     buckets = [{"minute": iso(start + 60 * n), **dict.fromkeys(FINISHED_STATES, 0)} for n in range(minutes)]
-    for job in store.finished_jobs(start):
+    for job in store.finished_since(start):
         index = int((_epoch(job.get("finished_at") or job.get("updated_at")) - start) // 60)
         if 0 <= index < minutes:
             buckets[index][job["state"]] += 1
@@ -5594,7 +5594,7 @@ def make_dashboard_handler() -> type:
                 self._json(404, {"error": "not found"})
 
         @staticmethod
-        def _api(store: Store, resource: str, given: dict[str, Any]) -> Any:
+        def _api(store: BaseStore, resource: str, given: dict[str, Any]) -> Any:
             if resource == "status":
                 return status_data(store)
             if resource == "workers":
@@ -5639,13 +5639,13 @@ def make_dashboard_handler() -> type:
     return DashboardHandler
 
 
-def dashboard_page(store: Store, nonce: str, read_only: bool) -> bytes:
+def dashboard_page(store: BaseStore, nonce: str, read_only: bool) -> bytes:
     """The page, with the first data embedded (escaped) so it shows at once."""
     import html
 
     initial = {"status": status_data(store), "jobs": dashboard_jobs(store, "pending", "", DASHBOARD_JOB_LIMIT),
                "readOnly": read_only}
-    values = {"nonce": nonce, "home": html.escape(store.home),
+    values = {"nonce": nonce, "home": html.escape(store.location),
               "initial": safe_json(initial).decode("utf-8")}
     # One pass: a value that happens to contain {{name}} is not filled in again.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], DASHBOARD_PAGE).encode("utf-8", "replace")
@@ -5699,7 +5699,7 @@ def open_dashboard(url: str) -> str:
     return path
 
 
-def cmd_dashboard(args: argparse.Namespace, store: Store) -> int:
+def cmd_dashboard(args: argparse.Namespace, store: BaseStore) -> int:
     import secrets
     import types
 
@@ -5707,7 +5707,7 @@ def cmd_dashboard(args: argparse.Namespace, store: Store) -> int:
         raise QueueError("--port must be between 0 and 65535.")
     idle = os.environ.get(DASHBOARD_TIMEOUT_ENV)
     idle_timeout = (parse_duration(idle, DASHBOARD_TIMEOUT_ENV) if idle else 0) or DASHBOARD_IDLE_TIMEOUT
-    store.check_files()  # a damaged file is reported now, not as a broken page
+    store.check()  # a damaged file is reported now, not as a broken page
     try:
         server = dashboard_server_class(":" in args.host)((args.host, args.port), make_dashboard_handler())
     except OSError as error:
@@ -5727,7 +5727,7 @@ def cmd_dashboard(args: argparse.Namespace, store: Store) -> int:
               f"between your browser and this machine can read its token and every job's command and output"
               + ("." if args.read_only else ", and retry or cancel jobs."), file=sys.stderr)
     # The token goes to this terminal only: never into a file of the data folder, never into a log.
-    print(f"Dashboard for {store.home}: {url}{' (read-only)' if args.read_only else ''}  "
+    print(f"Dashboard for {store.location}: {url}{' (read-only)' if args.read_only else ''}  "
           "(the address is the key: keep it to yourself; Ctrl+C to stop)")
     opener = open_dashboard(url) if args.open else None
     try:
@@ -5976,12 +5976,12 @@ setInterval(refresh, 2000);
 # -- dlq, config ----------------------------------------------------------
 
 
-def cmd_dlq_list(args: argparse.Namespace, store: Store) -> int:
+def cmd_dlq_list(args: argparse.Namespace, store: BaseStore) -> int:
     args.state, args.limit = "dead", None
     return cmd_list(args, store)
 
 
-def cmd_dlq_retry(args: argparse.Namespace, store: Store) -> int:
+def cmd_dlq_retry(args: argparse.Namespace, store: BaseStore) -> int:
     if args.all == bool(args.ids):
         raise QueueError("give job ids or --all, e.g. queuectl dlq retry job1.")
     requeued = store.dlq_retry(None if args.all else args.ids)
@@ -5992,7 +5992,7 @@ def cmd_dlq_retry(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def cmd_config_show(args: argparse.Namespace, store: Store) -> int:
+def cmd_config_show(args: argparse.Namespace, store: BaseStore) -> int:
     config = store.config()
     if args.json:
         print_json(config)
@@ -6002,13 +6002,13 @@ def cmd_config_show(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def cmd_config_get(args: argparse.Namespace, store: Store) -> int:
+def cmd_config_get(args: argparse.Namespace, store: BaseStore) -> int:
     value = store.config()[config_key(args.key)]
     print(json.dumps(value) if args.json else value)
     return 0
 
 
-def cmd_config_set(args: argparse.Namespace, store: Store) -> int:
+def cmd_config_set(args: argparse.Namespace, store: BaseStore) -> int:
     key = config_key(args.key)
     value = validate_config_value(key, args.value)
     store.set_config(key, value)
@@ -6227,7 +6227,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if store is not None:
             store.close()
-            flush_warnings(store)
+            flush_notes(store)
 
 
 def unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:

@@ -730,7 +730,7 @@ def test_a_store_module_gets_its_url_and_imports_the_running_queuectl(queue: Que
         "import sys\n"
         "import queuectl\n"
         "assert queuectl is sys.modules['__main__'], 'a second copy of queuectl was imported'\n"
-        "class PostgresStore(queuectl.Store):\n"
+        "class PostgresStore(queuectl.FolderStore):\n"
         "    def __init__(self, location):\n"
         "        super().__init__(location.split('://', 1)[1])\n")
     env = dict(queue.env(), PYTHONPATH=str(tmp_path))

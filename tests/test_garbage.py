@@ -187,7 +187,7 @@ def close_leftovers(home: Path, before: set[int]) -> None:
     """queuectl keeps its lock file (one per data folder, for the life of the process) and each
     Store's queue.json open; main() in-process leaves them open, and hundreds of examples, each in
     its own folder, would run into a low open-file limit (256 by default on macOS)."""
-    queuectl.Store._process_locks.pop(os.path.join(str(home), queuectl.LOCK_FILE), None)
+    queuectl.FolderStore._process_locks.pop(os.path.join(str(home), queuectl.LOCK_FILE), None)
     for fd in open_fds() - before:
         try:
             os.close(fd)

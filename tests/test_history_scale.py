@@ -56,7 +56,7 @@ def test_any_finished_job_is_found_through_its_position_after_appends_and_a_purg
     records = positions(queue.home)
     assert records[:8] == queuectl.POSITIONS_MAGIC and len(records) == 16 * 5001, "one record per job"
 
-    store = queuectl.Store(str(queue.home))
+    store = queuectl.FolderStore(str(queue.home))
     with store.locked():
         store._append(queuectl.PROCESSED_FILE,
                       [queuectl.dump_line(job) for job in finished(10, prefix="new", age_days=0.001)])
@@ -95,8 +95,8 @@ def test_a_positions_file_that_does_not_fit_is_never_trusted(queue: Queue, damag
 def test_list_with_a_limit_reads_only_the_start_of_the_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_history(tmp_path, finished(20_000))
     write_history(tmp_path, finished(100, "dead", "d"), "failed.json")
-    store = queuectl.Store(str(tmp_path))
-    store.history_count("completed")  # the caches, as any earlier command leaves them
+    store = queuectl.FolderStore(str(tmp_path))
+    store.finished_count("completed")  # the caches, as any earlier command leaves them
     parsed = []
     real = queuectl.HistoryView._checked
     monkeypatch.setattr(queuectl.HistoryView, "_checked",
@@ -116,7 +116,7 @@ def test_a_crash_duplicate_is_listed_once_as_its_newest_copy(tmp_path: Path) -> 
     for key in ("finished_at", "exit_code"):
         again.pop(key)
     write_history(tmp_path, [again], "queue.json")
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     assert [(job["id"], job["state"]) for job in store.jobs()] == [
         ("d000001", "pending"), ("d000000", "dead"), ("d000002", "dead")]
     assert [job["id"] for job in store.jobs("dead")] == ["d000000", "d000002"]
@@ -245,7 +245,7 @@ def test_a_text_filter_skips_unparsed_only_lines_that_cannot_match(tmp_path: Pat
     jobs[20]["error"] = 'said "quoted" \\ back'
     jobs[2990]["command"] = "echo Needle"
     write_history(tmp_path, jobs)
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
 
     def page(query: str) -> list[str]:
         return [job["id"] for job in queuectl.dashboard_jobs(store, "completed", query, 5)]
@@ -263,8 +263,8 @@ def test_purge_on_windows_holds_no_file_open_that_it_replaces(tmp_path: Path,
     """Windows cannot replace a file that is open, not even by the process that opened it (on
     Linux the old file stays open until the lock is released: its blocks are freed after it)."""
     write_history(tmp_path, finished(3000))
-    store = queuectl.Store(str(tmp_path))
-    store.history_count("completed")
+    store = queuectl.FolderStore(str(tmp_path))
+    store.finished_count("completed")
     real = queuectl.replace_with_retry
     replaced = []
 

@@ -38,7 +38,7 @@ posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and
 
 
 class Identity:
-    """What Store.checkpoint needs to know of a worker process."""
+    """What Store.worker_round needs to know of a worker process."""
 
     def __init__(self, pid: int = DEAD_PID, host: str = queuectl.HOST) -> None:
         self.pid, self.host = pid, host
@@ -76,8 +76,8 @@ def job(job_id: str, command: str = "true", **fields: Any) -> dict[str, Any]:
     return queuectl.normalize_job({"id": job_id, "command": command, **fields}, dict(queuectl.DEFAULT_CONFIG))
 
 
-def seeded(home: Path, ids: tuple[str, ...] = ("j0", "j1", "j2"), **fields: Any) -> queuectl.Store:
-    store = queuectl.Store(str(home))
+def seeded(home: Path, ids: tuple[str, ...] = ("j0", "j1", "j2"), **fields: Any) -> queuectl.FolderStore:
+    store = queuectl.FolderStore(str(home))
     store.enqueue([job(job_id, f"echo {job_id}", **fields) for job_id in ids])
     return store
 
@@ -269,8 +269,8 @@ def test_unknown_fields_of_a_hand_edited_job_are_kept_through_every_move(queue: 
 
 def test_a_missing_state_file_is_an_empty_one_and_the_others_are_kept(queue: Queue) -> None:
     store = seeded(queue.home, ("done", "other"))
-    store.checkpoint([], 1, Identity())
-    store.checkpoint([ran("done")], 0, Identity())
+    store.worker_round([], 1, Identity())
+    store.worker_round([ran("done")], 0, Identity())
     history = (queue.home / "processed.json").read_bytes()
     (queue.home / "queue.json").unlink()
     counts = counted(queue)
@@ -337,9 +337,9 @@ def ready(queue: Queue) -> Queue:
     its history index built (so that only the command's own writes remain)."""
     ok(queue, "config", "set", "max_retries", "1")  # so that config.json exists
     store = seeded(queue.home, ("pending1", "dead1", "orphan"), max_retries=1)
-    store.checkpoint([], 3, Identity())  # a worker claims all three, hands one back and fails one; then dies
-    store.checkpoint([queuectl.Outcome("pending1", 1, "released"), ran("dead1", exit_code=1)], 0, Identity())
-    queuectl.Store(str(queue.home)).history_count("dead")  # writes history.idx
+    store.worker_round([], 3, Identity())  # a worker claims all three, hands one back and fails one; then dies
+    store.worker_round([queuectl.Outcome("pending1", 1, "released"), ran("dead1", exit_code=1)], 0, Identity())
+    queuectl.FolderStore(str(queue.home)).finished_count("dead")  # writes history.idx
     assert queue.states() == {"pending1": "pending", "dead1": "dead", "orphan": "processing"}
     return queue
 
@@ -400,10 +400,10 @@ def test_a_crash_before_the_replace_leaves_the_previous_queue_file(queue: Queue)
         raise Crash(dst)
 
     with patched(replace_with_retry=crash_before_replace), pytest.raises(Crash):
-        store.checkpoint([], 1, Identity())
+        store.worker_round([], 1, Identity())
     assert written and written[0][0]["state"] == "processing", "the fault came before the temp file was written"
     assert (queue.home / "queue.json").read_bytes() == before
-    fresh = queuectl.Store(str(queue.home))
+    fresh = queuectl.FolderStore(str(queue.home))
     assert [(j["id"], j["state"], j["attempts"]) for j in fresh.jobs()] == [
         ("j0", "pending", 0), ("j1", "pending", 0), ("j2", "pending", 0)]
     jobs = check_each_job_once(queue, {"j0", "j1", "j2"})
@@ -419,8 +419,8 @@ def test_a_crash_after_the_replace_of_a_claim_returns_the_job_to_pending(queue: 
         raise Crash(dst)
 
     with patched(replace_with_retry=crash_after_replace), pytest.raises(Crash):
-        store.checkpoint([], 1, Identity())
-    fresh = queuectl.Store(str(queue.home))
+        store.worker_round([], 1, Identity())
+    fresh = queuectl.FolderStore(str(queue.home))
     assert fresh.get("j0")["state"] == "processing" and fresh.get("j0")["pid"] == DEAD_PID
     jobs = check_each_job_once(queue, {"j0", "j1", "j2"})
     # The attempt never started (no scratch file says it did): back to pending, not counted.
@@ -435,25 +435,25 @@ def test_a_crash_between_the_history_append_and_the_queue_write(
     """A finished job is appended to its history file first; a crash before queue.json is
     rewritten leaves it in both. It shows once, as its history copy, and never runs again."""
     trace = tmp_path / "trace"
-    store = queuectl.Store(str(queue.home))
+    store = queuectl.FolderStore(str(queue.home))
     store.enqueue([job(j, f"echo {j} >> {shlex.quote(str(trace))}", max_retries=1) for j in ("j0", "j1", "j2")])
-    store.checkpoint([], 1, Identity())
-    real_append = queuectl.Store._append
+    store.worker_round([], 1, Identity())
+    real_append = queuectl.FolderStore._append
 
-    def append_then_crash(self: queuectl.Store, name: str, lines: list[str]) -> None:
+    def append_then_crash(self: queuectl.FolderStore, name: str, lines: list[str]) -> None:
         real_append(self, name, lines)
         if name == history:
             raise Crash(name)
 
-    monkeypatch.setattr(queuectl.Store, "_append", append_then_crash)
+    monkeypatch.setattr(queuectl.FolderStore, "_append", append_then_crash)
     with pytest.raises(Crash):
-        store.checkpoint([ran("j0", exit_code=exit_code)], 0, Identity())
+        store.worker_round([ran("j0", exit_code=exit_code)], 0, Identity())
     monkeypatch.undo()
     files = parsed_files(queue.home)
     assert [j["state"] for j in files["queue.json"] if j["id"] == "j0"] == ["processing"]
     assert [j["id"] for j in files[history]] == ["j0"]
 
-    fresh = queuectl.Store(str(queue.home))
+    fresh = queuectl.FolderStore(str(queue.home))
     assert [(j["id"], j["state"]) for j in fresh.jobs() if j["id"] == "j0"] == [("j0", state)]
     jobs = listed(queue)  # before anything settles it
     assert jobs["j0"]["state"] == state
@@ -471,10 +471,10 @@ def test_a_crash_between_the_two_writes_of_a_dlq_retry_leaves_one_job(queue: Que
     After a crash between the two, the job must show once and run once; the newer, pending copy
     is its latest state."""
     trace = tmp_path / "trace"
-    store = queuectl.Store(str(queue.home))
+    store = queuectl.FolderStore(str(queue.home))
     store.enqueue([job("d", f"echo d >> {shlex.quote(str(trace))}", max_retries=1)])
-    store.checkpoint([], 1, Identity())
-    store.checkpoint([ran("d", exit_code=1)], 0, Identity())
+    store.worker_round([], 1, Identity())
+    store.worker_round([ran("d", exit_code=1)], 0, Identity())
     assert queue.states() == {"d": "dead"}
 
     def crash_before_replace(src: str, dst: str, *args: Any, **kwargs: Any) -> None:
@@ -483,7 +483,7 @@ def test_a_crash_between_the_two_writes_of_a_dlq_retry_leaves_one_job(queue: Que
         os.replace(src, dst)
 
     with patched(replace_with_retry=crash_before_replace), pytest.raises(Crash):
-        queuectl.Store(str(queue.home)).dlq_retry(None)
+        queuectl.FolderStore(str(queue.home)).dlq_retry(None)
     assert ids_in_files(queue.home) == {"d": 2}, "the crash should leave the job in both files"
 
     assert listed(queue)["d"]["state"] == "pending"
@@ -526,7 +526,7 @@ def test_an_enqueue_torn_by_a_crash_is_repaired_and_keeps_every_whole_job(queue:
         store.enqueue([new])
     expected = {"j0", "j1", "j2"} | ({"n1"} if whole_job_written(cut, payload) else set())
 
-    fresh = queuectl.Store(str(queue.home))
+    fresh = queuectl.FolderStore(str(queue.home))
     assert [j["id"] for j in fresh.jobs()] == sorted(expected)
     json.loads((queue.home / "queue.json").read_bytes())  # repaired on that load
     jobs = check_each_job_once(queue, expected)
@@ -543,11 +543,11 @@ def test_a_completion_torn_by_a_crash_is_repaired_and_nothing_is_lost(
     expected = {"j0", "j1", "j2"}
     if earlier_history:
         store.enqueue([job("h0")])
-        store.checkpoint([], 4, Identity())  # h0 completes, the others are handed back unstarted
-        store.checkpoint([ran("h0")] + [queuectl.Outcome(j, 1, "released") for j in sorted(expected)], 0,
+        store.worker_round([], 4, Identity())  # h0 completes, the others are handed back unstarted
+        store.worker_round([ran("h0")] + [queuectl.Outcome(j, 1, "released") for j in sorted(expected)], 0,
                          Identity())
         expected.add("h0")
-    _, claimed, _ = store.checkpoint([], 1, Identity())
+    _, claimed, _ = store.worker_round([], 1, Identity())
     assert [j["id"] for j in claimed] == ["j0"]
     payloads = []
 
@@ -556,10 +556,10 @@ def test_a_completion_torn_by_a_crash_is_repaired_and_nothing_is_lost(
         return torn_write(CUTS[cut])(fd, data)
 
     with patched(os=OsProxy(write=write)), pytest.raises(Crash):
-        store.checkpoint([ran("j0")], 0, Identity())
+        store.worker_round([ran("j0")], 0, Identity())
     whole = whole_job_written(cut, payloads[0])
 
-    fresh = queuectl.Store(str(queue.home))
+    fresh = queuectl.FolderStore(str(queue.home))
     states = {j["id"]: j["state"] for j in fresh.jobs()}
     assert states["j0"] == ("completed" if whole else "processing")
     assert set(states) == expected
@@ -656,17 +656,17 @@ def test_a_hand_edited_id_that_names_a_path_still_writes_only_inside_logs(queue:
 def test_a_job_of_a_silent_worker_on_another_host_is_recovered_after_the_lease(queue: Queue) -> None:
     lease = 2.0
     ok(queue, "config", "set", "lease_timeout", str(int(lease)))
-    store = queuectl.Store(str(queue.home))
+    store = queuectl.FolderStore(str(queue.home))
     store.enqueue([job("remote", "echo remote")])
     far = Identity(4242, "elsewhere")
-    _, claimed, _ = store.checkpoint([], 1, far)
+    _, claimed, _ = store.worker_round([], 1, far)
     assert [(j["id"], j["host"], j["attempts"]) for j in claimed] == [("remote", "elsewhere", 1)]
     # What the remote worker left in the shared folder: the started attempt's scratch file, a heartbeat.
     scratch = Path(store.scratch_file(far.host, far.pid, "Worker-1"))
     header = queuectl.attempt_header("remote", 1, time.time(), "Worker-1", far)
     beat = time.time()
-    store.write_heartbeat({"pid": far.pid, "host": far.host, "threads": 1, "started_at": queuectl.iso(beat),
-                           "heartbeat_at": queuectl.iso(beat), "home": store.home})
+    store.heartbeat({"pid": far.pid, "host": far.host, "threads": 1, "started_at": queuectl.iso(beat),
+                           "heartbeat_at": queuectl.iso(beat), "home": store.location})
     scratch.write_bytes(header + b"partial output\n")
 
     # Each `status`: seconds since the heartbeat when it started and when it ended, the job's

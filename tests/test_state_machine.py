@@ -38,7 +38,7 @@ FINISHED = queuectl.FINISHED_STATES
 TICK = 1000.0  # the clock rule's step: far more than any step of the machine takes in real time
 
 
-def close_store(store: queuectl.Store) -> None:
+def close_store(store: queuectl.FolderStore) -> None:
     """A Store keeps the queue.json it last wrote open (so that its inode is not reused), and
     queuectl one lock file per folder, for the life of the process. Hundreds of runs, each in
     its own folder, would otherwise run into a low open-file limit (256 by default on macOS)."""
@@ -63,7 +63,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.offset = 0.0
         self.real_now_ts = queuectl.now_ts
         queuectl.now_ts = lambda: time.time() + self.offset
-        self.store = queuectl.Store(self.home)
+        self.store = queuectl.FolderStore(self.home)
         self.store.set_config("backoff_base", 1)
         self.store.set_config("max_backoff", 0)
         self.workers = [FakeWorker(os.getpid() + 1000), FakeWorker(os.getpid() + 1001)]
@@ -77,7 +77,7 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         queuectl.now_ts = self.real_now_ts
         close_store(self.store)
-        lock = queuectl.Store._process_locks.pop(self.store.path(queuectl.LOCK_FILE), None)
+        lock = queuectl.FolderStore._process_locks.pop(self.store.path(queuectl.LOCK_FILE), None)
         if getattr(lock, "_fd", None) is not None:
             os.close(lock._fd)
         shutil.rmtree(self.home, ignore_errors=True)
@@ -126,7 +126,7 @@ class StoreMachine(RuleBasedStateMachine):
                       if job["state"] == "processing" and job["worker"] == worker.pid and job["cancel"])
 
     def check_cancels(self, cancels: list[str], worker: FakeWorker) -> None:
-        """checkpoint's third value: this worker's processing jobs with a cancel request."""
+        """worker_round's third value: this worker's processing jobs with a cancel request."""
         assert len(cancels) == len(set(cancels)), cancels
         assert sorted(cancels) == self.expected_cancels(worker), (cancels, worker.pid)
 
@@ -198,7 +198,7 @@ class StoreMachine(RuleBasedStateMachine):
     def claim(self, want: int, which: int) -> None:
         worker = self.workers[which]
         due = self.ids_in("pending", "failed")
-        recorded, claimed, cancels = self.store.checkpoint([], want, worker)
+        recorded, claimed, cancels = self.store.worker_round([], want, worker)
         assert recorded == []
         assert len(claimed) == min(want, len(due)), (claimed, due)
         assert len({job["id"] for job in claimed}) == len(claimed)
@@ -230,7 +230,7 @@ class StoreMachine(RuleBasedStateMachine):
                                        started=queuectl.now_ts())
         else:
             outcome = queuectl.Outcome(job_id, expected["attempts"], kind=kind)
-        recorded, claimed, cancels = self.store.checkpoint([outcome], 0, worker)
+        recorded, claimed, cancels = self.store.worker_round([outcome], 0, worker)
         assert claimed == []
         attempts = None
         if kind == "ran" and exit_code == 0:
@@ -280,7 +280,7 @@ class StoreMachine(RuleBasedStateMachine):
             outcome = queuectl.Outcome(job_id, expected["attempts"] + 1, exit_code=0, started=queuectl.now_ts())
             worker = self.worker_by_pid(expected["worker"])
         before = self.snapshot()
-        recorded, claimed, cancels = self.store.checkpoint([outcome], 0, worker)
+        recorded, claimed, cancels = self.store.worker_round([outcome], 0, worker)
         assert recorded == [] and claimed == []
         assert self.snapshot() == before
         self.check_cancels(cancels, worker)
@@ -350,7 +350,7 @@ class StoreMachine(RuleBasedStateMachine):
                                                 "interrupted"]))
     def cancel_processing(self, data: st.DataObject, then: str) -> None:
         """A processing job (of a live worker) is only marked; its worker hears of it at its
-        next checkpoint, and may report on the job right away (or a later rule does)."""
+        next worker_round, and may report on the job right away (or a later rule does)."""
         job_id = data.draw(st.sampled_from(self.ids_in("processing")), label="job")
         expected = self.model[job_id]
         event("cancel processing" + (" again" if expected["cancel"] else ""))
@@ -366,9 +366,9 @@ class StoreMachine(RuleBasedStateMachine):
             assert {k: v for k, v in marked.items() if k != "cancel_requested_at"} == marked_before
         worker = self.worker_by_pid(expected["worker"])
         before = self.snapshot()
-        recorded, claimed, cancels = self.store.checkpoint([], 0, worker)
+        recorded, claimed, cancels = self.store.worker_round([], 0, worker)
         assert recorded == [] and claimed == []
-        assert self.snapshot() == before, "a checkpoint with nothing to do changed the files"
+        assert self.snapshot() == before, "a worker_round with nothing to do changed the files"
         self.check_cancels(cancels, worker)
         assert job_id in cancels
         if then != "nothing":
@@ -512,13 +512,13 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_fresh_store_sees_the_model(self) -> None:
-        fresh = queuectl.Store(self.home)
+        fresh = queuectl.FolderStore(self.home)
         try:
             self.check_fresh_store(fresh)
         finally:
             close_store(fresh)
 
-    def check_fresh_store(self, fresh: queuectl.Store) -> None:
+    def check_fresh_store(self, fresh: queuectl.FolderStore) -> None:
         listed = fresh.jobs()
         ids = [job["id"] for job in listed]
         assert len(ids) == len(set(ids)), ids
@@ -529,7 +529,7 @@ class StoreMachine(RuleBasedStateMachine):
         for job_id, expected in self.model.items():
             job = self.store.get(job_id)
             assert job is not None and job["state"] == expected["state"], (job_id, job, expected)
-        assert sorted(job["id"] for job in fresh.finished_jobs()) == self.ids_in(*FINISHED)
+        assert sorted(job["id"] for job in fresh.finished_since()) == self.ids_in(*FINISHED)
         assert sorted(job["id"] for job in fresh.active_jobs()) == self.ids_in(*queuectl.ACTIVE_STATES)
         asked = sorted(self.model) + sorted(self.purged)
         assert fresh.states_of(asked) == {job_id: job["state"] for job_id, job in self.model.items()}
@@ -547,19 +547,19 @@ TestStoreStateMachine = StoreMachine.TestCase
 
 @pytest.mark.parametrize("how", ["released", "recovered"])
 def test_a_job_cancelled_before_it_started_counts_no_attempt(tmp_path, monkeypatch, how: str) -> None:
-    store = queuectl.Store(str(tmp_path / "data"))
+    store = queuectl.FolderStore(str(tmp_path / "data"))
     store.enqueue([queuectl.normalize_job({"id": "j1", "command": "true"}, store.config())])
     worker = FakeWorker(os.getpid() + 1000)
-    _, claimed, _ = store.checkpoint([], 1, worker)
+    _, claimed, _ = store.worker_round([], 1, worker)
     assert [(job["id"], job["attempts"]) for job in claimed] == [("j1", 1)]
     assert store.cancel(["j1"]) == {"j1": ("requested", "processing")}
     if how == "released":  # claimed ahead, never started, handed back after the cancel
-        recorded, _, _ = store.checkpoint([queuectl.Outcome("j1", 1, kind="released")], 0, worker)
+        recorded, _, _ = store.worker_round([queuectl.Outcome("j1", 1, kind="released")], 0, worker)
         assert [what for _, what in recorded] == ["cancelled"]
     else:  # its worker died before the attempt started (no scratch file shows a start)
         later = time.time() + store.config()["lease_timeout"] + 10
         monkeypatch.setattr(queuectl, "now_ts", lambda: later)
         assert [job["state"] for job in store.recover_orphans()] == ["cancelled"]
-    job = queuectl.Store(store.home).get("j1")
+    job = queuectl.FolderStore(store.location).get("j1")
     assert job["state"] == "cancelled"
     assert job["attempts"] == 0, job

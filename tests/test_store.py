@@ -24,8 +24,8 @@ def history(home: Path, ids: list[str], name: str = "processed.json") -> None:
 def test_history_index_counts_and_finds_ids_across_megabyte_regions(tmp_path: Path) -> None:
     ids = [f"h{n}" for n in range(30_000)]  # about 3 MB: several read regions
     history(tmp_path, ids)
-    store = queuectl.Store(str(tmp_path))
-    assert store.history_count("completed") == 30_000
+    store = queuectl.FolderStore(str(tmp_path))
+    assert store.finished_count("completed") == 30_000
     assert (tmp_path / "history.idx").exists()
     probe = ["h0", "h29999", "h12345", "absent", "h30000"]
     assert store.ids_in_history(probe) == {"h0": "completed", "h29999": "completed", "h12345": "completed"}
@@ -33,16 +33,16 @@ def test_history_index_counts_and_finds_ids_across_megabyte_regions(tmp_path: Pa
 
 def test_history_index_reads_only_what_was_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     history(tmp_path, [f"h{n}" for n in range(1000)])
-    queuectl.Store(str(tmp_path)).history_count("completed")  # builds the index
-    store = queuectl.Store(str(tmp_path))
+    queuectl.FolderStore(str(tmp_path)).finished_count("completed")  # builds the index
+    store = queuectl.FolderStore(str(tmp_path))
     store._append("processed.json", [queuectl.dump_line({"id": "late", "command": "x", "state": "completed",
                                                           "attempts": 1})])
     offsets = []
     real = queuectl._regions
     monkeypatch.setattr(queuectl, "_regions",
                         lambda handle, offset, *end: offsets.append(offset) or real(handle, offset, *end))
-    fresh = queuectl.Store(str(tmp_path))
-    assert fresh.history_count("completed") == 1001
+    fresh = queuectl.FolderStore(str(tmp_path))
+    assert fresh.finished_count("completed") == 1001
     assert fresh.ids_in_history(["late", "h7", "nope"]) == {"late": "completed", "h7": "completed"}
     size = (tmp_path / "processed.json").stat().st_size
     assert offsets and offsets[0] > size - 200, f"the whole file was read again: offsets {offsets}"
@@ -50,23 +50,23 @@ def test_history_index_reads_only_what_was_appended(tmp_path: Path, monkeypatch:
 
 def test_history_index_notices_a_file_rewritten_in_place(tmp_path: Path) -> None:
     history(tmp_path, ["a1", "a2", "a3"])
-    assert queuectl.Store(str(tmp_path)).history_count("completed") == 3
+    assert queuectl.FolderStore(str(tmp_path)).finished_count("completed") == 3
     path = tmp_path / "processed.json"
     text = path.read_text().replace("a3", "b3")  # same size, same inode
     with open(path, "r+") as handle:
         handle.write(text)
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     assert store.ids_in_history(["b3", "a3"]) == {"b3": "completed"}
 
 
 def test_a_damaged_line_in_appended_history_is_reported(tmp_path: Path) -> None:
     history(tmp_path, ["a1", "a2"])
-    queuectl.Store(str(tmp_path)).history_count("completed")
+    queuectl.FolderStore(str(tmp_path)).finished_count("completed")
     path = tmp_path / "processed.json"
     data = path.read_bytes()
     path.write_bytes(data[:-3] + b',\n{"id":"a3",\n{"id":"a4","command":"x","state":"completed"}\n]\n')
     with pytest.raises(queuectl.CorruptFileError, match="processed.json"):
-        queuectl.Store(str(tmp_path)).history_count("completed")
+        queuectl.FolderStore(str(tmp_path)).finished_count("completed")
 
 
 def hold_lock(home: Path) -> subprocess.Popen:
@@ -161,11 +161,11 @@ class Identity:
 def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Path) -> None:
     """Worker A was taken for dead (its lease ran out), B claimed the job again; when A's
     result finally arrives it must not overwrite B's claim."""
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     config = store.config()
     store.enqueue([queuectl.normalize_job({"id": "j", "command": "true"}, config)])
     a, b = Identity(1_000_001), Identity(1_000_002)
-    _, claimed, _ = store.checkpoint([], 1, a)
+    _, claimed, _ = store.worker_round([], 1, a)
     assert claimed[0]["attempts"] == 1
     with store.locked():  # what recovery does once A counts as dead
         store._load_queue()
@@ -173,15 +173,15 @@ def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Pa
         store._update(job)
         store._index(job)
         store._save_queue()
-    _, claimed, _ = store.checkpoint([], 1, b)
+    _, claimed, _ = store.worker_round([], 1, b)
     assert claimed[0]["attempts"] == 2 and claimed[0]["pid"] == b.pid
     late = queuectl.Outcome("j", 1, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
-    recorded, _, _ = store.checkpoint([late], 0, a)
+    recorded, _, _ = store.worker_round([late], 0, a)
     assert recorded == []
-    job = queuectl.Store(str(tmp_path)).get("j")
+    job = queuectl.FolderStore(str(tmp_path)).get("j")
     assert job["state"] == "processing" and job["pid"] == b.pid
     mine = queuectl.Outcome("j", 2, exit_code=0, worker="Worker-1", started=queuectl.now_ts())
-    recorded, _, _ = store.checkpoint([mine], 0, b)
+    recorded, _, _ = store.worker_round([mine], 0, b)
     assert [what for _, what in recorded] == ["completed"]
 
 
@@ -189,7 +189,7 @@ def test_the_id_filter_has_few_false_positives_for_ids_that_look_alike(tmp_path:
     """ids such as later-063301 and hist-0000001 differ in a few characters; a weak hash put
     8% of such ids in the filter, and each such miss costs a read of the whole history."""
     history(tmp_path, [f"hist-{n:07d}" for n in range(20_000)])
-    index = queuectl.Store(str(tmp_path))._history_index("processed.json")
+    index = queuectl.FolderStore(str(tmp_path))._history_index("processed.json")
     assert all(index.might_hold(f"hist-{n:07d}") for n in range(0, 20_000, 97))
     false_positives = sum(index.might_hold(f"later-{n:06d}") for n in range(60_000, 80_000))
     assert false_positives <= 20, f"{false_positives} of 20,000 absent ids looked present"
@@ -199,7 +199,7 @@ def test_a_failed_write_does_not_leave_the_cache_ahead_of_the_file(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A round whose queue.json write fails (disk full) must not leave its claims in the
     process's cache: the next round would think them written and the jobs would be stuck."""
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     store.enqueue([queuectl.normalize_job({"id": "j", "command": "true"}, store.config())])
     worker = Identity(os.getpid())
     real = queuectl.atomic_write
@@ -209,9 +209,9 @@ def test_a_failed_write_does_not_leave_the_cache_ahead_of_the_file(tmp_path: Pat
 
     monkeypatch.setattr(queuectl, "atomic_write", full_disk)
     with pytest.raises(queuectl.QueueError, match="queue.json"):
-        store.checkpoint([], 1, worker)
+        store.worker_round([], 1, worker)
     monkeypatch.setattr(queuectl, "atomic_write", real)
-    _, claimed, _ = store.checkpoint([], 1, worker)
+    _, claimed, _ = store.worker_round([], 1, worker)
     assert [job["id"] for job in claimed] == ["j"], "the job must still be claimable"
 
 
@@ -228,7 +228,7 @@ def finished_history(home: Path, count: int, name: str = "processed.json", state
 def test_the_newest_finished_jobs_are_read_from_the_end_of_the_file(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = finished_history(tmp_path, 30_000)  # about 3.5 MB: lines cross the 1 MB read boundaries
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     monkeypatch.setattr(store, "_repair_history", lambda name: pytest.fail("parsed the whole history"))
     for limit in (0, 1, 200, 9_000, 30_000, 40_000):
         assert store.newest("completed", limit) == jobs[::-1][:limit]
@@ -238,7 +238,7 @@ def test_the_newest_finished_jobs_are_read_from_the_end_of_the_file(tmp_path: Pa
 def test_jobs_finished_since_a_time_are_read_from_the_end_of_the_file(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = finished_history(tmp_path, 20_000)
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     read = []
     real = queuectl.HistoryView.backward
 
@@ -250,7 +250,7 @@ def test_jobs_finished_since_a_time_are_read_from_the_end_of_the_file(tmp_path: 
     monkeypatch.setattr(queuectl.HistoryView, "backward", backward)
     monkeypatch.setattr(queuectl.HistoryView, "forward", lambda *args: pytest.fail("read from the start"))
     since = time.time() - 3600
-    assert sorted(j["id"] for j in store.finished_jobs(since)) == sorted(
+    assert sorted(j["id"] for j in store.finished_since(since)) == sorted(
         j["id"] for j in jobs if queuectl._epoch(j["finished_at"]) >= since)
     assert 3600 <= len(read) <= 3600 + 302  # the hour, and the 5 minutes of slack it reads beyond it
 
@@ -258,7 +258,7 @@ def test_jobs_finished_since_a_time_are_read_from_the_end_of_the_file(tmp_path: 
 def test_a_history_file_in_another_layout_is_read_whole_and_still_right(tmp_path: Path) -> None:
     jobs = finished_history(tmp_path, 50)
     (tmp_path / "processed.json").write_text(json.dumps(jobs, indent=2))  # reformatted by a person
-    store = queuectl.Store(str(tmp_path))
+    store = queuectl.FolderStore(str(tmp_path))
     assert store.newest("completed", 3) == jobs[::-1][:3]
     (tmp_path / "failed.json").write_text("[\n]\n")
     assert store.newest("dead", 3) == []
@@ -266,7 +266,7 @@ def test_a_history_file_in_another_layout_is_read_whole_and_still_right(tmp_path
 
 def test_the_folder_store_implements_every_verb_of_the_store_contract() -> None:
     verbs = [name for name, value in vars(queuectl.BaseStore).items() if callable(value) and not name.startswith("_")]
-    missing = [name for name in verbs if getattr(queuectl.Store, name) is getattr(queuectl.BaseStore, name)]
+    missing = [name for name in verbs if getattr(queuectl.FolderStore, name) is getattr(queuectl.BaseStore, name)]
     assert len(verbs) >= 30 and missing == [], missing
     with pytest.raises(NotImplementedError):
         queuectl.BaseStore().enqueue([])

@@ -1109,7 +1109,7 @@ def test_store_on_the_windows_lock_works_and_times_out_in_one_line(tmp_path, mon
     home = str(tmp_path / "home")
     assert run_main(["--home", home, "enqueue", "--id", "a", "--command", "echo a"])[0] == 0
     lock_path = str(Path(home, queuectl.LOCK_FILE))
-    assert isinstance(queuectl.Store._process_locks[os.path.abspath(lock_path)], filelock.BaseFileLock)
+    assert isinstance(queuectl.FolderStore._process_locks[os.path.abspath(lock_path)], filelock.BaseFileLock)
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -1201,12 +1201,12 @@ def test_a_retry_due_at_once_is_not_lost_by_the_claim_of_its_round(tmp_path, mon
     home = str(tmp_path / "home")
     assert run_main(["--home", home, "config", "set", "max_backoff", "0"])[0] == 0
     assert run_main(["--home", home, "enqueue", "--id", "f", "--command", "exit 1"])[0] == 0
-    store, me = queuectl.Store(home), queuectl.WorkerIdentity()
-    _, (claimed,), _ = store.checkpoint([], 1, me)
+    store, me = queuectl.FolderStore(home), queuectl.WorkerIdentity()
+    _, (claimed,), _ = store.worker_round([], 1, me)
     monkeypatch.setattr(queuectl, "now_ts", StepClock())
     failed = queuectl.Outcome("f", claimed["attempts"], exit_code=1, error="exit code 1", worker="Worker-1",
                               duration=0.01)
-    recorded, again, _ = store.checkpoint([failed], 1, me)
+    recorded, again, _ = store.worker_round([failed], 1, me)
     assert [what for _, what in recorded] == ["failed"]
     assert again or store.next_due() is not None, (
         f"job f is failed (has_retries_waiting={store.has_retries_waiting()}) but in no due index")

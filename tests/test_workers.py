@@ -453,7 +453,7 @@ def test_a_stale_stop_flag_does_not_stop_a_new_worker(queue: Queue, tmp_path: Pa
     import queuectl
 
     fast(queue)
-    queuectl.Store(str(queue.home)).request_stop()  # as left by a stop whose worker then crashed
+    queuectl.FolderStore(str(queue.home)).request_stop()  # as left by a stop whose worker then crashed
     assert (queue.home / "stop.flag").exists()
     enqueue(queue, "after-stop", "echo ran")
 
