@@ -1316,14 +1316,29 @@ def settle_orphan(job: dict[str, Any], started: bool, now: float) -> tuple[dict[
     return requeued(job, now, counted=started), "pending"
 
 
+class Attempt:
+    """One attempt's output as a store hands it out: its record (who ran it, how it ended) and
+    its bytes, source[record.output_start:record.output_end], in a seekable binary file; `late`:
+    (file, start, end) of what processes it left running wrote after it ended; `more(offset)`,
+    for a running attempt: its output from `offset` on as far as it has got (None once the
+    attempt is no longer running)."""
+
+    def __init__(self, record: LogRecord, source: Any, late: tuple[Any, int, int] | None = None,
+                 more: Callable[[int], bytes | None] | None = None) -> None:
+        self.record = record
+        self.source = source
+        self.number = record.number
+        self.late = late
+        self.more = more
+
+
 class BaseStore:
     """Where a queue lives, in queue verbs: the contract that the command line, the worker and the
     dashboard rely on. Every verb is atomic across processes (and, for a database, hosts): it sees
     and leaves the queue whole. A store keeps the states, the history and each attempt's output;
     the rules of what happens to a job are the same for every store (DESIGN.md's state table).
-    Store (the folder of JSON files) is the first; a new store implements every verb below and
-    is named in STORES. (Some verbs still say what the folder store does: `home`, `log_files`,
-    `live_output`, `keep_output`; see the issue "One Store interface".)"""
+    FolderStore (the folder of JSON files) is the first; a new store implements every verb below
+    and is named in STORES."""
 
     location: str  # where the queue lives: a folder's absolute path, or a URL
     notes: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
@@ -1374,8 +1389,14 @@ class BaseStore:
         """Finished jobs (those that finished at `since` or later), one at a time."""
         raise NotImplementedError
 
-    def cancel(self, ids: list[str], watch: HistoryWatch | None = None) -> dict[str, tuple[str, str]]:
-        """Cancel jobs: {id: (what happened, the state it was in)}; a running one is asked to stop."""
+    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Cancel jobs: {id: (what happened, the state it was in)}, what happened being "cancelled",
+        "requested" (it is running: its worker is asked to stop it), "finished" or "unknown"."""
+        raise NotImplementedError
+
+    def ended_since_cancel(self, ids: Iterable[str]) -> dict[str, str]:
+        """The state jobs whose stop the last cancel requested ended in, for those purged since
+        (a store that keeps them until asked has none to add)."""
         raise NotImplementedError
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
@@ -1446,18 +1467,51 @@ class BaseStore:
         """The last worker has stopped: forget the request."""
         raise NotImplementedError
 
-    # -- output (folder-shaped for now)
-    def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str, int]]]:
-        """Where a job's log and its late output are."""
+    def lost(self) -> str | None:
+        """Why this process can record nothing more here (the place the queue lived at is gone),
+        or None; the first call notes the place as it is."""
         raise NotImplementedError
 
-    def live_output(self, job: dict[str, Any]) -> str | None:
-        """Where a running attempt's output is being written, or None."""
+    # -- output: a store keeps each attempt's output; while an attempt runs, its command writes
+    # into a scratch file of its worker's, which the store hands out (and can read while it grows)
+    def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
+        """A new, empty scratch file for one of this worker's threads (binary, read-write; its
+        `name` is its path). OSError when it cannot be made."""
+        raise NotImplementedError
+
+    def scratch_in_place(self, handle: Any) -> bool:
+        """Is this scratch file still where the store looks for it (nobody removed it)?"""
+        raise NotImplementedError
+
+    def remove_scratch(self, handle: Any) -> None:
+        """A scratch file is no longer needed (closed or not)."""
         raise NotImplementedError
 
     def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
                     start: int, end: int, ending: str, counted: bool = True) -> bool:
-        """Keep an attempt's output while the attempt is still this worker's claim; False if not."""
+        """Keep an attempt's output, source[start:end] (`header`: its scratch file's first line),
+        while the attempt is still this worker's claim; False if not."""
+        raise NotImplementedError
+
+    def keep_late_output(self, job_id: str, attempt: int, scratch: Any, end: int) -> None:
+        """Processes the attempt's command left running still write into its scratch file: keep
+        what they write after `end` as the attempt's late output (the file is the store's now)."""
+        raise NotImplementedError
+
+    def cap_late_output(self, limit: int) -> None:
+        """Keep late output within `limit` bytes a file where the store can (called every heartbeat)."""
+        raise NotImplementedError
+
+    def log_location(self, job_id: str) -> str:
+        """Where a job's output is kept, as `show` names it."""
+        raise NotImplementedError
+
+    def attempt_logs(self, job_id: str) -> list[Attempt]:
+        """A job's recorded attempts, oldest first, with their output and late output."""
+        raise NotImplementedError
+
+    def running_attempt(self, job: dict[str, Any]) -> Attempt | None:
+        """The job's running attempt with its output so far (its `more` reads on), or None."""
         raise NotImplementedError
 
 
@@ -1497,6 +1551,8 @@ class FolderStore(BaseStore):
         self._prepared: dict[str, tuple[HistoryIndex, str]] = {}  # prepare_history's scans, their positions
         self._indexes_changed = False  # history.idx is behind self._indexes
         self._checked_text: tuple[tuple[int, int, int], str | None] | None = None
+        self._watch: HistoryWatch | None = None  # the history files since the last cancel() (ended_since_cancel)
+        self._identity: tuple[int, int] | None = None  # the data folder's (device, inode), once lost() looked
 
     # -- paths, lock and files --------------------------------------------
 
@@ -1776,6 +1832,9 @@ class FolderStore(BaseStore):
 
     def close(self) -> None:
         self.discard_prepared()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def prepare_history(self) -> None:
         """Index, without the lock, a history file whose caches are missing or out of date (a
@@ -2441,13 +2500,13 @@ class FolderStore(BaseStore):
                 raise
             return [job["id"] for job in requeued]
 
-    def cancel(self, ids: list[str], watch: HistoryWatch | None = None) -> dict[str, tuple[str, str]]:
+    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         """Cancel jobs. A pending or failed job goes to cancelled.json at once; a
         processing job is marked, and its worker kills the command and records
         it (a dead worker's job is settled here). Returns id -> (outcome, state):
         ("cancelled", was), ("requested", "processing"), ("finished", state) or
-        ("unknown", ""). With a watch, how the requested jobs end stays
-        readable even if another command purges them at once."""
+        ("unknown", ""). How the requested jobs end stays readable even if another
+        command purges them at once (ended_since_cancel)."""
         with self.locked():
             self._load_queue()
             now = now_ts()
@@ -2477,9 +2536,15 @@ class FolderStore(BaseStore):
                         results[job["id"]] = ("cancelled", "processing")
             if to_cancelled or requested:
                 self._save_queue()
-            if requested and watch is not None:
-                self._watch_history(watch)
+            if requested:
+                self._watch_history()
             return results
+
+    def ended_since_cancel(self, ids: Iterable[str]) -> dict[str, str]:
+        if self._watch is None:
+            return {}
+        self._watch.look()
+        return self._watch.endings(ids)
 
     def states_of(self, ids: Iterable[str]) -> dict[str, str]:
         """The current state of each of these jobs (an unknown id is left out)."""
@@ -2493,9 +2558,12 @@ class FolderStore(BaseStore):
                 states[job_id] = self.get(job_id)["state"]  # a crash left two copies: the latest wins
             return states
 
-    def _watch_history(self, watch: HistoryWatch) -> None:
+    def _watch_history(self) -> None:
         """Start watching what is appended to the history files from now on (with the
         lock held). A missing file is created empty, so that it is watched too."""
+        if self._watch is not None:
+            self._watch.close()
+        self._watch = watch = HistoryWatch([self.path(name) for name in HISTORY_FILE_OF.values()])
         for name in HISTORY_FILE_OF.values():
             if watch.paths and not os.path.exists(self.path(name)):
                 self._write(name, render_array([]))
@@ -2686,11 +2754,11 @@ class FolderStore(BaseStore):
 
     def remove_logs(self, job_id: str) -> None:
         """Delete a job's log, and the output its commands' leftover processes wrote later."""
-        log, late = self.log_files(job_id)
+        log, late = self._log_files(job_id)
         for path in [log] + [path for _, path, _ in late]:
             _quietly(lambda path=path: os.unlink(path))
 
-    def log_files(self, job_id: str) -> tuple[str, list[tuple[int, str, int]]]:
+    def _log_files(self, job_id: str) -> tuple[str, list[tuple[int, str, int]]]:
         """A job's log (logs/<id>.log), and its late output as [(attempt, path, offset)]: the file
         logs/late/<id>.<attempt>.<offset>.late.log, whose output after `offset` was written once
         the attempt had ended. (Late files have a folder of their own: they are few, and listing
@@ -2765,11 +2833,116 @@ class FolderStore(BaseStore):
             return json.loads(data[at:data.index(b"\n", at + 1)].rstrip(b","))
         return next((job for job in parse_array_file(path, data)[0] if job.get("id") == job_id), None)
 
-    def live_output(self, job: dict[str, Any]) -> str | None:
+    def _live_output(self, job: dict[str, Any]) -> str | None:
         """The scratch file a running attempt writes its output to (None when not running)."""
         if job.get("state") != "processing":
             return None
         return self._attempt_scratch(job, job.get("host", ""), job.get("pid", 0))
+
+    def log_location(self, job_id: str) -> str:
+        return os.path.join(self.path(LOGS_DIR), safe_log_name(job_id))
+
+    def attempt_logs(self, job_id: str) -> list[Attempt]:
+        """The records of logs/<id>.log (those of another id, which shares the file where names
+        differ only in case, left out), each with its late output, past any hole capping left."""
+        log_path, late_files = self._log_files(job_id)
+        late = {attempt: (path, offset) for attempt, path, offset in late_files}
+        try:
+            handle = open(log_path, "rb")
+        except FileNotFoundError:
+            return []
+        attempts = []
+        for record in log_records(handle):
+            if record.job_id not in (None, job_id):
+                continue
+            attempt = Attempt(record, handle)
+            if record.counted and record.number in late:
+                path, offset = late[record.number]
+                try:
+                    late_handle = open(path, "rb")
+                    size = os.fstat(late_handle.fileno()).st_size
+                    attempt.late = (late_handle, min(offset, size), size)
+                except OSError:
+                    pass
+            attempts.append(attempt)
+        return attempts
+
+    def running_attempt(self, job: dict[str, Any]) -> Attempt | None:
+        path = self._live_output(job)
+        if path is None:
+            return None
+        try:
+            handle = open(path, "rb")
+        except OSError:
+            return None
+        header = handle.readline(LOG_LINE_MAX)
+        record = scratch_attempt(header)
+        if record is None or record.job_id != job["id"] or record.number != job["attempts"]:
+            handle.close()
+            return None
+        record.output_end = os.fstat(handle.fileno()).st_size
+        return Attempt(record, handle, more=lambda offset: _read_live(path, header, offset))
+
+    def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
+        path = self.worker_file(worker.host, worker.pid, f".{name}.out")
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        try:
+            return open(path, "w+b", opener=lambda name, _: os.open(name, flags, 0o600))
+        except FileNotFoundError:  # workers/ was deleted: make it again (never the data folder)
+            self.ensure_folder(WORKERS_DIR)
+            return open(path, "w+b", opener=lambda name, _: os.open(name, flags, 0o600))
+
+    def scratch_in_place(self, handle: Any) -> bool:
+        """(A worker whose workers/ was emptied must not write where recovery cannot see it.)"""
+        return _still_at(handle, handle.name)
+
+    def remove_scratch(self, handle: Any) -> None:
+        _quietly(lambda: os.unlink(handle.name))
+
+    def keep_late_output(self, job_id: str, attempt: int, scratch: Any, end: int) -> None:
+        """The scratch file moves into logs/late/, its name saying where the attempt's own output
+        ended; the processes that hold it open write on into it."""
+        scratch.close()
+        late = os.path.join(self.path(LOGS_DIR), LATE_DIR, f"{safe_log_name(job_id)[:-4]}.{attempt}.{end}.late.log")
+        _quietly(lambda: make_private_folders(os.path.dirname(late)))
+        _quietly(lambda: os.replace(scratch.name, late))
+
+    def cap_late_output(self, limit: int, platform: str = sys.platform) -> None:
+        """Keep every late output file in logs/late/ within `limit` bytes on disk (Linux), whichever
+        worker retired it: the processes that write them hold them open and write at their own
+        offsets, so the blocks before the newest `limit` bytes are freed in place (a hole), not cut
+        off. (The attempt's own output before the file's offset is in the log already.)"""
+        if platform != "linux":
+            return
+        for late in self.late_files().values():
+            for _, path, _ in late:
+                try:
+                    fd = os.open(path, os.O_WRONLY)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    if st.st_blocks * 512 > limit + 2 * 4096:
+                        punch_hole(fd, (st.st_size - limit) // 4096 * 4096, platform)
+                finally:
+                    os.close(fd)
+
+    def lost(self) -> str | None:
+        """The data folder was deleted or replaced since the first call (then it is made if missing)."""
+        if self._identity is None:
+            self.ensure_home()
+            try:
+                st = os.stat(self._folder)
+            except OSError as error:
+                raise QueueError(f"cannot use the data folder {self._folder}: {error.strerror}.") from None
+            self._identity = (st.st_dev, st.st_ino)
+        try:
+            st = os.stat(self._folder)
+            if (st.st_dev, st.st_ino) == self._identity:
+                return None
+        except OSError:
+            pass
+        return f"the data folder {self._folder} was deleted or replaced while this worker ran"
 
     # -- workers and the stop flag -----------------------------------------
 
@@ -2778,9 +2951,6 @@ class FolderStore(BaseStore):
         scratch files sit beside it as <host>-<pid>.<thread>.out."""
         safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64]
         return os.path.join(self._folder, WORKERS_DIR, f"{safe_host}-{pid}{suffix}")
-
-    def scratch_file(self, host: str, pid: int, thread: str) -> str:
-        return self.worker_file(host, pid, f".{thread}.out")
 
     def _scratch_files(self, host: str, pid: int) -> list[str]:
         prefix = os.path.basename(self.worker_file(host, pid, "."))
@@ -2840,9 +3010,12 @@ class FolderStore(BaseStore):
                 pass
 
     def heartbeat(self, info: dict[str, Any]) -> None:
-        self.ensure_folder(WORKERS_DIR)
-        atomic_write(self.worker_file(info["host"], info["pid"]), (json.dumps(info) + "\n").encode(),
-                     durable=False, sync=False)  # a torn heartbeat is skipped as unreadable
+        path = self.worker_file(info["host"], info["pid"])
+        try:
+            self.ensure_folder(WORKERS_DIR)
+            atomic_write(path, (json.dumps(info) + "\n").encode(), durable=False, sync=False)  # a torn one is skipped
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, path) from None
 
     def workers(self) -> list[dict[str, Any]]:
         """Worker processes with their last heartbeat, and whether they look alive."""
@@ -3318,7 +3491,6 @@ class Runner:
     """
 
     def __init__(self, store: BaseStore, identity: WorkerIdentity) -> None:
-        self.logs = store.path(LOGS_DIR)
         self.store = store
         self.identity = identity
         self.running: dict[str, tuple[subprocess.Popen, str]] = {}  # job id -> (command, attempt mark)
@@ -3328,54 +3500,41 @@ class Runner:
         self._lock = threading.Lock()
         # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
         # untouched until it is, as recovery's evidence that the attempt started).
-        self._free: list[tuple[str, Any]] = []
+        self._free: list[Any] = []
         self._held: dict[tuple[str, int], tuple[str, Any]] = {}
         self._made = 0
-        store.ensure_folder(LOGS_DIR)
-        store.ensure_folder(WORKERS_DIR)
-
-    def log_path(self, job_id: str) -> str:
-        return os.path.join(self.logs, safe_log_name(job_id))
 
     def _take_scratch(self, header: bytes) -> tuple[str, Any]:
         """A scratch file that holds only this header. WorkerFault when the worker cannot
         write one (workers/ gone or not a folder, a full disk): then the job never starts."""
         with self._lock:
-            path, handle = self._free.pop() if self._free else (None, None)
-            if path is None:
+            handle = self._free.pop() if self._free else None
+            if handle is None:
                 self._made += 1
-                path = self.store.scratch_file(self.identity.host, self.identity.pid, str(self._made))
+            name = str(self._made)
         try:
-            if handle is not None and not _still_at(handle, path):  # workers/ was emptied: recovery could not see it
+            if handle is not None and not self.store.scratch_in_place(handle):  # recovery could not see it
                 _quietly(handle.close)
                 handle = None
             if handle is None:
-                handle = self._new_scratch(path)
+                handle = self.store.new_scratch(self.identity, name)
             handle.seek(0)
             handle.truncate()
             handle.write(header)
             handle.flush()
         except OSError as error:
+            where = error.filename or (handle.name if handle is not None else "")
             if handle is not None:
                 _quietly(handle.close)
-                _quietly(lambda: os.unlink(path))
-            raise WorkerFault(f"this worker cannot write its scratch file {path}: {error.strerror}") from None
-        return path, handle
-
-    def _new_scratch(self, path: str) -> Any:
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileNotFoundError:  # workers/ was deleted: make it again (never the data folder)
-            self.store.ensure_folder(WORKERS_DIR)
-            fd = os.open(path, flags, 0o600)
-        return os.fdopen(fd, "w+b")
+                self.store.remove_scratch(handle)
+            raise WorkerFault(f"this worker cannot write its scratch file {where}: {error.strerror}") from None
+        return handle.name, handle
 
     def check_scratch(self) -> None:
         """WorkerFault unless a scratch file can be written now (the file goes back to the pool)."""
-        item = self._take_scratch(b"=== free\n")
+        _, handle = self._take_scratch(b"=== free\n")
         with self._lock:
-            self._free.append(item)
+            self._free.append(handle)
 
     def settled(self, outcomes: list[Outcome]) -> None:
         """These attempts are recorded: their scratch files may be reused."""
@@ -3383,7 +3542,7 @@ class Runner:
             for outcome in outcomes:
                 item = self._held.pop((outcome.job_id, outcome.attempt), None)
                 if item:
-                    self._free.append(item)
+                    self._free.append(item[1])
 
     def run(self, job: dict[str, Any], worker: str, timeout: float | None, shell: str = "auto",
             starting: Callable[[], None] | None = None) -> Outcome:
@@ -3452,7 +3611,7 @@ class Runner:
         end = self._keep_output(job, out, len(header), result)
         killed = not finished or result.kind != "ran"  # SIGKILL reached its whole group: none will write again
         if not killed and children_left(proc.pid):
-            self._retire(job, path, out, end)
+            self._retire(job, out, end)
         return result
 
     def _keep_output(self, job: dict[str, Any], out: Any, start: int, result: Outcome) -> int:
@@ -3476,50 +3635,26 @@ class Runner:
         except Exception as error:  # whatever went wrong with the log, the command's result stands
             reason = str(error)
             if isinstance(error, OSError) and error.strerror:
-                reason = f"{error.strerror}: {error.filename or self.log_path(job['id'])}"
+                reason = f"{error.strerror}: {error.filename or self.store.log_location(job['id'])}"
             result.warning = f"its output could not be kept: {reason}"
         return end
 
-    def _retire(self, job: dict[str, Any], path: str, handle: Any, end: int) -> None:
-        """Processes the command left behind still hold the scratch file: hand it to them
-        (renamed into logs/, its name saying where the attempt's own output ended); later jobs
-        use other scratch files."""
+    def _retire(self, job: dict[str, Any], handle: Any, end: int) -> None:
+        """Processes the command left behind still hold the scratch file: hand it to the store
+        as the attempt's late output; later jobs use other scratch files."""
         with self._lock:
             self._held.pop((job["id"], job["attempts"]), None)
-        handle.close()
-        late = os.path.join(self.logs, LATE_DIR, f"{safe_log_name(job['id'])[:-4]}.{job['attempts']}.{end}.late.log")
-        _quietly(lambda: make_private_folders(os.path.dirname(late)))
-        _quietly(lambda: os.replace(path, late))
-
-    def cap_late_output(self, limit: int, platform: str = sys.platform) -> None:
-        """Keep every late output file in logs/late/ within `limit` bytes on disk (Linux), whichever
-        worker retired it: the processes that write them hold them open and write at their own
-        offsets, so the blocks before the newest `limit` bytes are freed in place (a hole), not cut
-        off. (The attempt's own output before the file's offset is in the log already.)"""
-        if platform != "linux":
-            return
-        for late in self.store.late_files().values():
-            for _, path, _ in late:
-                try:
-                    fd = os.open(path, os.O_WRONLY)
-                except OSError:
-                    continue
-                try:
-                    st = os.fstat(fd)
-                    if st.st_blocks * 512 > limit + 2 * 4096:
-                        punch_hole(fd, (st.st_size - limit) // 4096 * 4096, platform)
-                finally:
-                    os.close(fd)
+        self.store.keep_late_output(job["id"], job["attempts"], handle, end)
 
     def close(self, remove_files: bool = True) -> None:
         """At exit: close this process's scratch files, and remove them unless recovery will need them."""
         with self._lock:
-            items = self._free + list(self._held.values())
+            handles = self._free + [handle for _, handle in self._held.values()]
             self._free, self._held = [], {}
-        for path, handle in items:
+        for handle in handles:
             handle.close()
             if remove_files:
-                _quietly(lambda path=path: os.unlink(path))
+                self.store.remove_scratch(handle)
 
     def _wait(self, proc: subprocess.Popen, mark: str, timeout: float | None) -> bool:
         """Wait for the command; False when the timeout killed its tree."""
@@ -3592,6 +3727,21 @@ def first_data(handle: Any, start: int) -> int:
         return os.lseek(handle.fileno(), start, os.SEEK_DATA)
     except (AttributeError, OSError):  # no SEEK_DATA; or ENXIO: no data after start
         return start
+
+
+def _read_live(path: str, header: bytes, offset: int) -> bytes | None:
+    """Output of a running attempt from `offset` on, or None once its scratch file starts
+    with another header (another attempt; checked again after the read)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.readline(LOG_LINE_MAX) != header:
+                return None
+            handle.seek(len(header) + offset)
+            chunk = handle.read(1 << 20)
+            handle.seek(0)
+            return chunk if handle.readline(LOG_LINE_MAX) == header else None
+    except OSError:
+        return None
 
 
 def _still_at(handle: Any, path: str) -> bool:
@@ -3981,13 +4131,8 @@ class WorkerPool:
         self.burst = burst
         self.say = say
         self.identity = WorkerIdentity()
-        store.ensure_home()
-        try:
-            self.runner = Runner(store, self.identity)
-            home = os.stat(store.location)
-        except OSError as error:
-            raise QueueError(f"cannot create the worker's folder {error.filename}: {error.strerror}.") from None
-        self.home_id = (home.st_dev, home.st_ino)
+        store.lost()  # notes where the queue is, to find out if it goes
+        self.runner = Runner(store, self.identity)
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)
         self.result_ready = threading.Condition(self.lock)
@@ -4161,15 +4306,11 @@ class WorkerPool:
 
     def _check_home(self) -> None:
         """A data folder deleted (or replaced) under a running worker can take no result: stop."""
-        try:
-            home = os.stat(self.store.location)
-            same = (home.st_dev, home.st_ino) == self.home_id
-        except OSError:
-            same = False
-        if not same and not self.home_lost:
+        lost = None if self.home_lost else self.store.lost()
+        if lost:
             self.home_lost = self.failed = self.stopping = True
             self.heartbeat_stop.set()  # a heartbeat would re-create workers/ in a replacing folder
-            self.fault = f"the data folder {self.store.location} was deleted or replaced while this worker ran"
+            self.fault = lost
             self.fault_said_at = None
 
     def _fault_found(self, text: str) -> None:
@@ -4414,14 +4555,13 @@ class WorkerPool:
             self.store.heartbeat(self._heartbeat_info())
             self.last_beat = began
         except OSError as error:  # others would take this worker for dead: claim nothing meanwhile
-            path = self.store.worker_file(self.identity.host, self.identity.pid)
-            self._fault_found(f"this worker cannot write its heartbeat {path}: {error.strerror}")
+            self._fault_found(f"this worker cannot write its heartbeat {error.filename}: {error.strerror}")
 
     def _heartbeat_loop(self) -> None:
         while not self.heartbeat_stop.wait(self._heartbeat_interval()):
             self._heartbeat_once()
             try:
-                self.runner.cap_late_output(int(self.store.config()["log_max_bytes"]))
+                self.store.cap_late_output(int(self.store.config()["log_max_bytes"]))
             except (OSError, QueueError):
                 pass  # tried again at the next beat
 
@@ -4797,7 +4937,7 @@ def cmd_show(args: argparse.Namespace, store: BaseStore) -> int:
     terminal = sys.stdout.isatty()
     for key in keys:
         print(f"{key:<{width}}: {'-' if job[key] is None else escape_controls(str(job[key]), terminal)}")
-    print(f"{'log':<{width}}: {store.log_files(job['id'])[0]}")
+    print(f"{'log':<{width}}: {store.log_location(job['id'])}")
     if job.get("output"):
         print("output (last part):")
         print(escape_controls(str(job["output"]).rstrip("\n"), terminal))
@@ -4807,43 +4947,12 @@ def cmd_show(args: argparse.Namespace, store: BaseStore) -> int:
 # -- logs -------------------------------------------------------------------
 
 
-class Attempt:
-    """One attempt as `logs` shows it: its record in a log (or in a running attempt's scratch
-    file) and that file, kept open: cap_log may replace the log meanwhile."""
-
-    def __init__(self, record: LogRecord, source: Any) -> None:
-        self.record = record
-        self.source = source
-        self.number = record.number
-
-    def title(self) -> str:
-        record = self.record
-        # A run a second Ctrl+C interrupted is not counted: the next one has its number.
-        name = f"attempt {'?' if record.number is None else record.number}" if record.counted else "uncounted run"
-        start = f", started {record.started} by {record.worker}" if record.started else " (its start was cut off)"
-        return f"=== {name}{start}: {record.problem or record.ending or 'running'}"
-
-
-def _attempt_from_header(line: bytes, job_id: str) -> LogRecord | None:
-    """The attempt a scratch file's first line starts (None: not one of this job)."""
-    record = scratch_attempt(line)
-    return record if record and record.job_id == job_id else None
-
-
-def parse_log(handle: Any, job_id: str) -> list[Attempt]:
-    """A job's attempts in its log. Records of another id (two ids that differ only in case
-    share a file on Windows and macOS) are left out."""
-    return [Attempt(record, handle) for record in log_records(handle) if record.job_id in (None, job_id)]
-
-
-def read_log(store: BaseStore, job_id: str) -> tuple[list[Attempt], dict[int, tuple[str, int]]]:
-    """A job's attempts as its log holds them, and its late output by attempt: (file, offset)."""
-    log_path, late = store.log_files(job_id)
-    try:
-        handle = open(log_path, "rb")
-    except FileNotFoundError:
-        return [], {attempt: (path, offset) for attempt, path, offset in late}
-    return parse_log(handle, job_id), {attempt: (path, offset) for attempt, path, offset in late}
+def attempt_title(record: LogRecord) -> str:
+    """The line `logs` prints before an attempt's output."""
+    # A run a second Ctrl+C interrupted is not counted: the next one has its number.
+    name = f"attempt {'?' if record.number is None else record.number}" if record.counted else "uncounted run"
+    start = f", started {record.started} by {record.worker}" if record.started else " (its start was cut off)"
+    return f"=== {name}{start}: {record.problem or record.ending or 'running'}"
 
 
 def _print_bytes(handle: Any, start: int, end: int) -> bool:
@@ -4897,51 +5006,16 @@ def _show_output(handle: Any, start: int, end: int, tail: int | None, limit: int
         print()
 
 
-def _show_attempt(attempt: Attempt, tail: int | None, late: dict[int, tuple[str, int]], limit: int) -> None:
+def _show_attempt(attempt: Attempt, tail: int | None, limit: int) -> None:
     record = attempt.record
-    print(attempt.title())
+    print(attempt_title(record))
     if record.removed and tail is None:
         print(f"=== {record.removed} bytes of older output removed (log_max_bytes)")
     _show_output(attempt.source, record.output_start, record.output_end, tail)
-    if record.counted and record.number in late:
-        path, offset = late[record.number]
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                print(f"=== output written after attempt {record.number} ended, by processes it left running:")
-                _show_output(handle, min(offset, size), size, tail, limit)
-        except OSError:
-            pass
-
-
-def _read_live(path: str, marker: bytes, offset: int) -> bytes | None:
-    """Output of a running attempt from `offset` on, or None once its scratch file
-    belongs to another job (the header is checked again after the read)."""
-    try:
-        with open(path, "rb") as handle:
-            header = handle.readline(LOG_LINE_MAX)
-            if not header.startswith(marker):
-                return None
-            handle.seek(len(header) + offset)
-            chunk = handle.read(1 << 20)
-            handle.seek(0)
-            return chunk if handle.readline(LOG_LINE_MAX) == header else None
-    except OSError:
-        return None
-
-
-def _live_attempt(path: str, job: dict[str, Any]) -> Attempt | None:
-    """The running attempt in its scratch file, as far as it has got."""
-    try:
-        handle = open(path, "rb")
-    except OSError:
-        return None
-    record = _attempt_from_header(handle.readline(LOG_LINE_MAX), job["id"])
-    if record is None or record.number != job["attempts"]:
-        handle.close()
-        return None
-    record.output_end = os.fstat(handle.fileno()).st_size
-    return Attempt(record, handle)
+    if attempt.late:
+        handle, start, end = attempt.late
+        print(f"=== output written after attempt {record.number} ended, by processes it left running:")
+        _show_output(handle, start, end, tail, limit)
 
 
 def cmd_logs(args: argparse.Namespace, store: BaseStore) -> int:
@@ -4954,10 +5028,9 @@ def cmd_logs(args: argparse.Namespace, store: BaseStore) -> int:
         raise NoSuchJob(f"no job with id {args.id!r}.")
     if args.attempt is not None and args.attempt > job["attempts"] and not args.follow:
         raise QueueError(f"job {args.id!r} has run {job['attempts']} attempt(s), not {args.attempt}.")
-    attempts, late = read_log(store, args.id)
-    live = store.live_output(job)
-    if live and not args.follow:  # what the running attempt printed so far
-        current = _live_attempt(live, job)
+    attempts = store.attempt_logs(args.id)
+    if not args.follow:  # what the running attempt printed so far
+        current = store.running_attempt(job)
         # Its record may be in the log already, while its result is being recorded: show it once.
         if current and all(a.record.identity() != current.record.identity() for a in attempts):
             attempts.append(current)
@@ -4965,7 +5038,7 @@ def cmd_logs(args: argparse.Namespace, store: BaseStore) -> int:
         attempts = [a for a in attempts if a.number == args.attempt and a.record.counted]
     limit = _log_limit(store)
     for attempt in attempts:
-        _show_attempt(attempt, args.tail, late, limit)
+        _show_attempt(attempt, args.tail, limit)
     if args.follow and job["state"] in ACTIVE_STATES:
         return _follow(args, store, job)
     if not attempts:
@@ -5001,44 +5074,36 @@ def _follow(args: argparse.Namespace, store: BaseStore, job: dict[str, Any]) -> 
         job = store.get(args.id) or job
         if job["state"] not in ACTIVE_STATES or job["attempts"] > before and job["state"] != "processing":
             # It ran (or was cancelled) between two looks: what it printed is in the log now.
-            attempts, late = read_log(store, args.id)
-            ran = [a for a in attempts if (a.number or 0) > before and a.record.counted
+            ran = [a for a in store.attempt_logs(args.id) if (a.number or 0) > before and a.record.counted
                    and (args.attempt is None or a.number == args.attempt)]
             for attempt in ran:
-                _show_attempt(attempt, args.tail, late, limit)
+                _show_attempt(attempt, args.tail, limit)
             if not ran:
                 print(f"Job {args.id} is {job['state']} (attempt {job['attempts']} printed nothing).")
             return 0
     number = job["attempts"]
     if args.attempt is not None and number != args.attempt:
         return 0
-    marker = f"=== {args.id} attempt {number} started ".encode()
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     printed = 0
     newline = True  # whether what was written last ended a line
-    path: str | None = None
+    running: Attempt | None = None
     titled = False
     last_check = 0.0
     while True:
-        if path is None:
-            path = store.live_output(job)
-        chunk = _read_live(path, marker, printed) if path else None
-        if path and chunk is None:
-            path = None
-        if path and not titled:
-            try:
-                with open(path, "rb") as handle:
-                    header = handle.readline(LOG_LINE_MAX)
-                    if args.tail is not None:  # as `tail -f` does: from the last lines printed so far
-                        size = os.fstat(handle.fileno()).st_size
-                        printed = _tail_start(handle, len(header), size, args.tail) - len(header)
-            except OSError:
-                path = None
-                continue
-            current = _attempt_from_header(header, args.id)
-            print(Attempt(current, None).title() if current else f"=== attempt {number}: running")
+        if running is None:
+            running = store.running_attempt(job)
+        if running and not titled:
+            record = running.record
+            if args.tail is not None:  # as `tail -f` does: from the last lines printed so far
+                printed = _tail_start(running.source, record.output_start, record.output_end,
+                                      args.tail) - record.output_start
+            print(attempt_title(record))
             titled = True
             continue
+        chunk = running.more(printed) if running and running.more else None
+        if running and chunk is None:
+            running = None
         if chunk:
             printed += len(chunk)
             text = decoder.decode(chunk)
@@ -5052,9 +5117,10 @@ def _follow(args: argparse.Namespace, store: BaseStore, job: dict[str, Any]) -> 
                 break
         time.sleep(0.05)
     # The attempt is over: the rest of its output, and its end, from the log.
-    ended = [a for a in read_log(store, args.id)[0] if a.number == number]
+    ended = [a for a in store.attempt_logs(args.id) if a.number == number]
     if not titled:
-        print(ended[-1].title() if ended else f"=== attempt {number}: {job.get('error') or 'exit code 0'}")
+        ending = job.get("error") or "exit code 0"
+        print(attempt_title(ended[-1].record) if ended else f"=== attempt {number}: {ending}")
     if ended:  # the log keeps its output from byte `removed` on; `printed` bytes were shown already
         record, handle = ended[-1].record, ended[-1].source
         position = record.output_start + max(0, printed - record.removed)
@@ -5080,15 +5146,7 @@ def _follow(args: argparse.Namespace, store: BaseStore, job: dict[str, Any]) -> 
 
 
 def cmd_cancel(args: argparse.Namespace, store: BaseStore) -> int:
-    watch = HistoryWatch([store.path(name) for name in HISTORY_FILE_OF.values()])
-    try:
-        return _cancel(args, store, watch)
-    finally:
-        watch.close()
-
-
-def _cancel(args: argparse.Namespace, store: BaseStore, watch: HistoryWatch) -> int:
-    results = store.cancel(args.ids, watch)
+    results = store.cancel(args.ids)
     failed = False
     for job_id, (what, state) in results.items():
         if what == "unknown":
@@ -5102,10 +5160,9 @@ def _cancel(args: argparse.Namespace, store: BaseStore, watch: HistoryWatch) -> 
     asked = [job_id for job_id, (what, _) in results.items() if what == "requested"]
     deadline = time.monotonic() + CANCEL_WAIT_S
     while asked:
-        watch.look()
         states = store.states_of(asked)
         gone = [job_id for job_id in asked if job_id not in states]  # ended, then purged by another command
-        states.update(watch.endings(gone))
+        states.update(store.ended_since_cancel(gone))
         for job_id in [j for j in asked if states.get(j) != "processing"]:
             asked.remove(job_id)
             purged = " (purged since)" if job_id in gone else ""
@@ -5381,18 +5438,31 @@ def job_detail(store: BaseStore, job_id: str) -> dict[str, Any] | None:
     job = store.get(job_id)
     if job is None:
         return None
-    path = store.log_files(job_id)[0]
-    live = store.live_output(job)
-    tail = b""
-    for source in (path, live):
-        if source:
-            try:
-                with open(source, "rb") as handle:
-                    handle.seek(max(0, os.fstat(handle.fileno()).st_size - OUTPUT_TAIL_BYTES * 2))
-                    tail += handle.read()
-            except OSError:
-                pass
-    return {"job": job, "log": path, "log_tail": tail[-OUTPUT_TAIL_BYTES * 2:].decode("utf-8", "replace")}
+    attempts = store.attempt_logs(job_id)
+    running = store.running_attempt(job)
+    if running and all(a.record.identity() != running.record.identity() for a in attempts):
+        attempts.append(running)
+    return {"job": job, "log": store.log_location(job_id), "log_tail": log_tail(attempts, OUTPUT_TAIL_BYTES * 2)}
+
+
+def log_tail(attempts: list[Attempt], size: int) -> str:
+    """The last `size` bytes of the attempts' output, each after its title line (as `logs` shows them)."""
+    pieces: list[bytes] = []
+    left = size
+    for attempt in reversed(attempts):
+        record = attempt.record
+        start = max(record.output_start, record.output_end - left)
+        attempt.source.seek(start)
+        output = attempt.source.read(record.output_end - start)
+        if attempt.late:
+            handle, late_start, late_end = attempt.late
+            handle.seek(max(late_start, late_end - left))
+            output += handle.read(late_end - handle.tell())
+        pieces.insert(0, (attempt_title(record) + "\n").encode() + output + (b"" if output.endswith(b"\n") else b"\n"))
+        left -= len(pieces[0])
+        if left <= 0:
+            break
+    return b"".join(pieces)[-size:].decode("utf-8", "replace")
 
 
 def timeline(store: BaseStore, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:

@@ -158,7 +158,7 @@ def wait_running(queue: Queue, job_id: str, worker: subprocess.Popen, timeout: f
         job = job_of(queue, job_id)
         if not (job and job["state"] == "processing" and job.get("pid") == worker.pid):
             return None
-        scratch = queuectl.FolderStore(str(queue.home)).live_output(job)
+        scratch = queuectl.FolderStore(str(queue.home))._live_output(job)
         try:
             header = Path(scratch).read_bytes().split(b"\n", 1)[0] if scratch else b""
         except OSError:

@@ -422,7 +422,7 @@ def test_logs_reads_a_huge_output_in_bounded_memory_while_it_runs_and_after(queu
         job = wait_running(queue, "huge", worker)
         import queuectl
 
-        scratch = Path(queuectl.FolderStore(str(queue.home)).live_output(job))
+        scratch = Path(queuectl.FolderStore(str(queue.home))._live_output(job))
         wait_until(lambda: scratch.stat().st_size > 60 * MB, 30, what="the job to print 60 MB")
         running_rss, out = max_rss_mb(queue, "logs", "huge", "--tail", "2")
         shown = out.decode().splitlines()
@@ -449,7 +449,7 @@ def test_logs_follow_with_tail_starts_at_the_last_lines_printed_so_far(queue: Qu
         job = wait_running(queue, "tailed", worker)
         import queuectl
 
-        scratch = Path(queuectl.FolderStore(str(queue.home)).live_output(job))
+        scratch = Path(queuectl.FolderStore(str(queue.home))._live_output(job))
         wait_until(lambda: scratch.read_bytes().endswith(b"\n100000\n"), 15, what="the job to print its lines")
         follow = subprocess.Popen([sys.executable, SCRIPT, "logs", "tailed", "--follow", "--tail", "2"],
                                   env=queue.env(), stdout=subprocess.PIPE, start_new_session=True)

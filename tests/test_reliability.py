@@ -662,7 +662,7 @@ def test_a_job_of_a_silent_worker_on_another_host_is_recovered_after_the_lease(q
     _, claimed, _ = store.worker_round([], 1, far)
     assert [(j["id"], j["host"], j["attempts"]) for j in claimed] == [("remote", "elsewhere", 1)]
     # What the remote worker left in the shared folder: the started attempt's scratch file, a heartbeat.
-    scratch = Path(store.scratch_file(far.host, far.pid, "Worker-1"))
+    scratch = Path(store.worker_file(far.host, far.pid, ".Worker-1.out"))
     header = queuectl.attempt_header("remote", 1, time.time(), "Worker-1", far)
     beat = time.time()
     store.heartbeat({"pid": far.pid, "host": far.host, "threads": 1, "started_at": queuectl.iso(beat),
