@@ -9,9 +9,13 @@ data folder (``--home``, else ``$QUEUECTL_HOME``, else the current folder)::
     queuectl worker start --count 4 --burst
     queuectl status
 
-The file reads top to bottom: constants and errors, the job model, storage
-(the only code that touches state files), execution of one command, the
-worker, and the command line.
+The file reads top to bottom, each section using only those above it: constants
+and errors, the job model, processes on this host, the rules (what becomes of a
+job, the same for every store), the record of an attempt, the store interface
+(BaseStore: the queue in queue verbs), the folder store (the only code that
+touches the data folder), running one attempt, the worker, the command line, the
+dashboard, and main. A queue elsewhere (PostgreSQL) is another BaseStore, in a
+module of its own that open_store imports only for its URL.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+
 # --------------------------------------------------------------------------
 # 1. Constants, defaults, errors
 # --------------------------------------------------------------------------
+
 
 QUEUE_FILE = "queue.json"
 PROCESSED_FILE = "processed.json"
@@ -142,8 +148,9 @@ class WorkerFault(QueueError):
 
 
 # --------------------------------------------------------------------------
-# 2. The job model: validation, normalisation, parsing of job input
+# 2. The job model: validation, normalisation, parsing of job input, settings
 # --------------------------------------------------------------------------
+
 
 # Fields a user may give, and fields queuectl keeps itself (accepted on input
 # so a full record from the original specification can be enqueued again).
@@ -460,8 +467,785 @@ def parse_json_argument(text: str, warn: Callable[[str], None]) -> list[tuple[st
         return [("the JSON argument", value)]
 
 
+def config_key(key: str, source: str = "") -> str:
+    name = key.strip().replace("-", "_").lower()
+    if name not in DEFAULT_CONFIG:
+        where = f" in {source}" if source else ""
+        raise QueueError(f"unknown config key {key!r}{where}; known keys: "
+                         f"{', '.join(DEFAULT_CONFIG)}.")
+    return name
+
+
+CONFIG_RULES: dict[str, tuple[type, float, float | None]] = {
+    # key: (type, minimum, maximum)
+    "max_retries": (int, 0, 1000),
+    "backoff_base": (float, 1, 1000),
+    "max_backoff": (float, 0, None),
+    "job_timeout": (float, 0, None),
+    "lease_timeout": (float, 1, None),
+    "poll_interval": (float, 0.01, 60),
+    "failure_rate": (float, 0, 1),
+    "log_max_bytes": (int, 1024, None),
+}
+
+
+def validate_config_value(name: str, value: Any) -> Any:
+    if name == "shell":
+        if not isinstance(value, str) or value.strip().lower() not in SHELLS:
+            raise QueueError(f"shell must be one of {', '.join(SHELLS)}, not {value!r}.")
+        return value.strip().lower()
+    kind, low, high = CONFIG_RULES[name]
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind is int else float(text)
+        except ValueError:
+            raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, "
+                             f"not {text!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}.")
+    if math.isnan(value) or math.isinf(value):
+        raise QueueError(f"{name} must be a finite number.")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"{low:g} or more"
+        raise QueueError(f"{name} must be {bounds}, not {value:g}.")
+    if kind is float and isinstance(DEFAULT_CONFIG[name], float):
+        return float(value)
+    if kind is float and float(value).is_integer():
+        return int(value)
+    return value
+
+
 # --------------------------------------------------------------------------
-# 3. Storage: atomic writes, the lock, and the Store
+# 3. Processes on this host: pid probes, shells, process-tree kill
+# --------------------------------------------------------------------------
+
+
+def pid_alive(pid: int, platform: str = sys.platform) -> bool:
+    """Is this process running? Never os.kill(pid, 0) on Windows (it is not a probe there)."""
+    if pid <= 0:
+        return False
+    if platform == "win32":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet (Linux; elsewhere: no)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes  # Windows only
+
+    # use_last_error: OpenProcess's error must be kept for get_last_error (windll's is not)
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    synchronize, wait_timeout = 0x00100000, 0x00000102
+    handle = kernel32.OpenProcess(synchronize, False, pid)
+    if not handle:
+        return ctypes.get_last_error() == 5  # access denied: it exists
+    try:
+        return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def popen_options(platform: str = sys.platform) -> dict[str, Any]:
+    """Start each job in its own process group, so a tree kill reaches its children
+    and the terminal's Ctrl+C does not."""
+    if platform == "win32":
+        return {"creationflags": 0x00000200}  # CREATE_NEW_PROCESS_GROUP
+    return {"start_new_session": True}
+
+
+# Runs first in a PowerShell job: UTF-8 output (5.1 writes the OEM code page otherwise).
+POWERSHELL_PROLOGUE = ("try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch {}\n"
+                       "$OutputEncoding = New-Object System.Text.UTF8Encoding $false\n"
+                       "$ProgressPreference = 'SilentlyContinue'\n")
+# Runs last: a failed last statement is a failed job, with the native program's exit code if any.
+POWERSHELL_EPILOGUE = "\nif (-not $?) { if ($LASTEXITCODE) { exit $LASTEXITCODE } else { exit 1 } }\n"
+
+
+def shell_invocation(command: str, shell: str, platform: str = sys.platform,
+                     comspec: str | None = None) -> tuple[str | list[str], bool]:
+    """How to start a job's command in the chosen shell: (args, shell=) for Popen.
+
+    auto lets subprocess choose (/bin/sh -c on POSIX, %COMSPEC% /c on Windows).
+    PowerShell gets the command as -EncodedCommand (base64 of UTF-16LE), so no
+    quoting layer can change it, and runs without profile or prompts.
+    """
+    windows = platform == "win32"
+    if shell == "auto":
+        return command, True
+    if shell in ("sh", "bash"):
+        return ["/bin/sh" if shell == "sh" and not windows else shell, "-c", command], False
+    if shell == "cmd":
+        if windows:  # what subprocess builds for shell=True: cmd's own parsing of the rest of the line
+            return f'{comspec or os.environ.get("COMSPEC", "cmd.exe")} /c "{command}"', False
+        return ["cmd.exe", "/c", command], False
+    import base64
+
+    script = POWERSHELL_PROLOGUE + command + POWERSHELL_EPILOGUE
+    policy = ["-ExecutionPolicy", "Bypass"] if windows else []
+    return [shell, "-NoProfile", "-NonInteractive", *policy, "-EncodedCommand",
+            base64.b64encode(script.encode("utf-16-le")).decode("ascii")], False
+
+
+# The longest command line each platform starts: Linux's limit on one argument
+# (MAX_ARG_STRLEN, which `sh -c COMMAND` meets first; macOS allows more), and
+# Windows' on a whole command line, cmd.exe's own being shorter.
+POSIX_ARGUMENT_MAX = 131071
+WINDOWS_LINE_MAX = 32767
+CMD_LINE_MAX = 8191
+
+
+def command_too_long(command: str, shell: str, platform: str = sys.platform) -> str | None:
+    """Why this platform could never start the command in this shell (None: it can),
+    so that such a job is refused at enqueue instead of failing every attempt."""
+    args, _ = shell_invocation(command, shell, platform, comspec="cmd.exe")
+    if platform == "win32":
+        if isinstance(args, str):  # auto: subprocess puts cmd.exe /c "..." around it
+            size = len(args) + (len('cmd.exe /c ""') if shell == "auto" else 0)
+        else:
+            size = sum(len(arg) + 3 for arg in args)  # with quotes and a space each, at most
+        limit, unit = (CMD_LINE_MAX if shell in ("auto", "cmd") else WINDOWS_LINE_MAX), "characters"
+        if size <= limit:
+            return None
+    else:
+        size = max(len(arg.encode("utf-8")) for arg in ([args] if isinstance(args, str) else args))
+        limit, unit = POSIX_ARGUMENT_MAX, "bytes"
+        if size <= limit:
+            return None
+    encoded = " once encoded for PowerShell" if shell in ("powershell", "pwsh") else ""
+    return (f"the command line would be {size:,} {unit}{encoded}, and this system starts at most "
+            f"{limit:,}; put the command in a script file and enqueue a command that runs it.")
+
+
+def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | None:
+    """The command that kills a whole process tree on Windows (None: use killpg)."""
+    if platform == "win32":
+        return ["taskkill", "/T", "/F", "/PID", str(pid)]
+    return None
+
+
+def kill_tree(proc: subprocess.Popen, mark: str, platform: str = sys.platform) -> None:
+    """Kill a command's process group, and the processes that left it (setsid)
+    but still carry its attempt's mark in their environment (Linux only)."""
+    kill_process_group(proc.pid, platform)
+    if platform.startswith("linux"):
+        kill_marked(mark)
+    try:
+        proc.kill()
+    except OSError:
+        pass
+
+
+def attempt_mark(job_id: str, attempt: int, identity: WorkerIdentity) -> str:
+    """The QUEUECTL_ATTEMPT value in the environment of one attempt's command."""
+    return f"{job_id}#{attempt}@{identity.host}:{identity.pid}"
+
+
+def kill_marked(mark: str, proc_root: str = "/proc") -> None:
+    """Kill the process groups whose environment carries this attempt's mark (Linux;
+    elsewhere there is no /proc to look in, and this does nothing)."""
+    import signal
+
+    wanted = f"QUEUECTL_ATTEMPT={mark}".encode() + b"\0"
+    try:
+        pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(os.path.join(proc_root, str(pid), "environ"), "rb") as handle:
+                if wanted not in handle.read() + b"\0":
+                    continue
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def kill_process_group(pid: int, platform: str = sys.platform) -> None:
+    """Kill a command's whole process tree, given the pid it was started with."""
+    import signal
+    import subprocess
+
+    command = tree_kill_command(pid, platform)
+    try:
+        if command:
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def children_left(pid: int, platform: str = sys.platform) -> bool:
+    """Are processes of the job's group still running after its shell exited?
+    (Windows cannot tell cheaply; there the next job reuses the scratch file.)"""
+    if platform == "win32":
+        return False
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------
+# 4. The rules: what becomes of a job, the same for every store
+# --------------------------------------------------------------------------
+
+
+def _chance() -> float:
+    """A uniform number in [0, 1) (failure_rate's dice; no import of random)."""
+    return int.from_bytes(os.urandom(7), "big") / 2**56
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next attempt: base ** attempts, capped."""
+    try:
+        return min(float(base) ** attempts, float(cap))
+    except OverflowError:
+        return float(cap)
+
+
+class Outcome:
+    """What became of one claimed job in a worker process.
+
+    kind is "ran" (the command ran: exit_code/error say how it went),
+    "interrupted" (killed by a second Ctrl+C: not counted as an attempt),
+    "released" (claimed ahead but never started, handed back at a stop) or
+    "cancelled" (`queuectl cancel` asked: killed, or never started).
+    """
+
+    __slots__ = ("job_id", "attempt", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration",
+                 "warning")
+
+    def __init__(self, job_id: str, attempt: int, kind: str = "ran", exit_code: int | None = None,
+                 error: str | None = None, output_tail: str = "", worker: str | None = None,
+                 started: float | None = None, duration: float | None = None) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.kind = kind
+        self.exit_code = exit_code
+        self.error = error
+        self.output_tail = output_tail
+        self.worker = worker
+        self.started = started
+        self.duration = duration
+        self.warning: str | None = None  # e.g. its output could not be kept; never changes the result
+
+
+# -- the rules: what becomes of a job, the same for every store (DESIGN.md's state table) ------
+# Each takes a job (a dict as stored) and returns the job it becomes; a store only keeps state.
+
+
+def released(job: dict[str, Any]) -> dict[str, Any]:
+    """The job without its worker's claim."""
+    return {key: value for key, value in job.items() if key not in ("pid", "host")}
+
+
+def uncounted(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as if its current attempt had never started: a claim ahead of time, a run killed
+    by a second Ctrl+C, a worker that gave it back unstarted."""
+    job = {key: value for key, value in job.items() if key != "started_at"}
+    job["attempts"] = max(0, job["attempts"] - 1)
+    return job
+
+
+def requeued(job: dict[str, Any], now: float, counted: bool) -> dict[str, Any]:
+    """Back to pending, due now; an attempt that never really ran is not counted."""
+    job = released(job if counted else uncounted(job))
+    job.update(state="pending", updated_at=iso(now))
+    return job
+
+
+def cancelled_job(job: dict[str, Any], now: float, error: str | None) -> dict[str, Any]:
+    """The job as recorded in cancelled.json: it is never run, or run again."""
+    job = {key: value for key, value in job.items() if key not in ("pid", "host", "run_at")}
+    job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
+    return job
+
+
+def out_of_attempts(job: dict[str, Any]) -> bool:
+    """Has the job used up its attempts (a job allows at least one)?"""
+    return job["attempts"] >= max(1, job.get("max_retries", 1))
+
+
+def claimed_job(job: dict[str, Any], worker: WorkerIdentity, now: float) -> dict[str, Any]:
+    """A due job as the worker that claims it holds it: processing, its new attempt counted."""
+    job = {key: value for key, value in job.items() if key != "run_at"}
+    stamp = iso(now)
+    job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
+               started_at=stamp, updated_at=stamp)
+    return job
+
+
+def revived(job: dict[str, Any], now: float) -> dict[str, Any]:
+    """A dead job that `dlq retry` sends back: pending, with all its attempts again."""
+    job = {key: value for key, value in job.items() if key not in ("finished_at", "started_at", "exit_code")}
+    job.update(state="pending", attempts=0, updated_at=iso(now))
+    return job
+
+
+def settle_outcome(job: dict[str, Any], outcome: Outcome, config: dict[str, Any], now: float,
+                   chance: Callable[[], float]) -> tuple[dict[str, Any], str]:
+    """What an attempt's outcome makes of its claimed job: (the job, what happened), what being
+    "completed", "dead" or "cancelled" (finished), "failed" (its retry is scheduled), or the
+    outcome's kind, "released" or "interrupted" (back to pending, the attempt not counted).
+    A success stands even if a cancel came meanwhile: it finished first. `chance` is the dice
+    for config's failure_rate."""
+    cancel = outcome.kind == "cancelled" or "cancel_requested_at" in job
+    if outcome.kind not in ("ran", "cancelled"):  # never started, or killed by a second Ctrl+C
+        if cancel:
+            return cancelled_job(uncounted(job), now, "cancelled before it started"), "cancelled"
+        if outcome.kind == "interrupted":
+            job = dict(job, error=outcome.error or "interrupted by Ctrl+C; not counted as an attempt")
+        return requeued(job, now, counted=False), outcome.kind
+    job = released(job)
+    job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
+               error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
+    job.setdefault("first_started_at", job["started_at"])  # for `stats`: enqueue to first start
+    job.pop("warning", None)  # a warning belongs to the attempt that had it
+    if outcome.warning:
+        job["warning"] = outcome.warning
+    if outcome.duration is not None:
+        job["duration"] = round(outcome.duration, 3)
+    success = outcome.exit_code == 0 and outcome.error is None
+    if success and config["failure_rate"] and chance() < config["failure_rate"]:
+        success = False
+        job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
+    if success:
+        job.update(state="completed", finished_at=iso(now))
+        return job, "completed"
+    if cancel:  # never retried
+        return cancelled_job(job, now, f"cancelled; the attempt ended with {outcome.error}" if outcome.kind == "ran"
+                             else "cancelled while running; its process tree was killed"), "cancelled"
+    if out_of_attempts(job):
+        job.update(state="dead", finished_at=iso(now))
+        return job, "dead"
+    delay = backoff_delay(job["attempts"], config["backoff_base"], config["max_backoff"])
+    job.update(state="failed", run_at=iso(now + delay))
+    return job, "failed"
+
+
+def settle_orphan(job: dict[str, Any], started: bool, now: float) -> tuple[dict[str, Any], str]:
+    """What becomes of a job whose worker died: (the job, "cancelled", "dead" or "pending"). A run
+    that had started counts as an attempt (the crash may have been the job's doing); a job
+    claimed ahead and never started does not."""
+    if started:
+        job = dict(job, error=f"the worker (pid {job.get('pid')} on {job.get('host')}) died during attempt "
+                              f"{job['attempts']}", exit_code=None)
+    if "cancel_requested_at" in job:
+        return cancelled_job(job if started else uncounted(job), now, "cancelled; its worker had died"), "cancelled"
+    if started and out_of_attempts(job):
+        job = released(job)
+        job.update(state="dead", finished_at=iso(now), updated_at=iso(now))
+        return job, "dead"
+    return requeued(job, now, counted=started), "pending"
+
+
+def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
+                 lease: float, now: float, local_host: str = HOST) -> bool:
+    """May the worker that claimed a job still be running it?
+
+    On this host a vanished pid is dead at once; anywhere, a heartbeat older
+    than the lease is dead (that also covers a reused pid). A worker that has
+    not written its first heartbeat yet gets the lease from its claim.
+    """
+    if heartbeat is None:
+        heartbeat = claimed_at
+    fresh = now - heartbeat <= lease
+    if host == local_host:
+        return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid) and fresh
+    return fresh
+
+
+class WorkerIdentity:
+    """Who claims: this worker process (pid, host)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.host = HOST
+
+
+# --------------------------------------------------------------------------
+# 5. Attempt records: the header, output and footer of one attempt
+# --------------------------------------------------------------------------
+
+
+def first_data(handle: Any, start: int) -> int:
+    """Where data starts again at or after `start`, past a hole punch_hole made (SEEK_DATA where the
+    platform has it; a hole reads as zeros)."""
+    try:
+        return os.lseek(handle.fileno(), start, os.SEEK_DATA)
+    except (AttributeError, OSError):  # no SEEK_DATA; or ENXIO: no data after start
+        return start
+
+
+PID_FIELD = 10  # room in the header for the command's pid, written once it is known
+
+
+def attempt_header(job_id: str, attempt: int, started: float, worker: str, identity: WorkerIdentity) -> bytes:
+    """The line before an attempt's output. Recovery looks for it in a dead
+    worker's scratch file, and kills the command's process group it names."""
+    return (f"=== {job_id} attempt {attempt} started {iso(started)} by {worker} "
+            f"(pid {identity.pid} on {identity.host}), command pid {'?':<{PID_FIELD}}\n").encode()
+
+
+# -- the log format -------------------------------------------------------------
+# logs/<id>.log is a series of records, one per attempt, each appended whole after its attempt ended:
+#   === <id> attempt <n> started <time> by <worker> (pid <p> on <host>), command pid <c>[ (not counted)]:
+#       <size> bytes of output follow[ (<k> older bytes removed: log_max_bytes)]    (all one line)
+#   exactly <size> bytes of output, and a newline if they do not end with one
+#   === attempt <n> ended: <how it ended>
+# A reader skips exactly <size> bytes, so nothing a command prints is ever taken for a header or
+# a footer. A log may start with the note cap_log leaves when it dropped the oldest records.
+
+LOG_LINE_MAX = 4096  # no header or footer line is longer (an id has at most 64 characters)
+_RECORD_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), "
+                            rb"command pid (\S+)( \(not counted\))?: (\d+) bytes of output follow"
+                            rb"(?: \((\d+) older bytes removed: log_max_bytes\))?\n\Z")
+_RECORD_FOOTER = re.compile(rb"=== attempt (\d+) ended: ([^\n]*)\n\Z")
+# An attempt's first line in its scratch file (attempt_header). The previous release's logs used it
+# and its footer with no byte count: those are read line by line (best effort).
+_SCRATCH_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), "
+                             rb"command pid \S*\s*\Z")
+_OLD_FOOTER = re.compile(rb"=== attempt (\d+) ended: (.*?)\s*\Z")
+_CAP_NOTE = b"=== older output removed: "
+
+
+class LogRecord:
+    """One attempt as a job's log holds it: who ran it, where its output is (bytes
+    output_start to output_end of the file) and how it ended."""
+
+    __slots__ = ("job_id", "number", "started", "worker", "counted", "removed", "start", "output_start",
+                 "output_end", "end", "ending", "problem", "torn")
+
+    def __init__(self, start: int, header: re.Match | None = None) -> None:
+        text = [group.decode("utf-8", "replace") for group in header.groups()[:6]] if header else [""] * 6
+        self.job_id = text[0] or None  # None: its header was cut off (a log of the previous release)
+        self.number = int(text[1]) if header else None
+        self.started = text[2]
+        self.worker = f"{text[3]} (pid {text[4]} on {text[5]})" if header else ""
+        self.counted = True
+        self.removed = 0  # older output left out when it was written (log_max_bytes)
+        self.start = self.output_start = self.output_end = self.end = start
+        self.ending: str | None = None  # None: no footer
+        self.problem: str | None = None  # what is wrong with it where the log is damaged
+        self.torn = False  # the log ends inside it: a write was cut short
+
+    def identity(self) -> tuple[Any, ...]:
+        """What tells this attempt from every other one: id, number, start and worker."""
+        return self.job_id, self.number, self.started, self.worker
+
+
+def scratch_attempt(line: bytes) -> LogRecord | None:
+    """The attempt a scratch file's first line starts (None: not an attempt header)."""
+    header = _SCRATCH_HEADER.match(line)
+    if header is None:
+        return None
+    record = LogRecord(0, header)
+    record.output_start = record.output_end = record.end = len(line)
+    return record
+
+
+def log_records(handle: Any) -> Iterator[LogRecord]:
+    """The records of a log file, in bounded memory: a record's output is skipped by its byte
+    count, never scanned. Anything after a record that is not one is a damaged record, to the end."""
+    size = os.fstat(handle.fileno()).st_size
+    position = 0
+    framed = False  # seen a record of the current format: from here on nothing is re-interpreted
+    while position < size:
+        handle.seek(position)
+        line = handle.readline(LOG_LINE_MAX)
+        if position == 0 and line.startswith(_CAP_NOTE):
+            position = len(line)
+            continue
+        header = _RECORD_HEADER.match(line)
+        if header is None and not framed:
+            record = _old_record(handle, position, line)
+        elif header is None:
+            record = LogRecord(position)
+            record.output_end = record.end = size
+            record.problem = f"the log is damaged here: {size - position} bytes that are not an attempt's record"
+            record.torn = position + len(line) == size and not line.endswith(b"\n")  # a header cut short
+        else:
+            framed = True
+            record = _framed_record(handle, position, header, len(line), size)
+        yield record
+        position = record.end
+
+
+def _framed_record(handle: Any, position: int, header: re.Match, header_size: int, size: int) -> LogRecord:
+    record = LogRecord(position, header)
+    record.counted = not header.group(8)
+    record.removed = int(header.group(10) or 0)
+    record.output_start = position + header_size
+    record.output_end = record.output_start + int(header.group(9))
+    footer_at = record.output_end
+    torn = record.output_end > size  # the log ends inside its output: a write was cut short
+    if not torn and record.output_end > record.output_start:
+        handle.seek(record.output_end - 1)
+        if handle.read(1) != b"\n":
+            pad = handle.read(1)  # the newline queuectl adds after output that does not end with one
+            torn = not pad
+            footer_at += 1 if pad == b"\n" else size + 1
+    if not torn and footer_at <= size:
+        handle.seek(footer_at)
+        footer = handle.readline(LOG_LINE_MAX)
+        match = _RECORD_FOOTER.match(footer)
+        if match and int(match.group(1)) == record.number:
+            record.ending = match.group(2).decode("utf-8", "replace")
+            record.end = footer_at + len(footer)
+            return record
+        torn = footer_at + len(footer) == size and not footer.endswith(b"\n")
+    record.torn = torn
+    record.problem = ("its record is cut short: the log ends inside it" if record.torn
+                      else "the log is damaged here: this record's footer is missing")
+    record.output_end = record.end = size
+    return record
+
+
+def _old_record(handle: Any, position: int, line: bytes) -> LogRecord:
+    """One record of the previous release's format, read line by line from `line` (read at
+    `position`) to its footer, or to a header of the current format."""
+    header = _SCRATCH_HEADER.match(line)
+    record = LogRecord(position, header)
+    record.output_start = record.output_end = record.end = position + len(line) if header else position
+    handle.seek(record.end)
+    while True:
+        line = handle.readline(1 << 20)
+        if not line or _RECORD_HEADER.match(line):
+            return record
+        record.end += len(line)
+        footer = _OLD_FOOTER.match(line)
+        if footer and record.number in (None, int(footer.group(1))):
+            record.number = int(footer.group(1))
+            record.ending = footer.group(2).decode("utf-8", "replace")
+            return record
+        record.output_end = record.end
+
+
+class Attempt:
+    """One attempt's output as a store hands it out: its record (who ran it, how it ended) and
+    its bytes, source[record.output_start:record.output_end], in a seekable binary file; `late`:
+    (file, start, end) of what processes it left running wrote after it ended; `more(offset)`,
+    for a running attempt: its output from `offset` on as far as it has got (None once the
+    attempt is no longer running)."""
+
+    def __init__(self, record: LogRecord, source: Any, late: tuple[Any, int, int] | None = None,
+                 more: Callable[[int], bytes | None] | None = None) -> None:
+        self.record = record
+        self.source = source
+        self.number = record.number
+        self.late = late
+        self.more = more
+
+
+# --------------------------------------------------------------------------
+# 6. The store interface: the queue in queue verbs
+# --------------------------------------------------------------------------
+
+
+class BaseStore:
+    """Where a queue lives, in queue verbs: the contract that the command line, the worker and the
+    dashboard rely on. Every verb is atomic across processes (and, for a database, hosts): it sees
+    and leaves the queue whole. A store keeps the states, the history and each attempt's output;
+    the rules of what happens to a job are the same for every store (DESIGN.md's state table).
+    FolderStore (the folder of JSON files) is the first; a new store implements every verb below
+    and is named in STORES."""
+
+    location: str  # where the queue lives: a folder's absolute path, or a URL
+    notes: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
+
+    def prepare(self) -> None:
+        """Before the command's first verb: whatever can be done without holding anyone up."""
+
+    def close(self) -> None:
+        """After the command's last verb (connections, temporary files)."""
+
+    # -- the queue
+    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
+        """Add jobs, all or nothing; an id that exists anywhere raises JobExists."""
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """One job in its current state, or None."""
+        raise NotImplementedError
+
+    def jobs(self, state: str | None = None, limit: int | None = None,
+             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
+             hint: bytes | None = None) -> list[dict[str, Any]]:
+        """Jobs in one state or all (active first, then finished ones in the order they finished),
+        those `where` accepts, up to `limit`; `hint` (text_hint) may let a store skip rows."""
+        raise NotImplementedError
+
+    def newest(self, state: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` jobs to reach a finished state, newest first."""
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, and "scheduled": pending jobs whose run_at is still to come."""
+        raise NotImplementedError
+
+    def finished_count(self, state: str) -> int:
+        """How many jobs are in one finished state."""
+        raise NotImplementedError
+
+    def states_of(self, ids: Iterable[str]) -> dict[str, str]:
+        """The current state of each of these jobs (an unknown id is left out)."""
+        raise NotImplementedError
+
+    def active_jobs(self) -> list[dict[str, Any]]:
+        """Every pending, processing and failed job."""
+        raise NotImplementedError
+
+    def finished_since(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Finished jobs (those that finished at `since` or later), one at a time."""
+        raise NotImplementedError
+
+    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Cancel jobs: {id: (what happened, the state it was in)}, what happened being "cancelled",
+        "requested" (it is running: its worker is asked to stop it), "finished" or "unknown"."""
+        raise NotImplementedError
+
+    def ended_since_cancel(self, ids: Iterable[str]) -> dict[str, str]:
+        """The state jobs whose stop the last cancel requested ended in, for those purged since
+        (a store that keeps them until asked has none to add)."""
+        raise NotImplementedError
+
+    def dlq_retry(self, ids: list[str] | None) -> list[str]:
+        """Dead jobs (all when None) back to pending with attempts 0; the ids moved."""
+        raise NotImplementedError
+
+    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
+        """Finished jobs in these states that finished before `before`, counted per state; deleted
+        (with their output) when `apply`."""
+        raise NotImplementedError
+
+    def recover_orphans(self) -> list[dict[str, Any]]:
+        """Settle the jobs of workers that died; the jobs recovered."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The settings (DEFAULT_CONFIG, with what `config set` changed)."""
+        raise NotImplementedError
+
+    def set_config(self, key: str, value: Any) -> None:
+        """Change one setting (already validated)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise StoreError now if the stored state is damaged, before a worker starts on it."""
+        raise NotImplementedError
+
+    # -- workers
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
+                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+        """A worker's one transaction: record its outcomes, recover dead workers' jobs (when
+        `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to cancel)."""
+        raise NotImplementedError
+
+    def next_due(self) -> float | None:
+        """When the next claimable job is due (0: now), a hint that takes no lock."""
+        raise NotImplementedError
+
+    def changed(self) -> bool:
+        """Has the queue changed since this process last looked (a hint that takes no lock)?"""
+        raise NotImplementedError
+
+    def has_retries_waiting(self) -> bool:
+        """Does a failed job wait for its retry?"""
+        raise NotImplementedError
+
+    def heartbeat(self, info: dict[str, Any]) -> None:
+        """Say this worker process is alive (info: host, pid, threads, started_at, heartbeat_at)."""
+        raise NotImplementedError
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker processes with their last heartbeat and whether they look alive."""
+        raise NotImplementedError
+
+    def forget_worker(self, host: str, pid: int) -> None:
+        """Forget a worker process that has stopped."""
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """Ask every running worker to stop after its running jobs."""
+        raise NotImplementedError
+
+    def stop_requested_at(self) -> float | None:
+        """When a stop was last asked for, or None."""
+        raise NotImplementedError
+
+    def clear_stop(self) -> None:
+        """The last worker has stopped: forget the request."""
+        raise NotImplementedError
+
+    def lost(self) -> str | None:
+        """Why this process can record nothing more here (the place the queue lived at is gone),
+        or None; the first call notes the place as it is."""
+        raise NotImplementedError
+
+    # -- output: a store keeps each attempt's output; while an attempt runs, its command writes
+    # into a scratch file of its worker's, which the store hands out (and can read while it grows)
+    def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
+        """A new, empty scratch file for one of this worker's threads (binary, read-write; its
+        `name` is its path). OSError when it cannot be made."""
+        raise NotImplementedError
+
+    def scratch_in_place(self, handle: Any) -> bool:
+        """Is this scratch file still where the store looks for it (nobody removed it)?"""
+        raise NotImplementedError
+
+    def remove_scratch(self, handle: Any) -> None:
+        """A scratch file is no longer needed (closed or not)."""
+        raise NotImplementedError
+
+    def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
+                    start: int, end: int, ending: str, counted: bool = True) -> bool:
+        """Keep an attempt's output, source[start:end] (`header`: its scratch file's first line),
+        while the attempt is still this worker's claim; False if not."""
+        raise NotImplementedError
+
+    def keep_late_output(self, job_id: str, attempt: int, scratch: Any, end: int) -> None:
+        """Processes the attempt's command left running still write into its scratch file: keep
+        what they write after `end` as the attempt's late output (the file is the store's now)."""
+        raise NotImplementedError
+
+    def cap_late_output(self, limit: int) -> None:
+        """Keep late output within `limit` bytes a file where the store can (called every heartbeat)."""
+        raise NotImplementedError
+
+    def log_location(self, job_id: str) -> str:
+        """Where a job's output is kept, as `show` names it."""
+        raise NotImplementedError
+
+    def attempt_logs(self, job_id: str) -> list[Attempt]:
+        """A job's recorded attempts, oldest first, with their output and late output."""
+        raise NotImplementedError
+
+    def running_attempt(self, job: dict[str, Any]) -> Attempt | None:
+        """The job's running attempt with its output so far (its `more` reads on), or None."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------
+# 7. The folder store: atomic writes, the lock, the state files, the history, the logs
 # --------------------------------------------------------------------------
 
 
@@ -662,58 +1446,6 @@ def check_record(path: str, job: dict[str, Any], allowed: tuple[str, ...]) -> No
         if type(job.get(field) or "") is not str:
             raise CorruptFileError(path, f"job {job['id']!r} has a {field} that is not an ISO-8601 string")
     raise CorruptFileError(path, f"job {job['id']!r} has a timeout that is not a number of seconds")
-
-
-def _chance() -> float:
-    """A uniform number in [0, 1) (failure_rate's dice; no import of random)."""
-    return int.from_bytes(os.urandom(7), "big") / 2**56
-
-
-def backoff_delay(attempts: int, base: float, cap: float) -> float:
-    """Seconds before the next attempt: base ** attempts, capped."""
-    try:
-        return min(float(base) ** attempts, float(cap))
-    except OverflowError:
-        return float(cap)
-
-
-def pid_alive(pid: int, platform: str = sys.platform) -> bool:
-    """Is this process running? Never os.kill(pid, 0) on Windows (it is not a probe there)."""
-    if pid <= 0:
-        return False
-    if platform == "win32":
-        return _windows_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """An exited process its parent has not reaped yet (Linux; elsewhere: no)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _windows_pid_alive(pid: int) -> bool:
-    import ctypes  # Windows only
-
-    # use_last_error: OpenProcess's error must be kept for get_last_error (windll's is not)
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-    synchronize, wait_timeout = 0x00100000, 0x00000102
-    handle = kernel32.OpenProcess(synchronize, False, pid)
-    if not handle:
-        return ctypes.get_last_error() == 5  # access denied: it exists
-    try:
-        return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
-    finally:
-        kernel32.CloseHandle(handle)
 
 
 class HistoryIndex:
@@ -1178,341 +1910,6 @@ class HistoryView:
             raise CorruptFileError(path, f"a line is not a job: {line[:80]!r}")
         check_record(path, job, (STATE_OF_FILE[name],))
         return job
-
-
-class Outcome:
-    """What became of one claimed job in a worker process.
-
-    kind is "ran" (the command ran: exit_code/error say how it went),
-    "interrupted" (killed by a second Ctrl+C: not counted as an attempt),
-    "released" (claimed ahead but never started, handed back at a stop) or
-    "cancelled" (`queuectl cancel` asked: killed, or never started).
-    """
-
-    __slots__ = ("job_id", "attempt", "kind", "exit_code", "error", "output_tail", "worker", "started", "duration",
-                 "warning")
-
-    def __init__(self, job_id: str, attempt: int, kind: str = "ran", exit_code: int | None = None,
-                 error: str | None = None, output_tail: str = "", worker: str | None = None,
-                 started: float | None = None, duration: float | None = None) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        self.kind = kind
-        self.exit_code = exit_code
-        self.error = error
-        self.output_tail = output_tail
-        self.worker = worker
-        self.started = started
-        self.duration = duration
-        self.warning: str | None = None  # e.g. its output could not be kept; never changes the result
-
-
-# -- the rules: what becomes of a job, the same for every store (DESIGN.md's state table) ------
-# Each takes a job (a dict as stored) and returns the job it becomes; a store only keeps state.
-
-
-def released(job: dict[str, Any]) -> dict[str, Any]:
-    """The job without its worker's claim."""
-    return {key: value for key, value in job.items() if key not in ("pid", "host")}
-
-
-def uncounted(job: dict[str, Any]) -> dict[str, Any]:
-    """The job as if its current attempt had never started: a claim ahead of time, a run killed
-    by a second Ctrl+C, a worker that gave it back unstarted."""
-    job = {key: value for key, value in job.items() if key != "started_at"}
-    job["attempts"] = max(0, job["attempts"] - 1)
-    return job
-
-
-def requeued(job: dict[str, Any], now: float, counted: bool) -> dict[str, Any]:
-    """Back to pending, due now; an attempt that never really ran is not counted."""
-    job = released(job if counted else uncounted(job))
-    job.update(state="pending", updated_at=iso(now))
-    return job
-
-
-def cancelled_job(job: dict[str, Any], now: float, error: str | None) -> dict[str, Any]:
-    """The job as recorded in cancelled.json: it is never run, or run again."""
-    job = {key: value for key, value in job.items() if key not in ("pid", "host", "run_at")}
-    job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
-    return job
-
-
-def out_of_attempts(job: dict[str, Any]) -> bool:
-    """Has the job used up its attempts (a job allows at least one)?"""
-    return job["attempts"] >= max(1, job.get("max_retries", 1))
-
-
-def claimed_job(job: dict[str, Any], worker: WorkerIdentity, now: float) -> dict[str, Any]:
-    """A due job as the worker that claims it holds it: processing, its new attempt counted."""
-    job = {key: value for key, value in job.items() if key != "run_at"}
-    stamp = iso(now)
-    job.update(state="processing", attempts=job["attempts"] + 1, pid=worker.pid, host=worker.host,
-               started_at=stamp, updated_at=stamp)
-    return job
-
-
-def revived(job: dict[str, Any], now: float) -> dict[str, Any]:
-    """A dead job that `dlq retry` sends back: pending, with all its attempts again."""
-    job = {key: value for key, value in job.items() if key not in ("finished_at", "started_at", "exit_code")}
-    job.update(state="pending", attempts=0, updated_at=iso(now))
-    return job
-
-
-def settle_outcome(job: dict[str, Any], outcome: Outcome, config: dict[str, Any], now: float,
-                   chance: Callable[[], float]) -> tuple[dict[str, Any], str]:
-    """What an attempt's outcome makes of its claimed job: (the job, what happened), what being
-    "completed", "dead" or "cancelled" (finished), "failed" (its retry is scheduled), or the
-    outcome's kind, "released" or "interrupted" (back to pending, the attempt not counted).
-    A success stands even if a cancel came meanwhile: it finished first. `chance` is the dice
-    for config's failure_rate."""
-    cancel = outcome.kind == "cancelled" or "cancel_requested_at" in job
-    if outcome.kind not in ("ran", "cancelled"):  # never started, or killed by a second Ctrl+C
-        if cancel:
-            return cancelled_job(uncounted(job), now, "cancelled before it started"), "cancelled"
-        if outcome.kind == "interrupted":
-            job = dict(job, error=outcome.error or "interrupted by Ctrl+C; not counted as an attempt")
-        return requeued(job, now, counted=False), outcome.kind
-    job = released(job)
-    job.update(worker=outcome.worker, started_at=iso(outcome.started), exit_code=outcome.exit_code,
-               error=outcome.error, output=outcome.output_tail, updated_at=iso(now))
-    job.setdefault("first_started_at", job["started_at"])  # for `stats`: enqueue to first start
-    job.pop("warning", None)  # a warning belongs to the attempt that had it
-    if outcome.warning:
-        job["warning"] = outcome.warning
-    if outcome.duration is not None:
-        job["duration"] = round(outcome.duration, 3)
-    success = outcome.exit_code == 0 and outcome.error is None
-    if success and config["failure_rate"] and chance() < config["failure_rate"]:
-        success = False
-        job["error"] = f"simulated failure (failure_rate={config['failure_rate']})"
-    if success:
-        job.update(state="completed", finished_at=iso(now))
-        return job, "completed"
-    if cancel:  # never retried
-        return cancelled_job(job, now, f"cancelled; the attempt ended with {outcome.error}" if outcome.kind == "ran"
-                             else "cancelled while running; its process tree was killed"), "cancelled"
-    if out_of_attempts(job):
-        job.update(state="dead", finished_at=iso(now))
-        return job, "dead"
-    delay = backoff_delay(job["attempts"], config["backoff_base"], config["max_backoff"])
-    job.update(state="failed", run_at=iso(now + delay))
-    return job, "failed"
-
-
-def settle_orphan(job: dict[str, Any], started: bool, now: float) -> tuple[dict[str, Any], str]:
-    """What becomes of a job whose worker died: (the job, "cancelled", "dead" or "pending"). A run
-    that had started counts as an attempt (the crash may have been the job's doing); a job
-    claimed ahead and never started does not."""
-    if started:
-        job = dict(job, error=f"the worker (pid {job.get('pid')} on {job.get('host')}) died during attempt "
-                              f"{job['attempts']}", exit_code=None)
-    if "cancel_requested_at" in job:
-        return cancelled_job(job if started else uncounted(job), now, "cancelled; its worker had died"), "cancelled"
-    if started and out_of_attempts(job):
-        job = released(job)
-        job.update(state="dead", finished_at=iso(now), updated_at=iso(now))
-        return job, "dead"
-    return requeued(job, now, counted=started), "pending"
-
-
-class Attempt:
-    """One attempt's output as a store hands it out: its record (who ran it, how it ended) and
-    its bytes, source[record.output_start:record.output_end], in a seekable binary file; `late`:
-    (file, start, end) of what processes it left running wrote after it ended; `more(offset)`,
-    for a running attempt: its output from `offset` on as far as it has got (None once the
-    attempt is no longer running)."""
-
-    def __init__(self, record: LogRecord, source: Any, late: tuple[Any, int, int] | None = None,
-                 more: Callable[[int], bytes | None] | None = None) -> None:
-        self.record = record
-        self.source = source
-        self.number = record.number
-        self.late = late
-        self.more = more
-
-
-class BaseStore:
-    """Where a queue lives, in queue verbs: the contract that the command line, the worker and the
-    dashboard rely on. Every verb is atomic across processes (and, for a database, hosts): it sees
-    and leaves the queue whole. A store keeps the states, the history and each attempt's output;
-    the rules of what happens to a job are the same for every store (DESIGN.md's state table).
-    FolderStore (the folder of JSON files) is the first; a new store implements every verb below
-    and is named in STORES."""
-
-    location: str  # where the queue lives: a folder's absolute path, or a URL
-    notes: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
-
-    def prepare(self) -> None:
-        """Before the command's first verb: whatever can be done without holding anyone up."""
-
-    def close(self) -> None:
-        """After the command's last verb (connections, temporary files)."""
-
-    # -- the queue
-    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
-        """Add jobs, all or nothing; an id that exists anywhere raises JobExists."""
-        raise NotImplementedError
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        """One job in its current state, or None."""
-        raise NotImplementedError
-
-    def jobs(self, state: str | None = None, limit: int | None = None,
-             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
-             hint: bytes | None = None) -> list[dict[str, Any]]:
-        """Jobs in one state or all (active first, then finished ones in the order they finished),
-        those `where` accepts, up to `limit`; `hint` (text_hint) may let a store skip rows."""
-        raise NotImplementedError
-
-    def newest(self, state: str, limit: int) -> list[dict[str, Any]]:
-        """The last `limit` jobs to reach a finished state, newest first."""
-        raise NotImplementedError
-
-    def counts(self) -> dict[str, int]:
-        """Jobs per state, and "scheduled": pending jobs whose run_at is still to come."""
-        raise NotImplementedError
-
-    def finished_count(self, state: str) -> int:
-        """How many jobs are in one finished state."""
-        raise NotImplementedError
-
-    def states_of(self, ids: Iterable[str]) -> dict[str, str]:
-        """The current state of each of these jobs (an unknown id is left out)."""
-        raise NotImplementedError
-
-    def active_jobs(self) -> list[dict[str, Any]]:
-        """Every pending, processing and failed job."""
-        raise NotImplementedError
-
-    def finished_since(self, since: float | None = None) -> Iterator[dict[str, Any]]:
-        """Finished jobs (those that finished at `since` or later), one at a time."""
-        raise NotImplementedError
-
-    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
-        """Cancel jobs: {id: (what happened, the state it was in)}, what happened being "cancelled",
-        "requested" (it is running: its worker is asked to stop it), "finished" or "unknown"."""
-        raise NotImplementedError
-
-    def ended_since_cancel(self, ids: Iterable[str]) -> dict[str, str]:
-        """The state jobs whose stop the last cancel requested ended in, for those purged since
-        (a store that keeps them until asked has none to add)."""
-        raise NotImplementedError
-
-    def dlq_retry(self, ids: list[str] | None) -> list[str]:
-        """Dead jobs (all when None) back to pending with attempts 0; the ids moved."""
-        raise NotImplementedError
-
-    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
-        """Finished jobs in these states that finished before `before`, counted per state; deleted
-        (with their output) when `apply`."""
-        raise NotImplementedError
-
-    def recover_orphans(self) -> list[dict[str, Any]]:
-        """Settle the jobs of workers that died; the jobs recovered."""
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        """The settings (DEFAULT_CONFIG, with what `config set` changed)."""
-        raise NotImplementedError
-
-    def set_config(self, key: str, value: Any) -> None:
-        """Change one setting (already validated)."""
-        raise NotImplementedError
-
-    def check(self) -> None:
-        """Raise StoreError now if the stored state is damaged, before a worker starts on it."""
-        raise NotImplementedError
-
-    # -- workers
-    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
-                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
-        """A worker's one transaction: record its outcomes, recover dead workers' jobs (when
-        `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to cancel)."""
-        raise NotImplementedError
-
-    def next_due(self) -> float | None:
-        """When the next claimable job is due (0: now), a hint that takes no lock."""
-        raise NotImplementedError
-
-    def changed(self) -> bool:
-        """Has the queue changed since this process last looked (a hint that takes no lock)?"""
-        raise NotImplementedError
-
-    def has_retries_waiting(self) -> bool:
-        """Does a failed job wait for its retry?"""
-        raise NotImplementedError
-
-    def heartbeat(self, info: dict[str, Any]) -> None:
-        """Say this worker process is alive (info: host, pid, threads, started_at, heartbeat_at)."""
-        raise NotImplementedError
-
-    def workers(self) -> list[dict[str, Any]]:
-        """Worker processes with their last heartbeat and whether they look alive."""
-        raise NotImplementedError
-
-    def forget_worker(self, host: str, pid: int) -> None:
-        """Forget a worker process that has stopped."""
-        raise NotImplementedError
-
-    def request_stop(self) -> None:
-        """Ask every running worker to stop after its running jobs."""
-        raise NotImplementedError
-
-    def stop_requested_at(self) -> float | None:
-        """When a stop was last asked for, or None."""
-        raise NotImplementedError
-
-    def clear_stop(self) -> None:
-        """The last worker has stopped: forget the request."""
-        raise NotImplementedError
-
-    def lost(self) -> str | None:
-        """Why this process can record nothing more here (the place the queue lived at is gone),
-        or None; the first call notes the place as it is."""
-        raise NotImplementedError
-
-    # -- output: a store keeps each attempt's output; while an attempt runs, its command writes
-    # into a scratch file of its worker's, which the store hands out (and can read while it grows)
-    def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
-        """A new, empty scratch file for one of this worker's threads (binary, read-write; its
-        `name` is its path). OSError when it cannot be made."""
-        raise NotImplementedError
-
-    def scratch_in_place(self, handle: Any) -> bool:
-        """Is this scratch file still where the store looks for it (nobody removed it)?"""
-        raise NotImplementedError
-
-    def remove_scratch(self, handle: Any) -> None:
-        """A scratch file is no longer needed (closed or not)."""
-        raise NotImplementedError
-
-    def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
-                    start: int, end: int, ending: str, counted: bool = True) -> bool:
-        """Keep an attempt's output, source[start:end] (`header`: its scratch file's first line),
-        while the attempt is still this worker's claim; False if not."""
-        raise NotImplementedError
-
-    def keep_late_output(self, job_id: str, attempt: int, scratch: Any, end: int) -> None:
-        """Processes the attempt's command left running still write into its scratch file: keep
-        what they write after `end` as the attempt's late output (the file is the store's now)."""
-        raise NotImplementedError
-
-    def cap_late_output(self, limit: int) -> None:
-        """Keep late output within `limit` bytes a file where the store can (called every heartbeat)."""
-        raise NotImplementedError
-
-    def log_location(self, job_id: str) -> str:
-        """Where a job's output is kept, as `show` names it."""
-        raise NotImplementedError
-
-    def attempt_logs(self, job_id: str) -> list[Attempt]:
-        """A job's recorded attempts, oldest first, with their output and late output."""
-        raise NotImplementedError
-
-    def running_attempt(self, job: dict[str, Any]) -> Attempt | None:
-        """The job's running attempt with its output so far (its `more` reads on), or None."""
-        raise NotImplementedError
 
 
 class FolderStore(BaseStore):
@@ -3122,22 +3519,6 @@ class HistoryWatch:
         self.held = {}
 
 
-def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
-                 lease: float, now: float, local_host: str = HOST) -> bool:
-    """May the worker that claimed a job still be running it?
-
-    On this host a vanished pid is dead at once; anywhere, a heartbeat older
-    than the lease is dead (that also covers a reused pid). A worker that has
-    not written its first heartbeat yet gets the lease from its claim.
-    """
-    if heartbeat is None:
-        heartbeat = claimed_at
-    fresh = now - heartbeat <= lease
-    if host == local_host:
-        return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid) and fresh
-    return fresh
-
-
 def _write_at(fd: int, offset: int, data: bytes) -> None:
     """Cut a file at offset and write data there."""
     os.ftruncate(fd, offset)
@@ -3348,32 +3729,6 @@ def _epoch(text: str | None) -> float:
     return value
 
 
-# --------------------------------------------------------------------------
-# 4. Execution: running one command
-# --------------------------------------------------------------------------
-
-
-# What a terminal would act on rather than show: C0 and C1 controls (ESC starts
-# the sequences that retitle a window, rewrite the screen or set the clipboard)
-# and the marks that reorder text (bidirectional overrides).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def escape_controls(text: str, terminal: bool = True) -> str:
-    """Text from a job (its command, its output) as it may be printed to a
-    terminal: controls shown as escapes (\\x1b), so none reaches it raw."""
-    if not terminal:
-        return text
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                         else f"\\u{ord(m.group()):04x}", text)
-
-
-def brief(command: str, limit: int = 200) -> str:
-    """A command as one console line shows it: its start, when it is long."""
-    command = command.replace("\n", " ")
-    return command if len(command) <= limit else command[:limit - 3] + "..."
-
-
 def safe_log_name(job_id: str) -> str:
     """A file name for any valid id, on every platform. A valid id is already a
     valid name, bar Windows' device names (CON, NUL.txt, ...): those get a '_'
@@ -3388,94 +3743,154 @@ def safe_log_name(job_id: str) -> str:
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
 
 
-def popen_options(platform: str = sys.platform) -> dict[str, Any]:
-    """Start each job in its own process group, so a tree kill reaches its children
-    and the terminal's Ctrl+C does not."""
-    if platform == "win32":
-        return {"creationflags": 0x00000200}  # CREATE_NEW_PROCESS_GROUP
-    return {"start_new_session": True}
-
-
-# Runs first in a PowerShell job: UTF-8 output (5.1 writes the OEM code page otherwise).
-POWERSHELL_PROLOGUE = ("try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch {}\n"
-                       "$OutputEncoding = New-Object System.Text.UTF8Encoding $false\n"
-                       "$ProgressPreference = 'SilentlyContinue'\n")
-# Runs last: a failed last statement is a failed job, with the native program's exit code if any.
-POWERSHELL_EPILOGUE = "\nif (-not $?) { if ($LASTEXITCODE) { exit $LASTEXITCODE } else { exit 1 } }\n"
-
-
-def shell_invocation(command: str, shell: str, platform: str = sys.platform,
-                     comspec: str | None = None) -> tuple[str | list[str], bool]:
-    """How to start a job's command in the chosen shell: (args, shell=) for Popen.
-
-    auto lets subprocess choose (/bin/sh -c on POSIX, %COMSPEC% /c on Windows).
-    PowerShell gets the command as -EncodedCommand (base64 of UTF-16LE), so no
-    quoting layer can change it, and runs without profile or prompts.
-    """
-    windows = platform == "win32"
-    if shell == "auto":
-        return command, True
-    if shell in ("sh", "bash"):
-        return ["/bin/sh" if shell == "sh" and not windows else shell, "-c", command], False
-    if shell == "cmd":
-        if windows:  # what subprocess builds for shell=True: cmd's own parsing of the rest of the line
-            return f'{comspec or os.environ.get("COMSPEC", "cmd.exe")} /c "{command}"', False
-        return ["cmd.exe", "/c", command], False
-    import base64
-
-    script = POWERSHELL_PROLOGUE + command + POWERSHELL_EPILOGUE
-    policy = ["-ExecutionPolicy", "Bypass"] if windows else []
-    return [shell, "-NoProfile", "-NonInteractive", *policy, "-EncodedCommand",
-            base64.b64encode(script.encode("utf-16-le")).decode("ascii")], False
-
-
-# The longest command line each platform starts: Linux's limit on one argument
-# (MAX_ARG_STRLEN, which `sh -c COMMAND` meets first; macOS allows more), and
-# Windows' on a whole command line, cmd.exe's own being shorter.
-POSIX_ARGUMENT_MAX = 131071
-WINDOWS_LINE_MAX = 32767
-CMD_LINE_MAX = 8191
-
-
-def command_too_long(command: str, shell: str, platform: str = sys.platform) -> str | None:
-    """Why this platform could never start the command in this shell (None: it can),
-    so that such a job is refused at enqueue instead of failing every attempt."""
-    args, _ = shell_invocation(command, shell, platform, comspec="cmd.exe")
-    if platform == "win32":
-        if isinstance(args, str):  # auto: subprocess puts cmd.exe /c "..." around it
-            size = len(args) + (len('cmd.exe /c ""') if shell == "auto" else 0)
-        else:
-            size = sum(len(arg) + 3 for arg in args)  # with quotes and a space each, at most
-        limit, unit = (CMD_LINE_MAX if shell in ("auto", "cmd") else WINDOWS_LINE_MAX), "characters"
-        if size <= limit:
-            return None
-    else:
-        size = max(len(arg.encode("utf-8")) for arg in ([args] if isinstance(args, str) else args))
-        limit, unit = POSIX_ARGUMENT_MAX, "bytes"
-        if size <= limit:
-            return None
-    encoded = " once encoded for PowerShell" if shell in ("powershell", "pwsh") else ""
-    return (f"the command line would be {size:,} {unit}{encoded}, and this system starts at most "
-            f"{limit:,}; put the command in a script file and enqueue a command that runs it.")
-
-
-def tree_kill_command(pid: int, platform: str = sys.platform) -> list[str] | None:
-    """The command that kills a whole process tree on Windows (None: use killpg)."""
-    if platform == "win32":
-        return ["taskkill", "/T", "/F", "/PID", str(pid)]
+def late_name(name: str, without_offset: bool = False) -> tuple[str, int, int] | None:
+    """(log stem, attempt, offset) of a late output file's name, <stem>.<attempt>.<offset>.late.log;
+    with without_offset, also the oldest release's <stem>.<attempt>.late.log (offset 0)."""
+    if not name.endswith(".late.log"):
+        return None
+    parts = name[:-len(".late.log")].rsplit(".", 2)
+    if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0], int(parts[1]), int(parts[2])
+    if without_offset and len(parts) >= 2 and parts[-1].isdigit():
+        return ".".join(parts[:-1]), int(parts[-1]), 0
     return None
 
 
-def kill_tree(proc: subprocess.Popen, mark: str, platform: str = sys.platform) -> None:
-    """Kill a command's process group, and the processes that left it (setsid)
-    but still carry its attempt's mark in their environment (Linux only)."""
-    kill_process_group(proc.pid, platform)
-    if platform.startswith("linux"):
-        kill_marked(mark)
+_FALLOCATE: Any = None  # libc's fallocate, loaded on first use
+
+
+def punch_hole(fd: int, length: int, platform: str = sys.platform) -> bool:
+    """Free the disk blocks of a file's first `length` bytes, keeping its size and every writer's
+    offset: fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) on Linux. False where that
+    cannot be done (another platform, a file system without holes)."""
+    if platform != "linux" or length <= 0:
+        return False
+    global _FALLOCATE
+    if _FALLOCATE is None:
+        import ctypes
+
+        _FALLOCATE = ctypes.CDLL(None, use_errno=True).fallocate
+        _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return _FALLOCATE(fd, 3, 0, length) == 0
+
+
+def _read_live(path: str, header: bytes, offset: int) -> bytes | None:
+    """Output of a running attempt from `offset` on, or None once its scratch file starts
+    with another header (another attempt; checked again after the read)."""
     try:
-        proc.kill()
+        with open(path, "rb") as handle:
+            if handle.readline(LOG_LINE_MAX) != header:
+                return None
+            handle.seek(len(header) + offset)
+            chunk = handle.read(1 << 20)
+            handle.seek(0)
+            return chunk if handle.readline(LOG_LINE_MAX) == header else None
     except OSError:
-        pass
+        return None
+
+
+def _still_at(handle: Any, path: str) -> bool:
+    """Is this open file still the one at path (not deleted, not replaced)?"""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _log_end(log: Any) -> tuple[int, tuple[Any, ...] | None]:
+    """Where the next record goes (the end of the log, less a last record a crash cut short),
+    and the identity of the last whole record."""
+    end, last = os.fstat(log.fileno()).st_size, None
+    for record in log_records(log):
+        if record.torn:
+            return record.start, last
+        last = record.identity() if record.ending is not None and record.problem is None else None
+    return end, last
+
+
+def append_attempt(path: str, header: bytes, source: Any, start: int, end: int, ending: str,
+                   limit: int, counted: bool = True) -> None:
+    """Append one attempt's record to a job's log: `header` is the attempt's first line in its
+    scratch file, source[start:end] its output, of which the newest that fit in `limit` are kept.
+
+    All or nothing: on an OSError (a full disk) the log is cut back to what it was and the error
+    raised. An attempt the log already ends with (a recovery that died before it saved its
+    decision had copied it) is not appended again; a last record a crash cut short is replaced."""
+    attempt = _SCRATCH_HEADER.match(header.rstrip(b" \n") + b"\n")
+    if attempt is None:
+        raise OSError(f"its scratch file does not start with an attempt header: {header[:80]!r}")
+    size = end - start
+    room = max(0, limit - len(header) - 250)  # what fits beside the header and the footer
+    if size > room:  # keep only the newest output the log would keep, from a whole line
+        source.seek(end - room)
+        size = room - len(source.readline(min(LOG_LINE_MAX, room)))
+    removed = end - start - size
+    line = (header.rstrip(b" \n") + (b"" if counted else b" (not counted)")
+            + f": {size} bytes of output follow".encode()
+            + (f" ({removed} older bytes removed: log_max_bytes)".encode() if removed else b"") + b"\n")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with open(path, "rb") as current:
+            before, last = _log_end(current)
+            torn = before < os.fstat(current.fileno()).st_size
+        if last == LogRecord(0, attempt).identity():
+            return
+        try:
+            if torn:
+                os.ftruncate(fd, before)
+            os.lseek(fd, before, os.SEEK_SET)
+            _write_fully(fd, line)
+            source.seek(end - size)
+            while size > 0:
+                chunk = source.read(min(size, 1 << 20))
+                if not chunk:
+                    raise OSError("its output shrank while it was copied")
+                _write_fully(fd, chunk)
+                size -= len(chunk)
+            if end > start and not _ends_with_newline(source, end):
+                _write_fully(fd, b"\n")
+            _write_fully(fd, f"=== attempt {attempt.group(2).decode()} ended: {ending}\n".encode())
+        except OSError:
+            _quietly(lambda: os.ftruncate(fd, before))
+            raise
+    finally:
+        os.close(fd)
+    cap_log(path, limit)
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def cap_log(path: str, limit: int) -> None:
+    """Keep a log at most `limit` bytes, dropping its oldest records (a note says so)."""
+    try:
+        size = os.path.getsize(path)
+        if size <= limit:
+            return
+        note = f"=== older output removed: this log keeps the newest {limit} bytes (log_max_bytes)\n".encode()
+        with open(path, "rb") as handle:
+            starts = [record.start for record in log_records(handle)]
+            fits = [start for start in starts if size - start + len(note) <= limit]
+            cut = fits[0] if fits else starts[-1] if starts else 0  # a record is never cut in two
+            handle.seek(cut)
+            kept = handle.read()
+        atomic_write(path, [note, kept], durable=False)
+    except OSError:
+        pass  # the log stays longer than asked; the job's result does not depend on it
+
+
+def _ends_with_newline(handle: Any, end: int) -> bool:
+    handle.seek(end - 1)
+    return handle.read(1) == b"\n"
+
+
+# --------------------------------------------------------------------------
+# 8. Running one attempt: output capture, timeout, tree kill
+# --------------------------------------------------------------------------
 
 
 class Runner:
@@ -3689,79 +4104,6 @@ class Runner:
             kill_tree(proc, mark)
 
 
-def late_name(name: str, without_offset: bool = False) -> tuple[str, int, int] | None:
-    """(log stem, attempt, offset) of a late output file's name, <stem>.<attempt>.<offset>.late.log;
-    with without_offset, also the oldest release's <stem>.<attempt>.late.log (offset 0)."""
-    if not name.endswith(".late.log"):
-        return None
-    parts = name[:-len(".late.log")].rsplit(".", 2)
-    if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
-        return parts[0], int(parts[1]), int(parts[2])
-    if without_offset and len(parts) >= 2 and parts[-1].isdigit():
-        return ".".join(parts[:-1]), int(parts[-1]), 0
-    return None
-
-
-_FALLOCATE: Any = None  # libc's fallocate, loaded on first use
-
-
-def punch_hole(fd: int, length: int, platform: str = sys.platform) -> bool:
-    """Free the disk blocks of a file's first `length` bytes, keeping its size and every writer's
-    offset: fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) on Linux. False where that
-    cannot be done (another platform, a file system without holes)."""
-    if platform != "linux" or length <= 0:
-        return False
-    global _FALLOCATE
-    if _FALLOCATE is None:
-        import ctypes
-
-        _FALLOCATE = ctypes.CDLL(None, use_errno=True).fallocate
-        _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return _FALLOCATE(fd, 3, 0, length) == 0
-
-
-def first_data(handle: Any, start: int) -> int:
-    """Where data starts again at or after `start`, past a hole punch_hole made (SEEK_DATA where the
-    platform has it; a hole reads as zeros)."""
-    try:
-        return os.lseek(handle.fileno(), start, os.SEEK_DATA)
-    except (AttributeError, OSError):  # no SEEK_DATA; or ENXIO: no data after start
-        return start
-
-
-def _read_live(path: str, header: bytes, offset: int) -> bytes | None:
-    """Output of a running attempt from `offset` on, or None once its scratch file starts
-    with another header (another attempt; checked again after the read)."""
-    try:
-        with open(path, "rb") as handle:
-            if handle.readline(LOG_LINE_MAX) != header:
-                return None
-            handle.seek(len(header) + offset)
-            chunk = handle.read(1 << 20)
-            handle.seek(0)
-            return chunk if handle.readline(LOG_LINE_MAX) == header else None
-    except OSError:
-        return None
-
-
-def _still_at(handle: Any, path: str) -> bool:
-    """Is this open file still the one at path (not deleted, not replaced)?"""
-    try:
-        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
-    except OSError:
-        return False
-
-
-PID_FIELD = 10  # room in the header for the command's pid, written once it is known
-
-
-def attempt_header(job_id: str, attempt: int, started: float, worker: str, identity: WorkerIdentity) -> bytes:
-    """The line before an attempt's output. Recovery looks for it in a dead
-    worker's scratch file, and kills the command's process group it names."""
-    return (f"=== {job_id} attempt {attempt} started {iso(started)} by {worker} "
-            f"(pid {identity.pid} on {identity.host}), command pid {'?':<{PID_FIELD}}\n").encode()
-
-
 def write_pid(fd: int, path: str, pid: int, offset: int, has_pwrite: bool) -> None:
     """Write a command's pid into its attempt header: pwrite on POSIX; on Windows
     (no pwrite) through a second handle, whose own offset leaves the shared one alone."""
@@ -3777,296 +4119,30 @@ def write_pid(fd: int, path: str, pid: int, offset: int, has_pwrite: bool) -> No
         os.close(second)
 
 
-def attempt_mark(job_id: str, attempt: int, identity: WorkerIdentity) -> str:
-    """The QUEUECTL_ATTEMPT value in the environment of one attempt's command."""
-    return f"{job_id}#{attempt}@{identity.host}:{identity.pid}"
-
-
-def kill_marked(mark: str, proc_root: str = "/proc") -> None:
-    """Kill the process groups whose environment carries this attempt's mark (Linux;
-    elsewhere there is no /proc to look in, and this does nothing)."""
-    import signal
-
-    wanted = f"QUEUECTL_ATTEMPT={mark}".encode() + b"\0"
-    try:
-        pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            with open(os.path.join(proc_root, str(pid), "environ"), "rb") as handle:
-                if wanted not in handle.read() + b"\0":
-                    continue
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
-def kill_process_group(pid: int, platform: str = sys.platform) -> None:
-    """Kill a command's whole process tree, given the pid it was started with."""
-    import signal
-    import subprocess
-
-    command = tree_kill_command(pid, platform)
-    try:
-        if command:
-            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-# -- the log format -------------------------------------------------------------
-# logs/<id>.log is a series of records, one per attempt, each appended whole after its attempt ended:
-#   === <id> attempt <n> started <time> by <worker> (pid <p> on <host>), command pid <c>[ (not counted)]:
-#       <size> bytes of output follow[ (<k> older bytes removed: log_max_bytes)]    (all one line)
-#   exactly <size> bytes of output, and a newline if they do not end with one
-#   === attempt <n> ended: <how it ended>
-# A reader skips exactly <size> bytes, so nothing a command prints is ever taken for a header or
-# a footer. A log may start with the note cap_log leaves when it dropped the oldest records.
-
-LOG_LINE_MAX = 4096  # no header or footer line is longer (an id has at most 64 characters)
-_RECORD_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), "
-                            rb"command pid (\S+)( \(not counted\))?: (\d+) bytes of output follow"
-                            rb"(?: \((\d+) older bytes removed: log_max_bytes\))?\n\Z")
-_RECORD_FOOTER = re.compile(rb"=== attempt (\d+) ended: ([^\n]*)\n\Z")
-# An attempt's first line in its scratch file (attempt_header). The previous release's logs used it
-# and its footer with no byte count: those are read line by line (best effort).
-_SCRATCH_HEADER = re.compile(rb"=== (\S+) attempt (\d+) started (\S+) by (.*) \(pid (\d+) on (.*)\), "
-                             rb"command pid \S*\s*\Z")
-_OLD_FOOTER = re.compile(rb"=== attempt (\d+) ended: (.*?)\s*\Z")
-_CAP_NOTE = b"=== older output removed: "
-
-
-class LogRecord:
-    """One attempt as a job's log holds it: who ran it, where its output is (bytes
-    output_start to output_end of the file) and how it ended."""
-
-    __slots__ = ("job_id", "number", "started", "worker", "counted", "removed", "start", "output_start",
-                 "output_end", "end", "ending", "problem", "torn")
-
-    def __init__(self, start: int, header: re.Match | None = None) -> None:
-        text = [group.decode("utf-8", "replace") for group in header.groups()[:6]] if header else [""] * 6
-        self.job_id = text[0] or None  # None: its header was cut off (a log of the previous release)
-        self.number = int(text[1]) if header else None
-        self.started = text[2]
-        self.worker = f"{text[3]} (pid {text[4]} on {text[5]})" if header else ""
-        self.counted = True
-        self.removed = 0  # older output left out when it was written (log_max_bytes)
-        self.start = self.output_start = self.output_end = self.end = start
-        self.ending: str | None = None  # None: no footer
-        self.problem: str | None = None  # what is wrong with it where the log is damaged
-        self.torn = False  # the log ends inside it: a write was cut short
-
-    def identity(self) -> tuple[Any, ...]:
-        """What tells this attempt from every other one: id, number, start and worker."""
-        return self.job_id, self.number, self.started, self.worker
-
-
-def scratch_attempt(line: bytes) -> LogRecord | None:
-    """The attempt a scratch file's first line starts (None: not an attempt header)."""
-    header = _SCRATCH_HEADER.match(line)
-    if header is None:
-        return None
-    record = LogRecord(0, header)
-    record.output_start = record.output_end = record.end = len(line)
-    return record
-
-
-def log_records(handle: Any) -> Iterator[LogRecord]:
-    """The records of a log file, in bounded memory: a record's output is skipped by its byte
-    count, never scanned. Anything after a record that is not one is a damaged record, to the end."""
-    size = os.fstat(handle.fileno()).st_size
-    position = 0
-    framed = False  # seen a record of the current format: from here on nothing is re-interpreted
-    while position < size:
-        handle.seek(position)
-        line = handle.readline(LOG_LINE_MAX)
-        if position == 0 and line.startswith(_CAP_NOTE):
-            position = len(line)
-            continue
-        header = _RECORD_HEADER.match(line)
-        if header is None and not framed:
-            record = _old_record(handle, position, line)
-        elif header is None:
-            record = LogRecord(position)
-            record.output_end = record.end = size
-            record.problem = f"the log is damaged here: {size - position} bytes that are not an attempt's record"
-            record.torn = position + len(line) == size and not line.endswith(b"\n")  # a header cut short
-        else:
-            framed = True
-            record = _framed_record(handle, position, header, len(line), size)
-        yield record
-        position = record.end
-
-
-def _framed_record(handle: Any, position: int, header: re.Match, header_size: int, size: int) -> LogRecord:
-    record = LogRecord(position, header)
-    record.counted = not header.group(8)
-    record.removed = int(header.group(10) or 0)
-    record.output_start = position + header_size
-    record.output_end = record.output_start + int(header.group(9))
-    footer_at = record.output_end
-    torn = record.output_end > size  # the log ends inside its output: a write was cut short
-    if not torn and record.output_end > record.output_start:
-        handle.seek(record.output_end - 1)
-        if handle.read(1) != b"\n":
-            pad = handle.read(1)  # the newline queuectl adds after output that does not end with one
-            torn = not pad
-            footer_at += 1 if pad == b"\n" else size + 1
-    if not torn and footer_at <= size:
-        handle.seek(footer_at)
-        footer = handle.readline(LOG_LINE_MAX)
-        match = _RECORD_FOOTER.match(footer)
-        if match and int(match.group(1)) == record.number:
-            record.ending = match.group(2).decode("utf-8", "replace")
-            record.end = footer_at + len(footer)
-            return record
-        torn = footer_at + len(footer) == size and not footer.endswith(b"\n")
-    record.torn = torn
-    record.problem = ("its record is cut short: the log ends inside it" if record.torn
-                      else "the log is damaged here: this record's footer is missing")
-    record.output_end = record.end = size
-    return record
-
-
-def _old_record(handle: Any, position: int, line: bytes) -> LogRecord:
-    """One record of the previous release's format, read line by line from `line` (read at
-    `position`) to its footer, or to a header of the current format."""
-    header = _SCRATCH_HEADER.match(line)
-    record = LogRecord(position, header)
-    record.output_start = record.output_end = record.end = position + len(line) if header else position
-    handle.seek(record.end)
-    while True:
-        line = handle.readline(1 << 20)
-        if not line or _RECORD_HEADER.match(line):
-            return record
-        record.end += len(line)
-        footer = _OLD_FOOTER.match(line)
-        if footer and record.number in (None, int(footer.group(1))):
-            record.number = int(footer.group(1))
-            record.ending = footer.group(2).decode("utf-8", "replace")
-            return record
-        record.output_end = record.end
-
-
-def _log_end(log: Any) -> tuple[int, tuple[Any, ...] | None]:
-    """Where the next record goes (the end of the log, less a last record a crash cut short),
-    and the identity of the last whole record."""
-    end, last = os.fstat(log.fileno()).st_size, None
-    for record in log_records(log):
-        if record.torn:
-            return record.start, last
-        last = record.identity() if record.ending is not None and record.problem is None else None
-    return end, last
-
-
-def append_attempt(path: str, header: bytes, source: Any, start: int, end: int, ending: str,
-                   limit: int, counted: bool = True) -> None:
-    """Append one attempt's record to a job's log: `header` is the attempt's first line in its
-    scratch file, source[start:end] its output, of which the newest that fit in `limit` are kept.
-
-    All or nothing: on an OSError (a full disk) the log is cut back to what it was and the error
-    raised. An attempt the log already ends with (a recovery that died before it saved its
-    decision had copied it) is not appended again; a last record a crash cut short is replaced."""
-    attempt = _SCRATCH_HEADER.match(header.rstrip(b" \n") + b"\n")
-    if attempt is None:
-        raise OSError(f"its scratch file does not start with an attempt header: {header[:80]!r}")
-    size = end - start
-    room = max(0, limit - len(header) - 250)  # what fits beside the header and the footer
-    if size > room:  # keep only the newest output the log would keep, from a whole line
-        source.seek(end - room)
-        size = room - len(source.readline(min(LOG_LINE_MAX, room)))
-    removed = end - start - size
-    line = (header.rstrip(b" \n") + (b"" if counted else b" (not counted)")
-            + f": {size} bytes of output follow".encode()
-            + (f" ({removed} older bytes removed: log_max_bytes)".encode() if removed else b"") + b"\n")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        with open(path, "rb") as current:
-            before, last = _log_end(current)
-            torn = before < os.fstat(current.fileno()).st_size
-        if last == LogRecord(0, attempt).identity():
-            return
-        try:
-            if torn:
-                os.ftruncate(fd, before)
-            os.lseek(fd, before, os.SEEK_SET)
-            _write_fully(fd, line)
-            source.seek(end - size)
-            while size > 0:
-                chunk = source.read(min(size, 1 << 20))
-                if not chunk:
-                    raise OSError("its output shrank while it was copied")
-                _write_fully(fd, chunk)
-                size -= len(chunk)
-            if end > start and not _ends_with_newline(source, end):
-                _write_fully(fd, b"\n")
-            _write_fully(fd, f"=== attempt {attempt.group(2).decode()} ended: {ending}\n".encode())
-        except OSError:
-            _quietly(lambda: os.ftruncate(fd, before))
-            raise
-    finally:
-        os.close(fd)
-    cap_log(path, limit)
-
-
-def _write_fully(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def cap_log(path: str, limit: int) -> None:
-    """Keep a log at most `limit` bytes, dropping its oldest records (a note says so)."""
-    try:
-        size = os.path.getsize(path)
-        if size <= limit:
-            return
-        note = f"=== older output removed: this log keeps the newest {limit} bytes (log_max_bytes)\n".encode()
-        with open(path, "rb") as handle:
-            starts = [record.start for record in log_records(handle)]
-            fits = [start for start in starts if size - start + len(note) <= limit]
-            cut = fits[0] if fits else starts[-1] if starts else 0  # a record is never cut in two
-            handle.seek(cut)
-            kept = handle.read()
-        atomic_write(path, [note, kept], durable=False)
-    except OSError:
-        pass  # the log stays longer than asked; the job's result does not depend on it
-
-
-def _ends_with_newline(handle: Any, end: int) -> bool:
-    handle.seek(end - 1)
-    return handle.read(1) == b"\n"
-
-
-def children_left(pid: int, platform: str = sys.platform) -> bool:
-    """Are processes of the job's group still running after its shell exited?
-    (Windows cannot tell cheaply; there the next job reuses the scratch file.)"""
-    if platform == "win32":
-        return False
-    try:
-        os.killpg(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    except OSError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------
-# 5. The worker: thread pool, heartbeat, stop flag, signals, recovery
+# 9. The worker: thread pool, rounds, heartbeat, stop, signals
 # --------------------------------------------------------------------------
 
 
-class WorkerIdentity:
-    """Who claims: this worker process (pid, host)."""
+# What a terminal would act on rather than show: C0 and C1 controls (ESC starts
+# the sequences that retitle a window, rewrite the screen or set the clipboard)
+# and the marks that reorder text (bidirectional overrides).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.host = HOST
+
+def escape_controls(text: str, terminal: bool = True) -> str:
+    """Text from a job (its command, its output) as it may be printed to a
+    terminal: controls shown as escapes (\\x1b), so none reaches it raw."""
+    if not terminal:
+        return text
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                         else f"\\u{ord(m.group()):04x}", text)
+
+
+def brief(command: str, limit: int = 200) -> str:
+    """A command as one console line shows it: its start, when it is long."""
+    command = command.replace("\n", " ")
+    return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
 class Printer:
@@ -4617,57 +4693,8 @@ class WorkerPool:
 
 
 # --------------------------------------------------------------------------
-# 6. The command line
+# 10. The command line: one function per subcommand
 # --------------------------------------------------------------------------
-
-
-def config_key(key: str, source: str = "") -> str:
-    name = key.strip().replace("-", "_").lower()
-    if name not in DEFAULT_CONFIG:
-        where = f" in {source}" if source else ""
-        raise QueueError(f"unknown config key {key!r}{where}; known keys: "
-                         f"{', '.join(DEFAULT_CONFIG)}.")
-    return name
-
-
-CONFIG_RULES: dict[str, tuple[type, float, float | None]] = {
-    # key: (type, minimum, maximum)
-    "max_retries": (int, 0, 1000),
-    "backoff_base": (float, 1, 1000),
-    "max_backoff": (float, 0, None),
-    "job_timeout": (float, 0, None),
-    "lease_timeout": (float, 1, None),
-    "poll_interval": (float, 0.01, 60),
-    "failure_rate": (float, 0, 1),
-    "log_max_bytes": (int, 1024, None),
-}
-
-
-def validate_config_value(name: str, value: Any) -> Any:
-    if name == "shell":
-        if not isinstance(value, str) or value.strip().lower() not in SHELLS:
-            raise QueueError(f"shell must be one of {', '.join(SHELLS)}, not {value!r}.")
-        return value.strip().lower()
-    kind, low, high = CONFIG_RULES[name]
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text) if kind is int else float(text)
-        except ValueError:
-            raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, "
-                             f"not {text!r}.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise QueueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}.")
-    if math.isnan(value) or math.isinf(value):
-        raise QueueError(f"{name} must be a finite number.")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"{low:g} or more"
-        raise QueueError(f"{name} must be {bounds}, not {value:g}.")
-    if kind is float and isinstance(DEFAULT_CONFIG[name], float):
-        return float(value)
-    if kind is float and float(value).is_integer():
-        return int(value)
-    return value
 
 
 def home_dir(args: argparse.Namespace) -> str:
@@ -5399,6 +5426,54 @@ def cmd_wait(args: argparse.Namespace, store: BaseStore) -> int:
     return 1
 
 
+# -- dlq, config ----------------------------------------------------------
+
+
+def cmd_dlq_list(args: argparse.Namespace, store: BaseStore) -> int:
+    args.state, args.limit = "dead", None
+    return cmd_list(args, store)
+
+
+def cmd_dlq_retry(args: argparse.Namespace, store: BaseStore) -> int:
+    if args.all == bool(args.ids):
+        raise QueueError("give job ids or --all, e.g. queuectl dlq retry job1.")
+    requeued = store.dlq_retry(None if args.all else args.ids)
+    if not requeued:
+        print("The DLQ is empty.")
+    for job_id in requeued:
+        print(f"Requeued job: {job_id}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace, store: BaseStore) -> int:
+    config = store.config()
+    if args.json:
+        print_json(config)
+        return 0
+    for key, value in config.items():
+        print(f"{key:<14}= {value}")
+    return 0
+
+
+def cmd_config_get(args: argparse.Namespace, store: BaseStore) -> int:
+    value = store.config()[config_key(args.key)]
+    print(json.dumps(value) if args.json else value)
+    return 0
+
+
+def cmd_config_set(args: argparse.Namespace, store: BaseStore) -> int:
+    key = config_key(args.key)
+    value = validate_config_value(key, args.value)
+    store.set_config(key, value)
+    print(f"{key} = {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# 11. The dashboard
+# --------------------------------------------------------------------------
+
+
 # -- dashboard ----------------------------------------------------------------
 
 DASHBOARD_JOB_LIMIT = 200  # rows a dashboard tab shows (the newest first for finished jobs)
@@ -6043,47 +6118,9 @@ setInterval(refresh, 2000);
 """
 
 
-# -- dlq, config ----------------------------------------------------------
-
-
-def cmd_dlq_list(args: argparse.Namespace, store: BaseStore) -> int:
-    args.state, args.limit = "dead", None
-    return cmd_list(args, store)
-
-
-def cmd_dlq_retry(args: argparse.Namespace, store: BaseStore) -> int:
-    if args.all == bool(args.ids):
-        raise QueueError("give job ids or --all, e.g. queuectl dlq retry job1.")
-    requeued = store.dlq_retry(None if args.all else args.ids)
-    if not requeued:
-        print("The DLQ is empty.")
-    for job_id in requeued:
-        print(f"Requeued job: {job_id}")
-    return 0
-
-
-def cmd_config_show(args: argparse.Namespace, store: BaseStore) -> int:
-    config = store.config()
-    if args.json:
-        print_json(config)
-        return 0
-    for key, value in config.items():
-        print(f"{key:<14}= {value}")
-    return 0
-
-
-def cmd_config_get(args: argparse.Namespace, store: BaseStore) -> int:
-    value = store.config()[config_key(args.key)]
-    print(json.dumps(value) if args.json else value)
-    return 0
-
-
-def cmd_config_set(args: argparse.Namespace, store: BaseStore) -> int:
-    key = config_key(args.key)
-    value = validate_config_value(key, args.value)
-    store.set_config(key, value)
-    print(f"{key} = {value}")
-    return 0
+# --------------------------------------------------------------------------
+# 12. The argparse tree and main
+# --------------------------------------------------------------------------
 
 
 # -- argparse tree ----------------------------------------------------------
@@ -6237,11 +6274,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("key")
         p.add_argument("value")
     return parser
-
-
-# --------------------------------------------------------------------------
-# 7. main
-# --------------------------------------------------------------------------
 
 
 def configure_console() -> None:
