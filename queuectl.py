@@ -230,6 +230,29 @@ def parse_time(text: str) -> float:
     return seconds
 
 
+_EPOCH_CACHE: dict[str, float] = {}
+
+
+def _epoch(text: str | None) -> float:
+    """Epoch seconds of a stored timestamp (cached: the same strings recur). Anything
+    that is not a timestamp string (a hand-edited file) counts as the epoch."""
+    if not text or type(text) is not str:
+        return 0.0
+    value = _EPOCH_CACHE.get(text)
+    if value is not None:
+        return value
+    value = _utc_epoch(text)
+    if value is None:
+        try:
+            value = parse_time(text)
+        except QueueError:
+            value = 0.0
+    if len(_EPOCH_CACHE) > 100_000:
+        _EPOCH_CACHE.clear()
+    _EPOCH_CACHE[text] = value
+    return value
+
+
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -753,6 +776,27 @@ class Outcome:
 # Each takes a job (a dict as stored) and returns the job it becomes; a store only keeps state.
 
 
+def newer_copy(copy: dict[str, Any], other: dict[str, Any] | None) -> bool:
+    """Is `copy` a later state of its job than `other`? A crash between two writes can leave a
+    job in two places (a store writes the destination first): the later updated_at wins, and on
+    a tie (the same millisecond) a finished copy wins over an active one, since finishing wrote
+    it first. Between two copies of the same kind, neither is newer."""
+    if other is None:
+        return True
+    mine, theirs = _epoch(copy.get("updated_at")), _epoch(other.get("updated_at"))
+    return mine > theirs or (mine == theirs and copy.get("state") in FINISHED_STATES
+                             and other.get("state") not in FINISHED_STATES)
+
+
+def newest_copy(copies: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest state among copies of one job (newer_copy; the first of equals)."""
+    best = None
+    for copy in copies:
+        if best is None or newer_copy(copy, best):
+            best = copy
+    return best
+
+
 def released(job: dict[str, Any]) -> dict[str, Any]:
     """The job without its worker's claim."""
     return {key: value for key, value in job.items() if key not in ("pid", "host")}
@@ -778,6 +822,23 @@ def cancelled_job(job: dict[str, Any], now: float, error: str | None) -> dict[st
     job = {key: value for key, value in job.items() if key not in ("pid", "host", "run_at")}
     job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
     return job
+
+
+def cancel_decision(job: dict[str, Any] | None, finished: dict[str, Any] | None,
+                    now: float) -> tuple[str, str, dict[str, Any] | None]:
+    """What `cancel` does to a job, given its active copy and its finished copy (either may be
+    None): (what happened, the state it was in, the job it becomes). "finished": nothing to
+    cancel (a finished copy newer than an active one is the job: the active copy is a crash's
+    leftover); "unknown"; "requested": it is running, so it is marked and its worker stops it;
+    "cancelled": a pending or failed job, cancelled now."""
+    if finished is not None and newer_copy(finished, job):
+        return "finished", finished["state"], None
+    if job is None:
+        return "unknown", "", None
+    if job["state"] == "processing":
+        marked = job if "cancel_requested_at" in job else dict(job, cancel_requested_at=iso(now))
+        return "requested", "processing", marked
+    return "cancelled", job["state"], cancelled_job(job, now, f"cancelled while {job['state']}")
 
 
 def out_of_attempts(job: dict[str, Any]) -> bool:
@@ -1196,9 +1257,13 @@ class BaseStore:
         """The last worker has stopped: forget the request."""
         raise NotImplementedError
 
+    def begin_worker(self, worker: WorkerIdentity) -> None:
+        """A worker process starts here: make what it needs, or raise QueueError saying what is missing."""
+        raise NotImplementedError
+
     def lost(self) -> str | None:
-        """Why this process can record nothing more here (the place the queue lived at is gone),
-        or None; the first call notes the place as it is."""
+        """Why this worker process can record nothing more here (the place the queue lived at,
+        as begin_worker found it, is gone), or None."""
         raise NotImplementedError
 
     # -- output: a store keeps each attempt's output; while an attempt runs, its command writes
@@ -1689,11 +1754,6 @@ def _history_job(line: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return job if type(job) is dict else None
-
-
-def newest_copy(copies: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The copy of a job with the latest updated_at (a crash between two writes can leave two)."""
-    return max(copies, key=lambda job: _epoch(job.get("updated_at")), default=None)
 
 
 class ActiveCopies:
@@ -2542,13 +2602,9 @@ class FolderStore(BaseStore):
         others = {} if source == "active" else active.of([job["id"] for job in jobs])
         names = [name for state, name in HISTORY_FILE_OF.items() if state != source]
         for job_id, job in view.find([job["id"] for job in jobs], names).items():
-            if job_id not in others or _epoch(job.get("updated_at")) > _epoch(others[job_id].get("updated_at")):
+            if newer_copy(job, others.get(job_id)):
                 others[job_id] = job
-        # On a tie (the same millisecond) the history copy wins: finishing writes it first.
-        keep_tie = source != "active"
-        return [job for job in jobs if job["id"] not in others
-                or _epoch(job.get("updated_at")) > _epoch(others[job["id"]].get("updated_at"))
-                or (keep_tie and job.get("updated_at") == others[job["id"]].get("updated_at"))]
+        return [job for job in jobs if job["id"] not in others or not newer_copy(others[job["id"]], job)]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.locked(write=False):
@@ -2592,7 +2648,7 @@ class FolderStore(BaseStore):
             return 0
         active = {job["id"]: job for job in self._active(ids=maybe)}
         return sum(1 for job in self._repair_history(FAILED_FILE) if job["id"] in active
-                   and _epoch(active[job["id"]].get("updated_at")) > _epoch(job.get("updated_at")))
+                   and newer_copy(active[job["id"]], job))
 
     def _active(self, state: str | None = None, limit: int | None = None, ids: Iterable[str] | None = None,
                 parse_all: bool = False) -> list[dict[str, Any]]:
@@ -2723,7 +2779,7 @@ class FolderStore(BaseStore):
         newest: dict[str, int] = {}
         for position, job in enumerate(listed):
             best = newest.get(job["id"])
-            if best is None or _epoch(job.get("updated_at")) >= _epoch(listed[best].get("updated_at")):
+            if best is None or not newer_copy(listed[best], job):  # of equals, the later line
                 newest[job["id"]] = position
         fresh = {job["id"]: job for job in written}
         keep = [job for position, job in enumerate(listed) if newest[job["id"]] == position
@@ -2815,7 +2871,7 @@ class FolderStore(BaseStore):
             beat = beats.get((host, pid))
             changed = True
             history = finished.get(job["id"])
-            if history and _epoch(history.get("updated_at")) >= _epoch(job.get("updated_at")):
+            if history and newer_copy(history, job):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
                 continue
             # Kill the command the dead worker left running, if this host can and
@@ -2913,18 +2969,14 @@ class FolderStore(BaseStore):
             for job_id in dict.fromkeys(ids):
                 job = self._jobs.get(job_id)
                 history = self.find_in_history(job_id) if ID_PATTERN.match(job_id) else None
-                if history and (job is None or _epoch(history[1].get("updated_at")) >= _epoch(job.get("updated_at"))):
-                    results[job_id] = ("finished", history[0])  # (a copy left in queue.json by a crash is stale)
-                elif job is None:
-                    results[job_id] = ("unknown", "")
-                elif job["state"] == "processing":
-                    if "cancel_requested_at" not in job:
-                        self._update({**job, "cancel_requested_at": iso(now)})
+                what, state, changed = cancel_decision(job, history[1] if history else None, now)
+                results[job_id] = (what, state)
+                if what == "requested":
                     requested = True
-                    results[job_id] = ("requested", "processing")
-                else:
-                    results[job_id] = ("cancelled", job["state"])
-                    to_cancelled.append(cancelled_job(job, now, f"cancelled while {job['state']}"))
+                    if changed is not job:
+                        self._update(changed)
+                elif what == "cancelled":
+                    to_cancelled.append(changed)
             self._finish(CANCELLED_FILE, to_cancelled)  # destination first
             if requested:  # a job whose worker has died is cancelled now, its leftover command killed
                 recovered, _ = self._recover(self.config(), now, None)
@@ -3033,8 +3085,8 @@ class FolderStore(BaseStore):
                     self._load_queue()
                     # A copy in queue.json older than a purged record was left by a crash between
                     # two writes: it goes first, so a crash during the purge cannot bring it back.
-                    stale = [job_id for job_id, updated in stale.items() if (job := self._jobs.get(job_id))
-                             and _epoch(job.get("updated_at")) <= updated]
+                    stale = [job_id for job_id, purged in stale.items() if (job := self._jobs.get(job_id))
+                             and not newer_copy(job, purged)]
                     if stale:
                         for job_id in stale:
                             self._remove(job_id)
@@ -3052,7 +3104,7 @@ class FolderStore(BaseStore):
         the ids of those that go to `gone_ids`. Returns how many go, and those of them that
         queue.json holds an older copy of (id -> the purged copy's updated_at)."""
         removed = 0
-        stale: dict[str, float] = {}
+        stale: dict[str, dict[str, Any]] = {}
         out = new_private_file(tmp) if tmp else None
         ids = new_private_file(gone_ids) if tmp else None
         try:
@@ -3071,7 +3123,7 @@ class FolderStore(BaseStore):
                         first = False
                 ids.write(b"".join(job["id"].encode() + b"\n" for job in doomed))
                 for job_id in active.of(list(doomed_ids)):
-                    stale[job_id] = max(_epoch(job.get("updated_at")) for job in doomed if job["id"] == job_id)
+                    stale[job_id] = newest_copy(job for job in doomed if job["id"] == job_id)
             if out:
                 out.write(b"\n]\n" if not first else b"]\n")
                 out.flush()
@@ -3324,15 +3376,19 @@ class FolderStore(BaseStore):
                 finally:
                     os.close(fd)
 
+    def begin_worker(self, worker: WorkerIdentity) -> None:
+        """The data folder, logs/ and workers/; the folder's identity, to notice it go (lost)."""
+        self.ensure_home()
+        try:
+            for name in (LOGS_DIR, WORKERS_DIR):
+                self.ensure_folder(name)
+            st = os.stat(self._folder)
+        except OSError as error:
+            raise QueueError(f"cannot create the worker's folder {error.filename}: {error.strerror}.") from None
+        self._identity = (st.st_dev, st.st_ino)
+
     def lost(self) -> str | None:
-        """The data folder was deleted or replaced since the first call (then it is made if missing)."""
-        if self._identity is None:
-            self.ensure_home()
-            try:
-                st = os.stat(self._folder)
-            except OSError as error:
-                raise QueueError(f"cannot use the data folder {self._folder}: {error.strerror}.") from None
-            self._identity = (st.st_dev, st.st_ino)
+        """The data folder was deleted or replaced since begin_worker."""
         try:
             st = os.stat(self._folder)
             if (st.st_dev, st.st_ino) == self._identity:
@@ -3497,7 +3553,7 @@ class HistoryWatch:
     def endings(self, ids: Iterable[str]) -> dict[str, str]:
         """The state each of these jobs was recorded in since the watch began (the latest copy wins)."""
         wanted = set(ids)
-        found: dict[str, tuple[float, str]] = {}
+        found: dict[str, dict[str, Any]] = {}
         for fd, offset in self.held.values():
             data = os.pread(fd, os.fstat(fd).st_size - offset, offset).decode("utf-8", "replace")
             for match in _LINE_ID.finditer(data):
@@ -3508,10 +3564,9 @@ class HistoryWatch:
                     job = json.loads(line)
                 except ValueError:
                     continue  # a line still being written
-                stamp = _epoch(job.get("updated_at"))
-                if job["id"] not in found or stamp >= found[job["id"]][0]:
-                    found[job["id"]] = (stamp, job.get("state"))
-        return {job_id: state for job_id, (_, state) in found.items()}
+                if job["id"] not in found or not newer_copy(found[job["id"]], job):  # of equals, the later
+                    found[job["id"]] = job
+        return {job_id: job.get("state") for job_id, job in found.items()}
 
     def close(self) -> None:
         for fd, _ in self.held.values():
@@ -3705,28 +3760,6 @@ def _lines_with(text: str, marker: str) -> Iterator[str]:
         line = text[begin:end]
         yield line[:-1] if line.endswith(",") else line
         start = end
-
-_EPOCH_CACHE: dict[str, float] = {}
-
-
-def _epoch(text: str | None) -> float:
-    """Epoch seconds of a stored timestamp (cached: the same strings recur). Anything
-    that is not a timestamp string (a hand-edited file) counts as the epoch."""
-    if not text or type(text) is not str:
-        return 0.0
-    value = _EPOCH_CACHE.get(text)
-    if value is not None:
-        return value
-    value = _utc_epoch(text)
-    if value is None:
-        try:
-            value = parse_time(text)
-        except QueueError:
-            value = 0.0
-    if len(_EPOCH_CACHE) > 100_000:
-        _EPOCH_CACHE.clear()
-    _EPOCH_CACHE[text] = value
-    return value
 
 
 def safe_log_name(job_id: str) -> str:
@@ -4207,7 +4240,7 @@ class WorkerPool:
         self.burst = burst
         self.say = say
         self.identity = WorkerIdentity()
-        store.lost()  # notes where the queue is, to find out if it goes
+        store.begin_worker(self.identity)
         self.runner = Runner(store, self.identity)
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)

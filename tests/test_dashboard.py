@@ -491,7 +491,7 @@ def test_folder_name_that_is_not_utf8(tmp_path: Path, dashboards: Any) -> None:
 
 def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
     fast(queue)
-    queue.ok("enqueue", "--id", "sleeper", "--command", "sleep 30")
+    queue.ok("enqueue", "--id", "sleeper", "--command", "echo command pid $$; exec sleep 30")
     worker = queue.start_worker()
     dash = dashboards()
     pid = None
@@ -501,8 +501,8 @@ def test_cancel_of_a_running_job(queue: Queue, dashboards: Any) -> None:
             return job if job["state"] == "processing" and job.get("pid") == worker.pid else None
 
         wait_until(running, 15, what="sleeper to run")
-        # Its detail holds the live output so far: the attempt's header, with the command's pid.
-        header = wait_until(lambda: re.search(r"=== sleeper attempt 1 started .* command pid (\d+)",
+        # Its detail holds the live output so far: the running attempt's title, then what it printed.
+        header = wait_until(lambda: re.search(r"=== attempt 1, started .*: running\ncommand pid (\d+)",
                                               dash.get_json("/api/jobs/sleeper")["log_tail"]),
                             10, what="the command pid in the live log")
         pid = int(header[1])
