@@ -142,3 +142,61 @@ def test_dlq_retry_revives_a_dead_job_with_all_its_attempts() -> None:
     assert (job["state"], job["attempts"], job["updated_at"]) == ("pending", 0, queuectl.iso(NOW))
     assert not {"finished_at", "started_at", "exit_code"} & set(job) and job["error"] == "exit code 3"
     assert dead["state"] == "dead"
+
+
+def copy(state: str, updated_at: str) -> dict:
+    return {"id": "j", "command": "true", "state": state, "attempts": 1, "updated_at": updated_at}
+
+
+EARLY, LATE = "2027-01-15T08:00:00.000Z", "2027-01-15T08:00:00.001Z"
+
+# (why, copy, other, is copy newer?) -- a crash between two writes can leave a job in two places
+NEWER = [
+    ("a later update wins", copy("pending", LATE), copy("completed", EARLY), True),
+    ("an earlier one does not", copy("completed", EARLY), copy("pending", LATE), False),
+    ("a tie: the finished copy wins (finishing writes it first)", copy("dead", EARLY), copy("processing", EARLY), True),
+    ("a tie: the active copy does not", copy("processing", EARLY), copy("dead", EARLY), False),
+    ("a tie of two finished copies: neither", copy("dead", EARLY), copy("completed", EARLY), False),
+    ("no other copy", copy("pending", EARLY), None, True),
+    ("a hand-edited timestamp counts as the epoch", copy("pending", EARLY), copy("completed", 5), True),
+]
+
+
+@pytest.mark.parametrize("job, other, newer", [row[1:] for row in NEWER], ids=[row[0] for row in NEWER])
+def test_newer_copy(job: dict, other: dict | None, newer: bool) -> None:
+    assert queuectl.newer_copy(job, other) is newer
+
+
+def test_newest_copy_is_the_latest_state_and_the_first_of_equals() -> None:
+    first, second = copy("completed", EARLY), copy("dead", EARLY)
+    assert queuectl.newest_copy([copy("processing", EARLY), first, second]) is first
+    assert queuectl.newest_copy([first, copy("pending", LATE)])["state"] == "pending"
+    assert queuectl.newest_copy([]) is None
+
+
+# (why, active copy, finished copy, what happens, the state it was in, the state it becomes)
+CANCEL = [
+    ("pending: cancelled now", copy("pending", EARLY), None, "cancelled", "pending", "cancelled"),
+    ("waiting for a retry: cancelled now", copy("failed", EARLY), None, "cancelled", "failed", "cancelled"),
+    ("running: its worker is asked to stop it", copy("processing", EARLY), None, "requested", "processing",
+     "processing"),
+    ("finished: nothing to cancel", None, copy("completed", EARLY), "finished", "completed", None),
+    ("a crash's leftover active copy is not the job", copy("pending", EARLY), copy("dead", LATE), "finished", "dead",
+     None),
+    ("revived by dlq retry after it died: cancelled", copy("pending", LATE), copy("dead", EARLY), "cancelled",
+     "pending", "cancelled"),
+    ("no such job", None, None, "unknown", "", None),
+]
+
+
+@pytest.mark.parametrize("job, finished, what, was, becomes", [row[1:] for row in CANCEL],
+                         ids=[row[0] for row in CANCEL])
+def test_cancel_decision(job: dict | None, finished: dict | None, what: str, was: str, becomes: str | None) -> None:
+    happened, state, result = queuectl.cancel_decision(job, finished, NOW)
+    assert (happened, state, result and result["state"]) == (what, was, becomes)
+    if what == "requested":
+        assert result["cancel_requested_at"] == queuectl.iso(NOW)
+        again = queuectl.cancel_decision(result, None, NOW + 5)[2]
+        assert again["cancel_requested_at"] == queuectl.iso(NOW), "a second cancel keeps the first request's time"
+    if becomes == "cancelled":
+        assert result["error"] == f"cancelled while {was}" and result["finished_at"] == queuectl.iso(NOW)
