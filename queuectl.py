@@ -678,6 +678,16 @@ def attempt_mark(job_id: str, attempt: int, identity: WorkerIdentity) -> str:
     return f"{job_id}#{attempt}@{identity.host}:{identity.pid}"
 
 
+def stop_orphaned_command(command_pid: int | None, mark: str) -> None:
+    """Kill what is left of a dead worker's attempt on this host. The command outlives its worker
+    (it has its own session) and must stop before the job runs again, so that it never runs twice
+    at once. Its children that left the group, and the command itself when the worker died before
+    it wrote the pid down, carry the attempt's mark (found on Linux)."""
+    if command_pid:
+        kill_process_group(command_pid)
+    kill_marked(mark)
+
+
 def kill_marked(mark: str, proc_root: str = "/proc") -> None:
     """Kill the process groups whose environment carries this attempt's mark (Linux;
     elsewhere there is no /proc to look in, and this does nothing)."""
@@ -776,6 +786,30 @@ class Outcome:
 # Each takes a job (a dict as stored) and returns the job it becomes; a store only keeps state.
 
 
+def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
+                 lease: float, now: float, local_host: str = HOST) -> bool:
+    """May the worker that claimed a job still be running it?
+
+    On this host a vanished pid is dead at once; anywhere, a heartbeat older
+    than the lease is dead (that also covers a reused pid). A worker that has
+    not written its first heartbeat yet gets the lease from its claim.
+    """
+    if heartbeat is None:
+        heartbeat = claimed_at
+    fresh = now - heartbeat <= lease
+    if host == local_host:
+        return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid) and fresh
+    return fresh
+
+
+class WorkerIdentity:
+    """Who claims: a worker process (pid, host); by default this one."""
+
+    def __init__(self, host: str | None = None, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.host = HOST if host is None else host
+
+
 def newer_copy(copy: dict[str, Any], other: dict[str, Any] | None) -> bool:
     """Is `copy` a later state of its job than `other`? A crash between two writes can leave a
     job in two places (a store writes the destination first): the later updated_at wins, and on
@@ -795,6 +829,37 @@ def newest_copy(copies: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
         if best is None or newer_copy(copy, best):
             best = copy
     return best
+
+
+def dead_workers(workers: list[dict[str, Any]], processing: list[dict[str, Any]], lease: float,
+                 now: float) -> set[tuple[Any, Any]]:
+    """The workers (host, pid) one recovery takes for dead, given the heartbeats (`alive` judged by
+    worker_alive) and the jobs claimed: each judged once, so one that dies while the recovery runs
+    has all its jobs settled in this round or none (looking again per job would take some and
+    leave the others without the evidence that their attempts had started). A worker without a
+    heartbeat is judged by its latest claim."""
+    verdicts = {(w["host"], w["pid"]): w["alive"] for w in workers}
+    claims: dict[tuple[Any, Any], float] = {}
+    for job in processing:
+        key = (job.get("host"), job.get("pid"))
+        if key not in verdicts:
+            claims[key] = max(claims.get(key, 0.0), _epoch(job.get("started_at")))
+    for (host, pid), claimed_at in claims.items():
+        verdicts[host, pid] = worker_alive(host, pid, None, claimed_at, lease, now)
+    return {key for key, alive in verdicts.items() if not alive}
+
+
+def holds_claim(job: dict[str, Any] | None, worker: WorkerIdentity, attempt: int | None = None) -> bool:
+    """Is the job (this attempt of it) still the worker's claim? Recovery may have taken it from a
+    worker that was suspended past its lease: then nothing that worker says about it counts."""
+    return (job is not None and job["state"] == "processing" and job.get("pid") == worker.pid
+            and job.get("host") == worker.host and (attempt is None or job["attempts"] == attempt))
+
+
+def is_due(job: dict[str, Any], now: float) -> bool:
+    """May a waiting job (pending or failed) be claimed now? Claims take the due jobs with the
+    highest priority first, then the oldest (in the order they were enqueued or revived)."""
+    return job["state"] != "processing" and (not job.get("run_at") or _epoch(job["run_at"]) <= now)
 
 
 def released(job: dict[str, Any]) -> dict[str, Any]:
@@ -919,30 +984,6 @@ def settle_orphan(job: dict[str, Any], started: bool, now: float) -> tuple[dict[
     return requeued(job, now, counted=started), "pending"
 
 
-def worker_alive(host: str | None, pid: Any, heartbeat: float | None, claimed_at: float,
-                 lease: float, now: float, local_host: str = HOST) -> bool:
-    """May the worker that claimed a job still be running it?
-
-    On this host a vanished pid is dead at once; anywhere, a heartbeat older
-    than the lease is dead (that also covers a reused pid). A worker that has
-    not written its first heartbeat yet gets the lease from its claim.
-    """
-    if heartbeat is None:
-        heartbeat = claimed_at
-    fresh = now - heartbeat <= lease
-    if host == local_host:
-        return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid) and fresh
-    return fresh
-
-
-class WorkerIdentity:
-    """Who claims: this worker process (pid, host)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.host = HOST
-
-
 # --------------------------------------------------------------------------
 # 5. Attempt records: the header, output and footer of one attempt
 # --------------------------------------------------------------------------
@@ -1012,6 +1053,12 @@ class LogRecord:
     def identity(self) -> tuple[Any, ...]:
         """What tells this attempt from every other one: id, number, start and worker."""
         return self.job_id, self.number, self.started, self.worker
+
+
+def command_pid_of(header: bytes) -> int | None:
+    """The command's pid an attempt's header names, once the worker wrote it in (write_pid)."""
+    found = re.search(rb"command pid (\d+)", header)
+    return int(found.group(1)) if found else None
 
 
 def scratch_attempt(line: bytes) -> LogRecord | None:
@@ -1274,7 +1321,7 @@ class BaseStore:
         raise NotImplementedError
 
     def scratch_in_place(self, handle: Any) -> bool:
-        """Is this scratch file still where the store looks for it (nobody removed it)?"""
+        """Is this scratch file (open or closed) still where the store looks for it (nobody removed it)?"""
         raise NotImplementedError
 
     def remove_scratch(self, handle: Any) -> None:
@@ -2742,7 +2789,7 @@ class FolderStore(BaseStore):
             if recorded or claimed or changed:
                 self._save_queue(durable=False)
             cancels = [job_id for job_id in self._processing if (job := self._jobs[job_id]).get("cancel_requested_at")
-                       and job.get("pid") == worker.pid and job.get("host") == worker.host]
+                       and holds_claim(job, worker)]
             return recorded, claimed, cancels
 
     def _record(self, outcomes: list[Outcome], config: dict[str, Any], now: float,
@@ -2753,9 +2800,8 @@ class FolderStore(BaseStore):
         to_cancelled: list[dict[str, Any]] = []
         for outcome in outcomes:
             job = self._jobs.get(outcome.job_id)
-            if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
-                    or job.get("host") != worker.host or job["attempts"] != outcome.attempt):
-                continue  # no longer this worker's claim (it was recovered meanwhile): not ours to record
+            if not holds_claim(job, worker, outcome.attempt):
+                continue  # recovered meanwhile: not ours to record
             job, what = settle_outcome(job, outcome, config, now, _chance)
             done.append((job, what))
             if what in HISTORY_FILE_OF:
@@ -2807,7 +2853,7 @@ class FolderStore(BaseStore):
             job = self._jobs.get(job_id)
             if job is None or job["state"] == "processing" or self._seq.get(job_id) != seq:
                 continue
-            if job.get("run_at") and _epoch(job["run_at"]) > now:
+            if not is_due(job, now):
                 # Not due after all (a retry's run_at, rounded to the millisecond, can be a
                 # moment later than the clock that filed it): file it under 'due later'.
                 heapq.heappush(self._scheduled, (_epoch(job["run_at"]), job_id))
@@ -2854,7 +2900,7 @@ class FolderStore(BaseStore):
         processing = [self._jobs[job_id] for job_id in self._processing]
         workers = self.workers()
         beats = self.worker_heartbeats(workers)
-        dead = self._dead_workers(workers, processing, config["lease_timeout"], now)
+        dead = dead_workers(workers, processing, config["lease_timeout"], now)
         if me is not None:
             dead.discard((me.host, me.pid))
         if not dead:
@@ -2894,23 +2940,6 @@ class FolderStore(BaseStore):
         for host, pid in dead:
             self.forget_worker(host or "", pid or 0)  # every job of theirs is settled now
         return recovered, changed
-
-    @staticmethod
-    def _dead_workers(workers: list[dict[str, Any]], processing: list[dict[str, Any]], lease: float,
-                      now: float) -> set[tuple[Any, Any]]:
-        """The workers one recovery takes for dead: each judged once, so one that dies while the
-        recovery runs has all its jobs settled in this round or none (looking again per job would
-        take some and remove the scratch files the others need as evidence). A worker without a
-        heartbeat file is judged by its latest claim."""
-        verdicts = {(w["host"], w["pid"]): w["alive"] for w in workers}
-        claims: dict[tuple[Any, Any], float] = {}
-        for job in processing:
-            key = (job.get("host"), job.get("pid"))
-            if key not in verdicts:
-                claims[key] = max(claims.get(key, 0.0), _epoch(job.get("started_at")))
-        for (host, pid), claimed_at in claims.items():
-            verdicts[host, pid] = worker_alive(host, pid, None, claimed_at, lease, now)
-        return {key for key, alive in verdicts.items() if not alive}
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
         """Move dead jobs back to pending with attempts reset to 0."""
@@ -3262,9 +3291,7 @@ class FolderStore(BaseStore):
         this worker's claim, under the lock, so recovery cannot take the claim meanwhile. Returns
         False when it was taken (a worker suspended past its lease: recovery wrote its record)."""
         with self.locked():
-            job = self._queued_copy(job_id)
-            if (job is None or job["state"] != "processing" or job.get("pid") != worker.pid
-                    or job.get("host") != worker.host or job["attempts"] != attempt):
+            if not holds_claim(self._queued_copy(job_id), worker, attempt):
                 return False
             append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job_id)), header, source, start, end, ending,
                            int(self.config()["log_max_bytes"]), counted)
@@ -3437,17 +3464,9 @@ class FolderStore(BaseStore):
         try:
             with open(path, "rb") as scratch:
                 header = scratch.readline(LOG_LINE_MAX)
-                command_pid = re.search(rb"command pid (\d+)", header)
                 if kill:
-                    # The command outlives its worker (own session): stop it
-                    # before the job runs again, so it never runs twice at once.
-                    if command_pid:
-                        kill_process_group(int(command_pid.group(1)))
-                    # Its children that left the group, or the command itself when the worker
-                    # died before it wrote the pid down, carry the attempt's mark (Linux).
-                    identity = WorkerIdentity()
-                    identity.host, identity.pid = host, pid
-                    kill_marked(attempt_mark(job["id"], job["attempts"], identity))
+                    stop_orphaned_command(command_pid_of(header),
+                                          attempt_mark(job["id"], job["attempts"], WorkerIdentity(host, pid)))
                 append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"])), header, scratch,
                                len(header), os.fstat(scratch.fileno()).st_size, "the worker died",
                                int(self.config()["log_max_bytes"]))
@@ -3826,7 +3845,7 @@ def _still_at(handle: Any, path: str) -> bool:
     """Is this open file still the one at path (not deleted, not replaced)?"""
     try:
         return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: it was closed
         return False
 
 

@@ -75,16 +75,6 @@ class MemoryStore(BaseStore):
         if job["id"] in self._watched:
             self._endings[job["id"]] = job["state"]
 
-    @staticmethod
-    def _holds(job: dict[str, Any] | None, worker: WorkerIdentity, attempt: int) -> bool:
-        """Is this attempt still the worker's claim (not recovered meanwhile)?"""
-        return (job is not None and job["state"] == "processing" and job.get("pid") == worker.pid
-                and job.get("host") == worker.host and job["attempts"] == attempt)
-
-    @staticmethod
-    def _due(job: dict[str, Any], now: float) -> bool:
-        return not job.get("run_at") or queuectl._epoch(job["run_at"]) <= now
-
     # -- the queue
     def enqueue(self, jobs: list[dict[str, Any]]) -> None:
         ids = [job["id"] for job in jobs]
@@ -124,7 +114,7 @@ class MemoryStore(BaseStore):
             counts["scheduled"] = 0
             for job in self._active.values():
                 counts[job["state"]] += 1
-                counts["scheduled"] += job["state"] == "pending" and not self._due(job, now)
+                counts["scheduled"] += job["state"] == "pending" and not queuectl.is_due(job, now)
             counts.update((state, len(jobs)) for state, jobs in self._finished.items())
             return counts
 
@@ -151,16 +141,11 @@ class MemoryStore(BaseStore):
             results: dict[str, tuple[str, str]] = {}
             for job_id in dict.fromkeys(ids):
                 job = self._find(job_id)
-                if job is None:
-                    results[job_id] = ("unknown", "")
-                elif job["state"] in FINISHED_STATES:
-                    results[job_id] = ("finished", job["state"])
-                elif job["state"] == "processing":
-                    self._active[job_id] = {"cancel_requested_at": iso(now), **job}
-                    results[job_id] = ("requested", "processing")
-                else:
-                    self._put(queuectl.cancelled_job(job, now, f"cancelled while {job['state']}"))
-                    results[job_id] = ("cancelled", job["state"])
+                active, finished = (None, job) if job and job["state"] in FINISHED_STATES else (job, None)
+                what, state, becomes = queuectl.cancel_decision(active, finished, now)
+                results[job_id] = (what, state)
+                if becomes is not None:
+                    self._put(becomes)
             requested = {job_id for job_id, (what, _) in results.items() if what == "requested"}
             if requested:
                 self._watched, self._endings = requested, {}
@@ -213,7 +198,7 @@ class MemoryStore(BaseStore):
     def _recover(self, now: float, me: WorkerIdentity | None) -> list[dict[str, Any]]:
         """Settle the jobs of dead workers (settle_orphan), then forget those workers."""
         processing = [job for job in self._active.values() if job["state"] == "processing"]
-        dead = queuectl.FolderStore._dead_workers(self.workers(), processing, self._config["lease_timeout"], now)
+        dead = queuectl.dead_workers(self.workers(), processing, self._config["lease_timeout"], now)
         dead.discard((me.host, me.pid) if me else None)
         recovered = []
         for job in processing:
@@ -252,18 +237,18 @@ class MemoryStore(BaseStore):
             recorded = []
             for outcome in outcomes:
                 job = self._active.get(outcome.job_id)
-                if self._holds(job, worker, outcome.attempt):
+                if queuectl.holds_claim(job, worker, outcome.attempt):
                     job, what = queuectl.settle_outcome(job, outcome, self._config, now, queuectl._chance)
                     self._put(job)
                     recorded.append((job, what))
             if recover:
                 recorded += [(job, "recovered") for job in self._recover(now, worker)]
-            due = [job for job in self._active.values() if job["state"] != "processing" and self._due(job, now)]
+            due = [job for job in self._active.values() if queuectl.is_due(job, now)]
             due.sort(key=lambda job: -job.get("priority", 0))  # stable: the oldest first within a priority
             claimed = [queuectl.claimed_job(job, worker, now) for job in due[:max(0, want)]]
             self._active.update((job["id"], job) for job in claimed)
             cancels = [job["id"] for job in self._active.values() if job.get("cancel_requested_at")
-                       and self._holds(job, worker, job["attempts"])]
+                       and queuectl.holds_claim(job, worker, job["attempts"])]
             self._version += bool(recorded or claimed)
             self._seen = self._version
             return [(dict(job), what) for job, what in recorded], [dict(job) for job in claimed], cancels
@@ -310,6 +295,9 @@ class MemoryStore(BaseStore):
 
     def clear_stop(self) -> None:
         self._stop_at = None
+
+    def begin_worker(self, worker: WorkerIdentity) -> None:
+        """Nothing to make."""
 
     def lost(self) -> str | None:
         return None  # memory does not move
@@ -359,7 +347,7 @@ class MemoryStore(BaseStore):
     def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
                     start: int, end: int, ending: str, counted: bool = True) -> bool:
         with self._lock:
-            if not self._holds(self._active.get(job_id), worker, attempt):
+            if not queuectl.holds_claim(self._active.get(job_id), worker, attempt):
                 return False
             source.seek(start)
             self._keep(job_id, header, source.read(end - start), ending, counted)
@@ -798,7 +786,7 @@ def test_a_live_workers_job_is_not_recovered(store: BaseStore) -> None:
 
 
 def test_a_stop_request_is_seen_until_cleared(store: BaseStore) -> None:
-    store.lost()  # a worker notes where its queue is first
+    store.begin_worker(WorkerIdentity())  # a worker process starts here first
     assert store.stop_requested_at() is None
     asked = now_ts()
     store.request_stop()
@@ -815,7 +803,7 @@ def test_config_starts_at_the_defaults_and_set_config_changes_one_setting(store:
 
 
 def test_a_heartbeat_lists_the_worker_until_it_is_forgotten(store: BaseStore) -> None:
-    store.lost()  # a worker notes where its queue is first
+    store.begin_worker(WorkerIdentity())  # a worker process starts here first
     me, gone, silent = WorkerIdentity(), dead_worker(), other_host_worker()
     beat(store, me)
     beat(store, gone)
@@ -898,7 +886,7 @@ def test_late_output_is_handed_out_with_its_attempt(store: BaseStore) -> None:
 
 
 def test_a_scratch_file_is_in_place_until_removed(store: BaseStore) -> None:
-    store.lost()
+    store.begin_worker(WorkerIdentity())
     scratch = store.new_scratch(WorkerIdentity(), "1")
     assert isinstance(scratch.name, str) and store.scratch_in_place(scratch)
     store.remove_scratch(scratch)
@@ -915,6 +903,7 @@ def test_running_attempt_is_none_for_a_job_that_is_not_running_and_log_location_
 
 
 def test_a_store_in_place_is_not_lost_and_passes_its_check(store: BaseStore) -> None:
+    store.begin_worker(WorkerIdentity())
     assert store.lost() is None
     store.enqueue([job("j")])
     store.check()
