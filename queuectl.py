@@ -2060,10 +2060,10 @@ class FolderStore(BaseStore):
 
     # -- paths, lock and files --------------------------------------------
 
-    def path(self, name: str) -> str:
+    def _path(self, name: str) -> str:
         return os.path.join(self._folder, name)
 
-    def ensure_home(self) -> None:
+    def _ensure_home(self) -> None:
         if self._home_ready:
             return
         if not os.path.isdir(self._folder):
@@ -2073,12 +2073,12 @@ class FolderStore(BaseStore):
                 raise QueueError(f"cannot create the data folder {self._folder}: {error.strerror}.") from None
         self._home_ready = True
 
-    def ensure_folder(self, name: str) -> str:
+    def _ensure_folder(self, name: str) -> str:
         """A folder inside the data folder (logs/, workers/), owner-only. It never creates the
         data folder itself: a worker whose data folder vanished must not go on in a new one."""
         import errno
 
-        path = self.path(name)
+        path = self._path(name)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -2088,14 +2088,14 @@ class FolderStore(BaseStore):
 
     def _file_lock(self) -> Any:
         """One lock object per lock file per process (see make_file_lock)."""
-        path = self.path(LOCK_FILE)
+        path = self._path(LOCK_FILE)
         with FolderStore._process_locks_guard:
             lock = FolderStore._process_locks.get(path)
             if lock is None:
                 lock = FolderStore._process_locks[path] = make_file_lock(path)
             return lock
 
-    def locked(self, write: bool = True) -> _Locked:
+    def _locked(self, write: bool = True) -> _Locked:
         """Threads first, then the file lock: one writer across all processes.
         A reader does not create the data folder (nothing to read there yet)."""
         return _Locked(self, write)
@@ -2109,7 +2109,7 @@ class FolderStore(BaseStore):
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _read(self, name: str) -> bytes | None:
-        path = self.path(name)
+        path = self._path(name)
         try:  # O_NONBLOCK: a FIFO put in a file's place must not hang the command
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
@@ -2129,31 +2129,31 @@ class FolderStore(BaseStore):
             if fd >= 0:
                 os.close(fd)
 
-    def check_kinds(self) -> None:
+    def _check_kinds(self) -> None:
         """Every state file that exists is a regular file (a FIFO would hang every
         reader while it holds the lock). A few stat calls per lock acquisition."""
         for name in STATE_FILES:
             try:
-                mode = os.stat(self.path(name)).st_mode
+                mode = os.stat(self._path(name)).st_mode
             except OSError:
                 continue
             if not stat.S_ISREG(mode):
-                raise not_a_file(self.path(name), mode)
+                raise not_a_file(self._path(name), mode)
 
     def _write(self, name: str, data: bytes | list[bytes], durable: bool = True) -> None:
-        self.ensure_home()
+        self._ensure_home()
         try:
-            atomic_write(self.path(name), data, durable)
+            atomic_write(self._path(name), data, durable)
         except OSError as error:
-            raise QueueError(f"cannot write {self.path(name)}: {error.strerror}; "
+            raise QueueError(f"cannot write {self._path(name)}: {error.strerror}; "
                              "the previous file is unchanged.") from None
 
     def _append(self, name: str, lines: list[str]) -> None:
         """Append jobs to a history array in one write that replaces its closing bracket."""
         if not lines:
             return
-        self.ensure_home()
-        path = self.path(name)
+        self._ensure_home()
+        path = self._path(name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
         except OSError as error:
@@ -2201,9 +2201,9 @@ class FolderStore(BaseStore):
     def _cut_back(self, name: str, size: int) -> None:
         """Undo an append: the file as it was at `size` bytes (none at 0)."""
         if size == 0:
-            os.unlink(self.path(name))
+            os.unlink(self._path(name))
             return
-        fd = os.open(self.path(name), os.O_RDWR | getattr(os, "O_BINARY", 0))
+        fd = os.open(self._path(name), os.O_RDWR | getattr(os, "O_BINARY", 0))
         try:
             _write_at(fd, size - 3, b"\n]\n")
             os.fsync(fd)
@@ -2212,7 +2212,7 @@ class FolderStore(BaseStore):
 
     def _canonicalize(self, name: str) -> None:
         """Rewrite a file in the layout an append needs (it parses, or it is reported)."""
-        _, lines, _ = parse_array_file(self.path(name), self._read(name) or b"")
+        _, lines, _ = parse_array_file(self._path(name), self._read(name) or b"")
         self._write(name, render_array(lines))
 
     def _repair_history(self, name: str, relayout: bool = False) -> list[dict[str, Any]]:
@@ -2221,54 +2221,54 @@ class FolderStore(BaseStore):
         data = self._read(name)
         if data is None:
             return []
-        jobs, lines, repaired = parse_array_file(self.path(name), data)
+        jobs, lines, repaired = parse_array_file(self._path(name), data)
         for job in jobs:
-            check_record(self.path(name), job, (STATE_OF_FILE[name],))
+            check_record(self._path(name), job, (STATE_OF_FILE[name],))
         if relayout and not repaired:
             lines = [dump_line({"id": job["id"], **job}).encode("utf-8") for job in jobs]
             repaired = render_array(lines) != data
         if repaired:
             self._write(name, render_array(lines))
-            self.notes.append(f"note: rewrote {self.path(name)} in queuectl's layout ({repair_reason(data)}).")
+            self.notes.append(f"note: rewrote {self._path(name)} in queuectl's layout ({repair_reason(data)}).")
         return jobs
 
     def finished_count(self, state: str) -> int:
         """Jobs in a history file, from its index (no re-reading of old lines)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             return self._history_index(HISTORY_FILE_OF[state]).jobs
 
     def check(self) -> None:
         """Fail early on a damaged state file (history files by their shape)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             self._load_queue()
             for state in HISTORY_FILE_OF:
                 self.finished_count(state)
 
-    def ids_in_history(self, ids: list[str]) -> dict[str, str]:
+    def _ids_in_history(self, ids: list[str]) -> dict[str, str]:
         """Which of these ids the history holds, by state (call with the lock held). The Bloom
         filters rule most ids out; a possible hit is looked up in the positions file."""
-        with self.history_view() as view:
+        with self._history_view() as view:
             return {job_id: job["state"] for job_id, job in view.find(ids).items()}
 
-    def find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+    def _find_in_history(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         """The history record of one job, or None (call with the lock held)."""
-        with self.history_view() as view:
+        with self._history_view() as view:
             job = view.find([job_id]).get(job_id)
         return (job["state"], job) if job else None
 
     def _snapshot(self, parse_all: bool = True) -> tuple[ActiveCopies, HistoryView]:
         """queue.json's text and the history files as they are now (call with the lock held; read
         both after releasing it). Without parse_all, a queue.json in another layout is not parsed."""
-        return ActiveCopies(self._queue_text(), self._active if parse_all else None), self.history_view()
+        return ActiveCopies(self._queue_text(), self._active if parse_all else None), self._history_view()
 
-    def history_view(self) -> HistoryView:
+    def _history_view(self) -> HistoryView:
         """The history files as they are now, with their indexes brought up to date (call with
         the lock held; read the view after releasing it)."""
         view = HistoryView()
         for name in HISTORY_FILE_OF.values():
             index = self._history_index(name, save=False)
             if index.size:
-                view.add(name, self.path(name), index, self.path(positions_file(name)))
+                view.add(name, self._path(name), index, self._path(positions_file(name)))
         self._save_indexes()
         return view
 
@@ -2279,8 +2279,8 @@ class FolderStore(BaseStore):
         any other shape goes through the full parser, which mends a tail torn
         by a crash or reports the damage."""
         if self._indexes is None:
-            self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
-        path = self.path(name)
+            self._indexes = load_history_indexes(self._path(HISTORY_INDEX_FILE))
+        path = self._path(name)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -2310,7 +2310,7 @@ class FolderStore(BaseStore):
             try:
                 with open(ready, "ab") as handle:
                     handle.write(records)
-                replace_with_retry(ready, self.path(positions_file(name)))
+                replace_with_retry(ready, self._path(positions_file(name)))
             except OSError:
                 _quietly(lambda: os.unlink(ready))
         else:
@@ -2328,28 +2328,28 @@ class FolderStore(BaseStore):
         the next command scans again)."""
         if self._indexes_changed and self._indexes is not None and os.path.isdir(self._folder):
             self._indexes_changed = False
-            _quietly(lambda: atomic_write(self.path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
+            _quietly(lambda: atomic_write(self._path(HISTORY_INDEX_FILE), dump_history_indexes(self._indexes),
                                           durable=False, sync=False))
 
     def prepare(self) -> None:
-        self.prepare_history()
+        self._prepare_history()
 
     def close(self) -> None:
-        self.discard_prepared()
+        self._discard_prepared()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
 
-    def prepare_history(self) -> None:
+    def _prepare_history(self) -> None:
         """Index, without the lock, a history file whose caches are missing or out of date (a
         new folder, a deleted history.idx, a file rewritten by hand): a full scan takes seconds
         for a million jobs, and the lock would stop every worker meanwhile. The file only
         grows, so what is read now stays true; _history_index, under the lock, then reads just
         what was appended since."""
         if self._indexes is None:
-            self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
+            self._indexes = load_history_indexes(self._path(HISTORY_INDEX_FILE))
         for name in HISTORY_FILE_OF.values():
-            path = self.path(name)
+            path = self._path(name)
             try:
                 st = os.stat(path)
                 if not stat.S_ISREG(st.st_mode) or self._caches_fit(name, st):
@@ -2361,7 +2361,7 @@ class FolderStore(BaseStore):
                 continue
             # Its positions too: written (and fsynced) here, renamed into place under the lock.
             index, records = scanned
-            ready = f"{self.path(positions_file(name))}.{os.getpid()}.{threading.get_ident()}.tmp"
+            ready = f"{self._path(positions_file(name))}.{os.getpid()}.{threading.get_ident()}.tmp"
             try:
                 write_positions(ready, index.inode, records)
             except OSError:
@@ -2369,7 +2369,7 @@ class FolderStore(BaseStore):
                 continue
             self._prepared[name] = (index, ready)
 
-    def discard_prepared(self) -> None:
+    def _discard_prepared(self) -> None:
         """Remove the positions files prepare_history wrote that no locked update took."""
         for _, ready in self._prepared.values():
             _quietly(lambda ready=ready: os.unlink(ready))
@@ -2379,12 +2379,12 @@ class FolderStore(BaseStore):
         """Do history.idx's entry and the positions file still describe this history file (whose
         stat is `st`), at least a prefix of it?"""
         index = self._indexes.get(name) if self._indexes else None
-        return index is not None and index.fits(self.path(name), st) and self._positions_cover(name, index)
+        return index is not None and index.fits(self._path(name), st) and self._positions_cover(name, index)
 
     def _positions_cover(self, name: str, index: HistoryIndex) -> bool:
         """Does the positions file belong to this history file and hold the index's records?"""
         try:
-            with open(self.path(positions_file(name)), "rb") as handle:
+            with open(self._path(positions_file(name)), "rb") as handle:
                 return (handle.read(POSITION_SIZE) == positions_header(index.inode)
                         and os.fstat(handle.fileno()).st_size >= POSITION_SIZE * (index.jobs + 1))
         except OSError:
@@ -2394,7 +2394,7 @@ class FolderStore(BaseStore):
         """Write the position records of the jobs an index scan added: a new file for a scan
         from the start, else after the records the index counted before (a cache: a failure
         only means the next command scans again)."""
-        path = self.path(positions_file(name))
+        path = self._path(positions_file(name))
         try:
             if fresh:
                 atomic_write(path, [positions_header(index.inode), records], durable=False)
@@ -2411,7 +2411,7 @@ class FolderStore(BaseStore):
 
     def _load_queue(self) -> None:
         """Bring the cache up to date with queue.json (call with the lock held)."""
-        path = self.path(QUEUE_FILE)
+        path = self._path(QUEUE_FILE)
         signature = self._signature_of(path)
         if signature == self._signature and signature is not None:
             return
@@ -2441,7 +2441,7 @@ class FolderStore(BaseStore):
     def _load_appended(self, old_size: int) -> bool:
         """Parse only the jobs another process appended since our last write."""
         try:
-            with open(self.path(QUEUE_FILE), "rb") as handle:
+            with open(self._path(QUEUE_FILE), "rb") as handle:
                 handle.seek(old_size - 3)
                 tail = handle.read().decode("utf-8")
         except (OSError, UnicodeDecodeError):
@@ -2457,7 +2457,7 @@ class FolderStore(BaseStore):
                 return False
             if not isinstance(job, dict) or job.get("id") in self._jobs:
                 return False
-            check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
+            check_record(self._path(QUEUE_FILE), job, ACTIVE_STATES)
             added.append((job, line))
         for job, line in added:
             self._add_to_cache(job, line.encode("utf-8"))
@@ -2537,7 +2537,7 @@ class FolderStore(BaseStore):
         it open too, so its inode number cannot be reused by a later file and
         (inode, size, mtime) really identifies what we parsed. (On Windows an
         open handle would block other processes' os.replace.)"""
-        path = self.path(QUEUE_FILE)
+        path = self._path(QUEUE_FILE)
         if platform != "win32":
             if self._pinned is not None:
                 os.close(self._pinned)
@@ -2551,7 +2551,7 @@ class FolderStore(BaseStore):
     def _append_queue(self, jobs: list[dict[str, Any]]) -> None:
         """Add new jobs to queue.json in place (durable, no rewrite of the others)."""
         lines = [dump_line(job) for job in jobs]
-        cache_current = self._signature is not None and self._signature == self._signature_of(self.path(QUEUE_FILE))
+        cache_current = self._signature is not None and self._signature == self._signature_of(self._path(QUEUE_FILE))
         self._append(QUEUE_FILE, lines)
         if cache_current:
             for job, line in zip(jobs, lines):
@@ -2561,7 +2561,7 @@ class FolderStore(BaseStore):
     # -- config -------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        path = self.path(CONFIG_FILE)
+        path = self._path(CONFIG_FILE)
         signature = self._signature_of(path)
         if self._config is not None and signature == self._config_signature:
             return self._config
@@ -2584,7 +2584,7 @@ class FolderStore(BaseStore):
         return config
 
     def set_config(self, key: str, value: Any) -> None:
-        with self.locked():
+        with self._locked():
             current = self.config()
             stored = {k: v for k, v in current.items() if k in DEFAULT_CONFIG}
             stored[key] = value
@@ -2600,13 +2600,13 @@ class FolderStore(BaseStore):
             if job["id"] in seen:
                 raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
             seen.add(job["id"])
-        with self.locked():
+        with self._locked():
             active = {job["id"]: job["state"] for job in self._active(ids=seen)}
             for job in jobs:
                 if job["id"] in active:
                     raise JobExists(f"job {job['id']!r} already exists ({active[job['id']]}, in "
                                      f"{QUEUE_FILE}); nothing was enqueued.")
-            taken = self.ids_in_history(list(seen))
+            taken = self._ids_in_history(list(seen))
             if taken:
                 job_id, state = next(iter(taken.items()))
                 raise JobExists(f"job {job_id!r} already exists ({state}, in "
@@ -2622,7 +2622,7 @@ class FolderStore(BaseStore):
         once, as its latest copy. The history is read after the lock is released, only as far
         as the limit needs."""
         history_states = FINISHED_STATES if state is None else (state,) if state in FINISHED_STATES else ()
-        with self.locked(write=False):
+        with self._locked(write=False):
             listed = [] if state in FINISHED_STATES else self._active(state, None if where else limit)
             active, view = self._snapshot(parse_all=bool(history_states))
         with view:
@@ -2654,16 +2654,16 @@ class FolderStore(BaseStore):
         return [job for job in jobs if job["id"] not in others or not newer_copy(others[job["id"]], job)]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        with self.locked(write=False):
+        with self._locked(write=False):
             copies = self._active(ids=[job_id])
-            view = self.history_view()
+            view = self._history_view()
         with view:
             copies += view.find([job_id]).values()
         return newest_copy(copies)
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (and how many pending ones wait for a later run_at)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             counts = dict.fromkeys(STATES, 0)
             counts["scheduled"] = 0
             now = now_ts()
@@ -2727,15 +2727,15 @@ class FolderStore(BaseStore):
             try:
                 job = json.loads(line)
             except ValueError as error:
-                raise CorruptFileError(self.path(QUEUE_FILE), str(error)) from None
-            check_record(self.path(QUEUE_FILE), job, ACTIVE_STATES)
+                raise CorruptFileError(self._path(QUEUE_FILE), str(error)) from None
+            check_record(self._path(QUEUE_FILE), job, ACTIVE_STATES)
             result.append(job)
         return result
 
     def _queue_text(self) -> str | None:
         """queue.json as text, if it is in the layout queuectl writes: '[', one
         job a line, each with one active state, ']'. None otherwise."""
-        path = self.path(QUEUE_FILE)
+        path = self._path(QUEUE_FILE)
         signature = self._signature_of(path)
         if signature is None:
             return "[\n]\n"
@@ -2776,7 +2776,7 @@ class FolderStore(BaseStore):
         Returns ([(job, what happened)], [claimed jobs], [ids of its jobs that
         `cancel` asked it to stop]).
         """
-        with self.locked():
+        with self._locked():
             self._load_queue()
             config = self.config()
             now = now_ts()
@@ -2873,21 +2873,21 @@ class FolderStore(BaseStore):
         return bool(self._failed)
 
     def changed(self) -> bool:
-        return self._signature_of(self.path(QUEUE_FILE)) != self._signature
+        return self._signature_of(self._path(QUEUE_FILE)) != self._signature
 
     def recover_orphans(self) -> list[dict[str, Any]]:
         """Return jobs of dead workers to the queue (any command may do it)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             processing = self._active("processing")
             if not processing:
                 return []
-            beats = self.worker_heartbeats()
+            beats = self._worker_heartbeats()
             lease = self.config()["lease_timeout"]
             now = now_ts()
             if all(worker_alive(job.get("host"), job.get("pid"), beats.get((job.get("host"), job.get("pid"))),
                                 _epoch(job.get("started_at")), lease, now) for job in processing):
                 return []
-        with self.locked():
+        with self._locked():
             self._load_queue()
             recovered, changed = self._recover(self.config(), now_ts(), None)
             if changed:
@@ -2899,7 +2899,7 @@ class FolderStore(BaseStore):
         """Settle the jobs of dead workers. Returns (recovered jobs, whether the queue changed)."""
         processing = [self._jobs[job_id] for job_id in self._processing]
         workers = self.workers()
-        beats = self.worker_heartbeats(workers)
+        beats = self._worker_heartbeats(workers)
         dead = dead_workers(workers, processing, config["lease_timeout"], now)
         if me is not None:
             dead.discard((me.host, me.pid))
@@ -2910,7 +2910,7 @@ class FolderStore(BaseStore):
         to_cancelled: list[dict[str, Any]] = []
         changed = False
         orphans = [job for job in processing if (job.get("host"), job.get("pid")) in dead]
-        with self.history_view() as view:
+        with self._history_view() as view:
             finished = view.find([job["id"] for job in orphans])
         for job in orphans:
             host, pid = job.get("host"), job.get("pid")
@@ -2943,12 +2943,12 @@ class FolderStore(BaseStore):
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
         """Move dead jobs back to pending with attempts reset to 0."""
-        with self.locked():
+        with self._locked():
             self._load_queue()
             # A crash in an earlier retry may have left a copy here of a job that was
             # queued, or even finished, again since: the newer copy wins, and this one goes.
             listed = self._repair_history(FAILED_FILE)
-            with self.history_view() as view:
+            with self._history_view() as view:
                 dead = self._latest_only(listed, "dead", ActiveCopies(self._queue_text(), self._active), view)
             by_id = {job["id"]: job for job in dead}
             if ids is None:
@@ -2957,7 +2957,7 @@ class FolderStore(BaseStore):
                 if job_id not in by_id:
                     where = self._jobs.get(job_id, {}).get("state")
                     if where is None:
-                        found = self.find_in_history(job_id)
+                        found = self._find_in_history(job_id)
                         where = found[0] if found else None
                     if where is None:
                         raise NoSuchJob(f"job {job_id!r} is not in the DLQ (no such job).")
@@ -2969,7 +2969,7 @@ class FolderStore(BaseStore):
             now = now_ts()
             requeued = [revived(by_id[job_id], now) for job_id in dict.fromkeys(ids)]
             # Destination first (queue.json), then the DLQ without them.
-            before = self._signature_of(self.path(QUEUE_FILE))
+            before = self._signature_of(self._path(QUEUE_FILE))
             self._append_queue(requeued)
             keep = [dump_line(job).encode("utf-8") for job in dead if job["id"] not in set(ids)]
             try:
@@ -2989,7 +2989,7 @@ class FolderStore(BaseStore):
         ("cancelled", was), ("requested", "processing"), ("finished", state) or
         ("unknown", ""). How the requested jobs end stays readable even if another
         command purges them at once (ended_since_cancel)."""
-        with self.locked():
+        with self._locked():
             self._load_queue()
             now = now_ts()
             results: dict[str, tuple[str, str]] = {}
@@ -2997,7 +2997,7 @@ class FolderStore(BaseStore):
             requested = False
             for job_id in dict.fromkeys(ids):
                 job = self._jobs.get(job_id)
-                history = self.find_in_history(job_id) if ID_PATTERN.match(job_id) else None
+                history = self._find_in_history(job_id) if ID_PATTERN.match(job_id) else None
                 what, state, changed = cancel_decision(job, history[1] if history else None, now)
                 results[job_id] = (what, state)
                 if what == "requested":
@@ -3026,13 +3026,13 @@ class FolderStore(BaseStore):
 
     def states_of(self, ids: Iterable[str]) -> dict[str, str]:
         """The current state of each of these jobs (an unknown id is left out)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             ids = [job_id for job_id in ids if ID_PATTERN.match(job_id)]
             active = {job["id"]: job for job in self._active(ids=ids)}
             states = {job_id: job["state"] for job_id, job in active.items()}
             rest = [job_id for job_id in ids if job_id not in active]
-            states.update(self.ids_in_history(rest))
-            for job_id in set(active) & set(self.ids_in_history(list(active))):
+            states.update(self._ids_in_history(rest))
+            for job_id in set(active) & set(self._ids_in_history(list(active))):
                 states[job_id] = self.get(job_id)["state"]  # a crash left two copies: the latest wins
             return states
 
@@ -3041,15 +3041,15 @@ class FolderStore(BaseStore):
         lock held). A missing file is created empty, so that it is watched too."""
         if self._watch is not None:
             self._watch.close()
-        self._watch = watch = HistoryWatch([self.path(name) for name in HISTORY_FILE_OF.values()])
+        self._watch = watch = HistoryWatch([self._path(name) for name in HISTORY_FILE_OF.values()])
         for name in HISTORY_FILE_OF.values():
-            if watch.paths and not os.path.exists(self.path(name)):
+            if watch.paths and not os.path.exists(self._path(name)):
                 self._write(name, render_array([]))
         watch.look(fresh=False)
 
     def active_jobs(self) -> list[dict[str, Any]]:
         """Every pending, processing and failed job."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             return self._active()
 
     def finished_since(self, since: float | None = None) -> Iterator[dict[str, Any]]:
@@ -3057,7 +3057,7 @@ class FolderStore(BaseStore):
         at a time, read after the lock is released. With `since`, only the ends of the history
         files are read (with 5 minutes to spare: jobs are appended in the order they finish,
         give or take a batch or another host's clock)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             active, view = self._snapshot()
         with view:
             for state, name in HISTORY_FILE_OF.items():
@@ -3084,16 +3084,16 @@ class FolderStore(BaseStore):
                     counts[state] = counted
                     break
             else:  # another purge or a dlq retry replaced the file each time
-                raise QueueError(f"{self.path(HISTORY_FILE_OF[state])} kept being rewritten by other commands "
+                raise QueueError(f"{self._path(HISTORY_FILE_OF[state])} kept being rewritten by other commands "
                                  "during the purge; nothing more was deleted. Try again.")
         return counts
 
     def _purge_file(self, name: str, before: float | None, apply: bool, platform: str) -> int | None:
         """Purge one history file: how many jobs went (or would go), None if another command
         replaced the file while it was being copied (nothing was changed then)."""
-        with self.locked(write=False):
+        with self._locked(write=False):
             active, view = self._snapshot()
-        path = self.path(name)
+        path = self._path(name)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         gone_ids = tmp + ".ids"
         try:
@@ -3108,7 +3108,7 @@ class FolderStore(BaseStore):
                 if scanned is None:
                     raise CorruptFileError(path, "it changed while it was purged")
                 write_positions(tmp + ".pos", scanned[0].inode, scanned[1])
-                with self.locked():
+                with self._locked():
                     if os.stat(path).st_ino != index.inode:
                         return None
                     self._load_queue()
@@ -3170,7 +3170,7 @@ class FolderStore(BaseStore):
         Windows the view is closed first (an open file cannot be replaced there); elsewhere it
         stays open until the lock is released, so the old file's blocks are freed after it (a
         million jobs' file took 90 ms to free, inside the rename)."""
-        path = self.path(name)
+        path = self._path(name)
         index = scanned[0]
         old = view.files[name][0]
         appended = os.fstat(old.fileno()).st_size - 3 - end
@@ -3200,11 +3200,11 @@ class FolderStore(BaseStore):
             else:
                 with open(tmp + ".pos", "ab") as positions:
                     positions.write(records)
-        replace_with_retry(tmp + ".pos", self.path(positions_file(name)))
+        replace_with_retry(tmp + ".pos", self._path(positions_file(name)))
         replace_with_retry(tmp, path)
         _fsync_dir(self._folder)
         if self._indexes is None:
-            self._indexes = load_history_indexes(self.path(HISTORY_INDEX_FILE))
+            self._indexes = load_history_indexes(self._path(HISTORY_INDEX_FILE))
         self._indexes[name] = index
         self._indexes_changed = True
         self._save_indexes()
@@ -3212,8 +3212,8 @@ class FolderStore(BaseStore):
     def _remove_purged_logs(self, gone_ids: str) -> None:
         """Remove the logs of purged jobs that no copy is left of. Most jobs have none (a silent
         success leaves no log): those cost a stat each, and the others a lock per 500."""
-        late = self.late_files()
-        logs = self.path(LOGS_DIR)
+        late = self._late_files()
+        logs = self._path(LOGS_DIR)
         with open(gone_ids, "rb") as ids:
             while True:
                 some = [line.rstrip(b"\n").decode() for line in itertools.islice(ids, 500)]
@@ -3224,13 +3224,13 @@ class FolderStore(BaseStore):
                           if stem in late or os.path.exists(os.path.join(logs, f"{stem}.log"))]
                 if not logged:
                     continue
-                with self.locked():
-                    left = {job["id"] for job in self._active(ids=logged)} | set(self.ids_in_history(logged))
+                with self._locked():
+                    left = {job["id"] for job in self._active(ids=logged)} | set(self._ids_in_history(logged))
                     for job_id in logged:
                         if job_id not in left:
-                            self.remove_logs(job_id)
+                            self._remove_logs(job_id)
 
-    def remove_logs(self, job_id: str) -> None:
+    def _remove_logs(self, job_id: str) -> None:
         """Delete a job's log, and the output its commands' leftover processes wrote later."""
         log, late = self._log_files(job_id)
         for path in [log] + [path for _, path, _ in late]:
@@ -3242,12 +3242,12 @@ class FolderStore(BaseStore):
         the attempt had ended. (Late files have a folder of their own: they are few, and listing
         logs/ itself would cost as much as the history is long.)"""
         stem = safe_log_name(job_id)[:-4]
-        folder = self.path(LOGS_DIR)
-        return os.path.join(folder, f"{stem}.log"), self.late_files().get(stem, [])
+        folder = self._path(LOGS_DIR)
+        return os.path.join(folder, f"{stem}.log"), self._late_files().get(stem, [])
 
-    def late_files(self) -> dict[str, list[tuple[int, str, int]]]:
+    def _late_files(self) -> dict[str, list[tuple[int, str, int]]]:
         """Every late output file, by the log name's stem: {stem: [(attempt, path, offset)]}."""
-        folder = os.path.join(self.path(LOGS_DIR), LATE_DIR)
+        folder = os.path.join(self._path(LOGS_DIR), LATE_DIR)
         try:
             names = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -3266,7 +3266,7 @@ class FolderStore(BaseStore):
         """The previous release kept late output in logs/ itself, as <id>.<attempt>[.<offset>].late.log:
         move such files into logs/late/ (made now, so that this looks through logs/ only once).
         Their writers keep writing into them: a rename does not change an open file."""
-        logs = self.path(LOGS_DIR)
+        logs = self._path(LOGS_DIR)
         try:
             old = [name for name in os.listdir(logs) if name.endswith(".late.log")]
             make_private_folders(folder)
@@ -3290,17 +3290,17 @@ class FolderStore(BaseStore):
         """Append an attempt's output to the job's log (append_attempt) while the attempt is still
         this worker's claim, under the lock, so recovery cannot take the claim meanwhile. Returns
         False when it was taken (a worker suspended past its lease: recovery wrote its record)."""
-        with self.locked():
+        with self._locked():
             if not holds_claim(self._queued_copy(job_id), worker, attempt):
                 return False
-            append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job_id)), header, source, start, end, ending,
+            append_attempt(self.log_location(job_id), header, source, start, end, ending,
                            int(self.config()["log_max_bytes"]), counted)
             return True
 
     def _queued_copy(self, job_id: str) -> dict[str, Any] | None:
         """The job as queue.json holds it (call with the lock held), read without changing the
         cache: a worker's main thread reads the cache without the lock (next_due)."""
-        path = self.path(QUEUE_FILE)
+        path = self._path(QUEUE_FILE)
         if self._signature is not None and self._signature_of(path) == self._signature:
             return self._jobs.get(job_id)
         data = self._read(QUEUE_FILE) or b"[]"
@@ -3316,7 +3316,7 @@ class FolderStore(BaseStore):
         return self._attempt_scratch(job, job.get("host", ""), job.get("pid", 0))
 
     def log_location(self, job_id: str) -> str:
-        return os.path.join(self.path(LOGS_DIR), safe_log_name(job_id))
+        return os.path.join(self._path(LOGS_DIR), safe_log_name(job_id))
 
     def attempt_logs(self, job_id: str) -> list[Attempt]:
         """The records of logs/<id>.log (those of another id, which shares the file where names
@@ -3360,12 +3360,12 @@ class FolderStore(BaseStore):
         return Attempt(record, handle, more=lambda offset: _read_live(path, header, offset))
 
     def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
-        path = self.worker_file(worker.host, worker.pid, f".{name}.out")
+        path = self._worker_file(worker.host, worker.pid, f".{name}.out")
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
         try:
             return open(path, "w+b", opener=lambda name, _: os.open(name, flags, 0o600))
         except FileNotFoundError:  # workers/ was deleted: make it again (never the data folder)
-            self.ensure_folder(WORKERS_DIR)
+            self._ensure_folder(WORKERS_DIR)
             return open(path, "w+b", opener=lambda name, _: os.open(name, flags, 0o600))
 
     def scratch_in_place(self, handle: Any) -> bool:
@@ -3379,7 +3379,7 @@ class FolderStore(BaseStore):
         """The scratch file moves into logs/late/, its name saying where the attempt's own output
         ended; the processes that hold it open write on into it."""
         scratch.close()
-        late = os.path.join(self.path(LOGS_DIR), LATE_DIR, f"{safe_log_name(job_id)[:-4]}.{attempt}.{end}.late.log")
+        late = os.path.join(self._path(LOGS_DIR), LATE_DIR, f"{safe_log_name(job_id)[:-4]}.{attempt}.{end}.late.log")
         _quietly(lambda: make_private_folders(os.path.dirname(late)))
         _quietly(lambda: os.replace(scratch.name, late))
 
@@ -3390,7 +3390,7 @@ class FolderStore(BaseStore):
         off. (The attempt's own output before the file's offset is in the log already.)"""
         if platform != "linux":
             return
-        for late in self.late_files().values():
+        for late in self._late_files().values():
             for _, path, _ in late:
                 try:
                     fd = os.open(path, os.O_WRONLY)
@@ -3405,10 +3405,10 @@ class FolderStore(BaseStore):
 
     def begin_worker(self, worker: WorkerIdentity) -> None:
         """The data folder, logs/ and workers/; the folder's identity, to notice it go (lost)."""
-        self.ensure_home()
+        self._ensure_home()
         try:
             for name in (LOGS_DIR, WORKERS_DIR):
-                self.ensure_folder(name)
+                self._ensure_folder(name)
             st = os.stat(self._folder)
         except OSError as error:
             raise QueueError(f"cannot create the worker's folder {error.filename}: {error.strerror}.") from None
@@ -3426,15 +3426,15 @@ class FolderStore(BaseStore):
 
     # -- workers and the stop flag -----------------------------------------
 
-    def worker_file(self, host: str, pid: int, suffix: str = ".json") -> str:
+    def _worker_file(self, host: str, pid: int, suffix: str = ".json") -> str:
         """workers/<host>-<pid>.json is a worker process's heartbeat; its threads'
         scratch files sit beside it as <host>-<pid>.<thread>.out."""
         safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64]
         return os.path.join(self._folder, WORKERS_DIR, f"{safe_host}-{pid}{suffix}")
 
     def _scratch_files(self, host: str, pid: int) -> list[str]:
-        prefix = os.path.basename(self.worker_file(host, pid, "."))
-        folder = self.path(WORKERS_DIR)
+        prefix = os.path.basename(self._worker_file(host, pid, "."))
+        folder = self._path(WORKERS_DIR)
         try:
             names = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -3467,7 +3467,7 @@ class FolderStore(BaseStore):
                 if kill:
                     stop_orphaned_command(command_pid_of(header),
                                           attempt_mark(job["id"], job["attempts"], WorkerIdentity(host, pid)))
-                append_attempt(os.path.join(self.path(LOGS_DIR), safe_log_name(job["id"])), header, scratch,
+                append_attempt(self.log_location(job["id"]), header, scratch,
                                len(header), os.fstat(scratch.fileno()).st_size, "the worker died",
                                int(self.config()["log_max_bytes"]))
         except OSError:
@@ -3475,23 +3475,23 @@ class FolderStore(BaseStore):
         return True
 
     def forget_worker(self, host: str, pid: int) -> None:
-        for path in self._scratch_files(host, pid) + [self.worker_file(host, pid)]:
+        for path in self._scratch_files(host, pid) + [self._worker_file(host, pid)]:
             try:
                 os.unlink(path)
             except OSError:
                 pass
 
     def heartbeat(self, info: dict[str, Any]) -> None:
-        path = self.worker_file(info["host"], info["pid"])
+        path = self._worker_file(info["host"], info["pid"])
         try:
-            self.ensure_folder(WORKERS_DIR)
+            self._ensure_folder(WORKERS_DIR)
             atomic_write(path, (json.dumps(info) + "\n").encode(), durable=False, sync=False)  # a torn one is skipped
         except OSError as error:
             raise OSError(error.errno, error.strerror, path) from None
 
     def workers(self) -> list[dict[str, Any]]:
         """Worker processes with their last heartbeat, and whether they look alive."""
-        folder = self.path(WORKERS_DIR)
+        folder = self._path(WORKERS_DIR)
         try:
             names = sorted(os.listdir(folder))
         except (FileNotFoundError, NotADirectoryError):
@@ -3515,14 +3515,14 @@ class FolderStore(BaseStore):
             result.append(info)
         return result
 
-    def worker_heartbeats(self, workers: list[dict[str, Any]] | None = None) -> dict[tuple[str, int], float]:
+    def _worker_heartbeats(self, workers: list[dict[str, Any]] | None = None) -> dict[tuple[str, int], float]:
         """(host, pid) -> last heartbeat, of the given heartbeat files (default: all)."""
         return {(w["host"], w["pid"]): _epoch(w["heartbeat_at"])
                 for w in (self.workers() if workers is None else workers)}
 
     def request_stop(self) -> None:
-        self.ensure_home()
-        atomic_write(self.path(STOP_FILE),
+        self._ensure_home()
+        atomic_write(self._path(STOP_FILE),
                      (json.dumps({"requested_at": iso(now_ts()), "epoch": now_ts()}) + "\n").encode())
 
     def stop_requested_at(self) -> float | None:
@@ -3533,13 +3533,13 @@ class FolderStore(BaseStore):
             return float(json.loads(data)["epoch"])
         except (ValueError, KeyError, TypeError):
             try:
-                return os.stat(self.path(STOP_FILE)).st_mtime
+                return os.stat(self._path(STOP_FILE)).st_mtime
             except OSError:
                 return None
 
     def clear_stop(self) -> None:
         try:
-            os.unlink(self.path(STOP_FILE))
+            os.unlink(self._path(STOP_FILE))
         except FileNotFoundError:
             pass
 
@@ -3732,7 +3732,7 @@ class _Locked:
         store = self.store
         store._thread_lock.acquire()
         if store._depth == 0 and (self.write or os.path.isdir(store.location)):
-            store.ensure_home()
+            store._ensure_home()
             self.holds_file = True
             try:
                 store._file_lock().acquire()
@@ -3745,7 +3745,7 @@ class _Locked:
                     raise QueueError(f"cannot lock the queue in {store.location}: {error.strerror}.") from None
                 raise
             try:
-                store.check_kinds()
+                store._check_kinds()
             except QueueError:
                 store._file_lock().release()
                 store._thread_lock.release()

@@ -1,4 +1,5 @@
-"""Shared helpers: run queuectl as a real process in a temporary data folder."""
+"""Shared helpers: run queuectl as a real process in a temporary data folder. (wait_running finds a
+running attempt's scratch file through the folder store's private _live_output.)"""
 
 from __future__ import annotations
 

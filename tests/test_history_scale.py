@@ -5,6 +5,8 @@ losing none of the jobs that workers append meanwhile.
 
 The targets with a million finished jobs are measured by bench/bench.py (the history scenario);
 these tests prove the behaviour behind them, with real processes where other processes matter.
+
+These tests of folder mechanics use FolderStore's privates where they must.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def test_any_finished_job_is_found_through_its_position_after_appends_and_a_purg
     assert records[:8] == queuectl.POSITIONS_MAGIC and len(records) == 16 * 5001, "one record per job"
 
     store = queuectl.FolderStore(str(queue.home))
-    with store.locked():
+    with store._locked():
         store._append(queuectl.PROCESSED_FILE,
                       [queuectl.dump_line(job) for job in finished(10, prefix="new", age_days=0.001)])
     assert queue.json("show", "new000009")["id"] == "new000009"

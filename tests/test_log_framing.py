@@ -4,6 +4,8 @@ all, once, under a number of its own; late output and long outputs are shown in 
 Real worker processes on a real data folder: kill -9, SIGSTOP past the lease, Ctrl+C twice, a
 recovery killed halfway, a file-size limit that makes writes fail like a full disk. Conditions
 are waited for with deadlines, and every process a test starts is killed at its end.
+
+These tests of folder mechanics use FolderStore's privates where they must.
 """
 
 from __future__ import annotations
@@ -263,7 +265,7 @@ def pid_alive(pid, platform=sys.platform):
 
 queuectl.pid_alive = pid_alive
 store = queuectl.FolderStore({home!r})
-with store.locked():
+with store._locked():
     store._load_queue()
     store._recover(store.config(), queuectl.now_ts(), None)
 """

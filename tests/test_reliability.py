@@ -6,6 +6,8 @@ then load the folder again from scratch (a fresh Store, and the command line) an
 job was lost, none is counted twice, and every file still parses.
 (Recovery within 5 s after kill -9 on one host is test_workers.py's
 test_a_job_of_a_killed_worker_returns_to_pending_and_finishes.)
+
+These tests of folder mechanics use FolderStore's privates where they must.
 """
 
 from __future__ import annotations
@@ -662,7 +664,7 @@ def test_a_job_of_a_silent_worker_on_another_host_is_recovered_after_the_lease(q
     _, claimed, _ = store.worker_round([], 1, far)
     assert [(j["id"], j["host"], j["attempts"]) for j in claimed] == [("remote", "elsewhere", 1)]
     # What the remote worker left in the shared folder: the started attempt's scratch file, a heartbeat.
-    scratch = Path(store.worker_file(far.host, far.pid, ".Worker-1.out"))
+    scratch = Path(store._worker_file(far.host, far.pid, ".Worker-1.out"))
     header = queuectl.attempt_header("remote", 1, time.time(), "Worker-1", far)
     beat = time.time()
     store.heartbeat({"pid": far.pid, "host": far.host, "threads": 1, "started_at": queuectl.iso(beat),
@@ -696,5 +698,5 @@ def test_a_job_of_a_silent_worker_on_another_host_is_recovered_after_the_lease(q
     assert "elsewhere" in job_now["error"] and "pid" not in job_now and "host" not in job_now
     log = (queue.home / "logs" / "remote.log").read_text()
     assert "partial output" in log and "the worker died" in log
-    assert not Path(store.worker_file(far.host, far.pid)).exists() and not scratch.exists()
+    assert not Path(store._worker_file(far.host, far.pid)).exists() and not scratch.exists()
     assert queue.json("status")["workers"] == []  # and in a process of its own

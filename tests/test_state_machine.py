@@ -1,4 +1,5 @@
-"""A hypothesis state machine drives the Store in-process against an in-memory model.
+"""A hypothesis state machine drives the folder store in-process against an in-memory model
+(it reads the state files through FolderStore's private _path: folder mechanics).
 
 After every step the state files, a fresh Store and the model must agree: every job id
 is in exactly one of the job files (queue.json, processed.json, failed.json, cancelled.json),
@@ -77,7 +78,7 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         queuectl.now_ts = self.real_now_ts
         close_store(self.store)
-        lock = queuectl.FolderStore._process_locks.pop(self.store.path(queuectl.LOCK_FILE), None)
+        lock = queuectl.FolderStore._process_locks.pop(self.store._path(queuectl.LOCK_FILE), None)
         if getattr(lock, "_fd", None) is not None:
             os.close(lock._fd)
         shutil.rmtree(self.home, ignore_errors=True)

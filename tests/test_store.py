@@ -1,5 +1,6 @@
-"""The Store's bookkeeping that the CLI tests cannot see directly: the history
-index, the lock, and reads that must not parse what they do not need."""
+"""The folder store's bookkeeping that the CLI tests cannot see directly: the history
+index, the lock, and reads that must not parse what they do not need. These tests of folder
+mechanics use FolderStore's privates (_locked, _history_view, ...) on purpose."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_history_index_counts_and_finds_ids_across_megabyte_regions(tmp_path: Pa
     assert store.finished_count("completed") == 30_000
     assert (tmp_path / "history.idx").exists()
     probe = ["h0", "h29999", "h12345", "absent", "h30000"]
-    assert store.ids_in_history(probe) == {"h0": "completed", "h29999": "completed", "h12345": "completed"}
+    assert store._ids_in_history(probe) == {"h0": "completed", "h29999": "completed", "h12345": "completed"}
 
 
 def test_history_index_reads_only_what_was_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +44,7 @@ def test_history_index_reads_only_what_was_appended(tmp_path: Path, monkeypatch:
                         lambda handle, offset, *end: offsets.append(offset) or real(handle, offset, *end))
     fresh = queuectl.FolderStore(str(tmp_path))
     assert fresh.finished_count("completed") == 1001
-    assert fresh.ids_in_history(["late", "h7", "nope"]) == {"late": "completed", "h7": "completed"}
+    assert fresh._ids_in_history(["late", "h7", "nope"]) == {"late": "completed", "h7": "completed"}
     size = (tmp_path / "processed.json").stat().st_size
     assert offsets and offsets[0] > size - 200, f"the whole file was read again: offsets {offsets}"
 
@@ -56,7 +57,7 @@ def test_history_index_notices_a_file_rewritten_in_place(tmp_path: Path) -> None
     with open(path, "r+") as handle:
         handle.write(text)
     store = queuectl.FolderStore(str(tmp_path))
-    assert store.ids_in_history(["b3", "a3"]) == {"b3": "completed"}
+    assert store._ids_in_history(["b3", "a3"]) == {"b3": "completed"}
 
 
 def test_a_damaged_line_in_appended_history_is_reported(tmp_path: Path) -> None:
@@ -167,7 +168,7 @@ def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Pa
     a, b = Identity(1_000_001), Identity(1_000_002)
     _, claimed, _ = store.worker_round([], 1, a)
     assert claimed[0]["attempts"] == 1
-    with store.locked():  # what recovery does once A counts as dead
+    with store._locked():  # what recovery does once A counts as dead
         store._load_queue()
         job = queuectl.requeued(store._jobs["j"], queuectl.now_ts(), counted=True)  # the folder store's privates:
         store._update(job)
