@@ -2493,9 +2493,9 @@ class FolderStore(BaseStore):
         self._seq[job["id"]] = self._next_seq
         self._next_seq += 1
         self._track(job)
-        self._index(job)
+        self._file_for_claim(job)
 
-    def _index(self, job: dict[str, Any]) -> None:
+    def _file_for_claim(self, job: dict[str, Any]) -> None:
         """File a claimable job under 'due now' or 'due later'."""
         if job["state"] == "processing":
             return
@@ -2506,7 +2506,7 @@ class FolderStore(BaseStore):
         else:
             heapq.heappush(self._scheduled, (due, job["id"]))
 
-    def _update(self, job: dict[str, Any]) -> None:
+    def _keep_active(self, job: dict[str, Any]) -> None:
         self._jobs[job["id"]] = job
         self._lines[job["id"]] = dump_line(job).encode("utf-8")
         self._track(job)
@@ -2780,7 +2780,7 @@ class FolderStore(BaseStore):
             self._load_queue()
             config = self.config()
             now = now_ts()
-            recorded = self._record(outcomes, config, now, worker)
+            recorded = self._settle_outcomes(outcomes, config, now, worker)
             changed = False
             if recover:
                 recovered, changed = self._recover(config, now, worker)
@@ -2792,7 +2792,7 @@ class FolderStore(BaseStore):
                        and holds_claim(job, worker)]
             return recorded, claimed, cancels
 
-    def _record(self, outcomes: list[Outcome], config: dict[str, Any], now: float,
+    def _settle_outcomes(self, outcomes: list[Outcome], config: dict[str, Any], now: float,
                 worker: WorkerIdentity) -> list[tuple[dict[str, Any], str]]:
         done: list[tuple[dict[str, Any], str]] = []
         to_processed: list[dict[str, Any]] = []
@@ -2807,11 +2807,11 @@ class FolderStore(BaseStore):
             if what in HISTORY_FILE_OF:
                 {"completed": to_processed, "dead": to_failed, "cancelled": to_cancelled}[what].append(job)
             else:  # failed (its retry scheduled), or back to pending
-                self._update(job)
-                self._index(job)
-        self._finish(PROCESSED_FILE, to_processed)
-        self._finish(FAILED_FILE, to_failed)
-        self._finish(CANCELLED_FILE, to_cancelled)
+                self._keep_active(job)
+                self._file_for_claim(job)
+        self._append_finished(PROCESSED_FILE, to_processed)
+        self._append_finished(FAILED_FILE, to_failed)
+        self._append_finished(CANCELLED_FILE, to_cancelled)
         self._drop_stale_dead(to_processed + to_failed + to_cancelled)
         return done
 
@@ -2833,7 +2833,7 @@ class FolderStore(BaseStore):
         if len(keep) != len(listed):
             self._write(FAILED_FILE, render_array([dump_line(job).encode("utf-8") for job in keep]))
 
-    def _finish(self, name: str, jobs: list[dict[str, Any]]) -> None:
+    def _append_finished(self, name: str, jobs: list[dict[str, Any]]) -> None:
         """Move finished jobs to a history file. Destination first: a crash between
         the two writes leaves a job in both files, and the history copy wins."""
         self._append(name, [dump_line(job) for job in jobs])
@@ -2859,7 +2859,7 @@ class FolderStore(BaseStore):
                 heapq.heappush(self._scheduled, (_epoch(job["run_at"]), job_id))
                 continue
             job = claimed_job(job, worker, now)
-            self._update(job)
+            self._keep_active(job)
             claimed.append(job)
         return claimed
 
@@ -2930,11 +2930,11 @@ class FolderStore(BaseStore):
             elif what == "dead":
                 to_failed.append(job)
             else:
-                self._update(job)
-                self._index(job)
+                self._keep_active(job)
+                self._file_for_claim(job)
             recovered.append(job)
-        self._finish(FAILED_FILE, to_failed)
-        self._finish(CANCELLED_FILE, to_cancelled)
+        self._append_finished(FAILED_FILE, to_failed)
+        self._append_finished(CANCELLED_FILE, to_cancelled)
         if changed:  # the decisions on disk before the evidence they consumed goes
             self._save_queue()
         for host, pid in dead:
@@ -3003,10 +3003,10 @@ class FolderStore(BaseStore):
                 if what == "requested":
                     requested = True
                     if changed is not job:
-                        self._update(changed)
+                        self._keep_active(changed)
                 elif what == "cancelled":
                     to_cancelled.append(changed)
-            self._finish(CANCELLED_FILE, to_cancelled)  # destination first
+            self._append_finished(CANCELLED_FILE, to_cancelled)  # destination first
             if requested:  # a job whose worker has died is cancelled now, its leftover command killed
                 recovered, _ = self._recover(self.config(), now, None)
                 for job in recovered:
@@ -4749,7 +4749,7 @@ class WorkerPool:
 # --------------------------------------------------------------------------
 
 
-def home_dir(args: argparse.Namespace) -> str:
+def queue_location(args: argparse.Namespace) -> str:
     """Where the queue lives: --home, else QUEUECTL_HOME, else the current folder."""
     return args.home or os.environ.get("QUEUECTL_HOME") or os.getcwd()
 
@@ -6362,7 +6362,7 @@ def main(argv: list[str] | None = None) -> int:
         return unrecognized(parser, args, extra)
     store: BaseStore | None = None
     try:
-        store = open_store(home_dir(args))
+        store = open_store(queue_location(args))
         store.config()  # a damaged config.json stops every command, not only some
         store.prepare()
         return args.handler(args, store)

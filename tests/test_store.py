@@ -171,8 +171,8 @@ def test_a_late_result_from_a_worker_that_lost_its_claim_is_ignored(tmp_path: Pa
     with store._locked():  # what recovery does once A counts as dead
         store._load_queue()
         job = queuectl.requeued(store._jobs["j"], queuectl.now_ts(), counted=True)  # the folder store's privates:
-        store._update(job)
-        store._index(job)
+        store._keep_active(job)
+        store._file_for_claim(job)
         store._save_queue()
     _, claimed, _ = store.worker_round([], 1, b)
     assert claimed[0]["attempts"] == 2 and claimed[0]["pid"] == b.pid
