@@ -1148,6 +1148,17 @@ def _old_record(handle: Any, position: int, line: bytes) -> LogRecord:
         record.output_end = record.end
 
 
+def open_late_output(path: str, offset: int) -> tuple[Any, int, int] | None:
+    """An attempt's late output as Attempt.late holds it: the file that processes the attempt left
+    running write into, from `offset` (where the attempt's own output ended) to its end now."""
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return None
+    size = os.fstat(handle.fileno()).st_size
+    return handle, min(offset, size), size
+
+
 class Attempt:
     """One attempt's output as a store hands it out: its record (who ran it, how it ended) and
     its bytes, source[record.output_start:record.output_end], in a seekable binary file; `late`:
@@ -3333,13 +3344,7 @@ class FolderStore(BaseStore):
                 continue
             attempt = Attempt(record, handle)
             if record.counted and record.number in late:
-                path, offset = late[record.number]
-                try:
-                    late_handle = open(path, "rb")
-                    size = os.fstat(late_handle.fileno()).st_size
-                    attempt.late = (late_handle, min(offset, size), size)
-                except OSError:
-                    pass
+                attempt.late = open_late_output(*late[record.number])
             attempts.append(attempt)
         return attempts
 

@@ -377,13 +377,7 @@ class MemoryStore(BaseStore):
             record.end, record.ending, record.counted, record.removed = len(output), ending, counted, removed
             attempt = Attempt(record, io.BytesIO(output))
             if counted and (job_id, record.number) in late:
-                path, offset = late[job_id, record.number]
-                try:
-                    handle = open(path, "rb")
-                    size = os.fstat(handle.fileno()).st_size
-                    attempt.late = (handle, min(offset, size), size)
-                except OSError:
-                    pass
+                attempt.late = queuectl.open_late_output(*late[job_id, record.number])
             attempts.append(attempt)
         return attempts
 
