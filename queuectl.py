@@ -291,6 +291,56 @@ def new_job_id() -> str:
     return f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
 
+def _valid_id(label: str, job_id: Any) -> str:
+    if not isinstance(job_id, str) or not ID_PATTERN.match(job_id):
+        raise QueueError(f"{label}: id {job_id!r} is not valid; use 1-64 letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit.")
+    return job_id
+
+
+def _valid_command(label: str, command: Any) -> str:
+    if not isinstance(command, str) or not command.strip():
+        raise QueueError(f"{label}: command is required and must be a non-empty string.")
+    if "\x00" in command:
+        raise QueueError(f"{label}: command must not contain a NUL character.")
+    try:
+        command.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueueError(f"{label}: command holds bytes that are not UTF-8 text; "
+                         "put it in a script file and enqueue a command that runs it.") from None
+    return command
+
+
+def _valid_timeout(label: str, timeout: Any) -> float | None:
+    return parse_duration(timeout, f"{label}: timeout") or None  # 0: no timeout
+
+
+def _valid_shell(label: str, shell: Any) -> str:
+    if not isinstance(shell, str) or shell.strip().lower() not in SHELLS:
+        raise QueueError(f"{label}: shell must be one of {', '.join(SHELLS)}, not {shell!r}.")
+    return shell.strip().lower()
+
+
+def _valid_run_at(label: str, run_at: Any) -> float:
+    if not isinstance(run_at, str):
+        raise QueueError(f"{label}: run_at must be an ISO-8601 string.")
+    return parse_time(run_at)
+
+
+# The check of each field a user may give, in the order they are checked: each returns the value
+# to keep, or raises QueueError naming the job and the field.
+FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "id": _valid_id,
+    "command": _valid_command,
+    "max_retries": lambda label, value: _check_int(label, "max_retries", value, 0),
+    "priority": lambda label, value: _check_int(label, "priority", value, None),
+    "timeout": _valid_timeout,
+    "shell": _valid_shell,
+    "run_at": _valid_run_at,
+    "delay": lambda label, value: parse_duration(value, f"{label}: delay"),
+}
+
+
 def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: float | None = None) -> dict[str, Any]:
     """Validate user input and return a new pending job record.
 
@@ -306,64 +356,32 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
                          f"known fields are {', '.join(INPUT_FIELDS)}.")
     if "state" in raw and raw["state"] not in (None, "pending"):
         raise QueueError(f"{label}: a new job's state can only be 'pending', not {raw['state']!r}.")
-    now = now_ts() if now is None else now
-    job_id = raw.get("id")
-    if job_id is None:
-        job_id = new_job_id()
-    if not isinstance(job_id, str) or not ID_PATTERN.match(job_id):
-        raise QueueError(f"{label}: id {job_id!r} is not valid; use 1-64 letters, digits, '.', '_' "
-                         "or '-', starting with a letter or digit.")
-    command = raw.get("command")
-    if not isinstance(command, str) or not command.strip():
-        raise QueueError(f"{label}: command is required and must be a non-empty string.")
-    if "\x00" in command:
-        raise QueueError(f"{label}: command must not contain a NUL character.")
-    try:
-        command.encode("utf-8")
-    except UnicodeEncodeError:
-        raise QueueError(f"{label}: command holds bytes that are not UTF-8 text; "
-                         "put it in a script file and enqueue a command that runs it.") from None
-    max_retries = raw.get("max_retries")
-    max_retries = config["max_retries"] if max_retries is None else _check_int(label, "max_retries", max_retries, 0)
-    priority = raw.get("priority")
-    priority = 0 if priority is None else _check_int(label, "priority", priority, None)
-    timeout = raw.get("timeout")
-    if timeout is not None:
-        timeout = parse_duration(timeout, f"{label}: timeout")
-        if timeout == 0:
-            timeout = None
-    shell = raw.get("shell")
-    if shell is not None:
-        if not isinstance(shell, str) or shell.strip().lower() not in SHELLS:
-            raise QueueError(f"{label}: shell must be one of {', '.join(SHELLS)}, not {shell!r}.")
-        shell = shell.strip().lower()
     if raw.get("run_at") is not None and raw.get("delay") is not None:
         raise QueueError(f"{label}: give run_at or delay, not both.")
-    run_at = None
-    if raw.get("run_at") is not None:
-        if not isinstance(raw["run_at"], str):
-            raise QueueError(f"{label}: run_at must be an ISO-8601 string.")
-        run_at = parse_time(raw["run_at"])
-    elif raw.get("delay") is not None:
-        run_at = now + parse_duration(raw["delay"], f"{label}: delay")
+    now = now_ts() if now is None else now
+    given = dict(raw, id=new_job_id()) if raw.get("id") is None else raw
+    fields = {name: check(label, given.get(name)) for name, check in FIELD_CHECKS.items()
+              if given.get(name) is not None or name == "command"}  # a command is required
+    run_at = fields.get("run_at")
+    if "delay" in fields:
+        run_at = now + fields["delay"]
         if run_at > MAX_EPOCH:
             raise QueueError(f"{label}: delay {raw['delay']!r} reaches past the year 9999.")
     job: dict[str, Any] = {
-        "id": job_id,
-        "command": command,
+        "id": fields["id"],
+        "command": fields["command"],
         "state": "pending",
         "attempts": 0,
-        "max_retries": max_retries,
-        "priority": priority,
+        "max_retries": fields.get("max_retries", config["max_retries"]),
+        "priority": fields.get("priority", 0),
         "created_at": iso(now),
         "updated_at": iso(now),
     }
     if run_at is not None and run_at > now:
         job["run_at"] = iso(run_at)
-    if timeout is not None:
-        job["timeout"] = timeout
-    if shell is not None:
-        job["shell"] = shell
+    for name in ("timeout", "shell"):
+        if fields.get(name) is not None:
+            job[name] = fields[name]
     return job
 
 
