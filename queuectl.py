@@ -1198,6 +1198,11 @@ class Attempt:
 # --------------------------------------------------------------------------
 
 
+def redact(location: str) -> str:
+    """A location fit to print: the password of a URL replaced by ***."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", location)
+
+
 class BaseStore:
     """Where a queue lives, in queue verbs: the contract that the command line, the worker and the
     dashboard rely on. Every verb is atomic across processes (and, for a database, hosts): it sees
@@ -1214,6 +1219,20 @@ class BaseStore:
 
     def close(self) -> None:
         """After the command's last verb (connections, temporary files)."""
+
+    def clock(self) -> float:
+        """The time every comparison of this queue is made in (a database's server time: hosts with
+        skewed clocks agree), as epoch seconds."""
+        raise NotImplementedError
+
+    def schema_versions(self) -> tuple[int | None, int] | None:
+        """(installed, known) version of a database's schema (installed None: none yet); None for a
+        store that has no schema."""
+        raise NotImplementedError
+
+    def migrate(self, dry_run: bool = False) -> list[str]:
+        """Bring the schema up to the known version: the statements applied (or, dry, to apply)."""
+        raise NotImplementedError
 
     # -- the queue
     def enqueue(self, jobs: list[dict[str, Any]]) -> None:
@@ -1297,8 +1316,13 @@ class BaseStore:
         `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to cancel)."""
         raise NotImplementedError
 
+    def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
+        """The claimed job's attempt is about to run its command (`header`: its scratch file's first
+        line): from now on a crash counts it. False if the attempt is no longer the worker's."""
+        raise NotImplementedError
+
     def next_due(self) -> float | None:
-        """When the next claimable job is due (0: now), a hint that takes no lock."""
+        """When the next claimable job is due (0: now), on this host's clock; a cheap hint."""
         raise NotImplementedError
 
     def changed(self) -> bool:
@@ -3426,6 +3450,19 @@ class FolderStore(BaseStore):
                 finally:
                     os.close(fd)
 
+    def clock(self) -> float:
+        return now_ts()
+
+    def schema_versions(self) -> None:
+        return None  # files have no schema
+
+    def migrate(self, dry_run: bool = False) -> list[str]:
+        return []
+
+    def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
+        """The attempt's header in its scratch file in workers/ is the evidence already."""
+        return True
+
     def begin_worker(self, worker: WorkerIdentity) -> None:
         """The data folder, logs/ and workers/; the folder's identity, to notice it go (lost)."""
         self._ensure_home()
@@ -4020,6 +4057,10 @@ class Runner:
             raise WorkerFault(f"this worker cannot write its scratch file {where}: {error.strerror}") from None
         return handle.name, handle
 
+    def _free_scratch(self, handle: Any) -> None:
+        with self._lock:
+            self._free.append(handle)
+
     def check_scratch(self) -> None:
         """WorkerFault unless a scratch file can be written now (the file goes back to the pool)."""
         _, handle = self._take_scratch(b"=== free\n")
@@ -4043,6 +4084,14 @@ class Runner:
         clock = time.monotonic()
         header = attempt_header(job["id"], job["attempts"], started, worker, self.identity)
         path, out = self._take_scratch(header)
+        try:
+            ours = self.store.attempt_started(job, self.identity, header)
+        except QueueError as error:  # the store cannot hear of it now: the job does not start
+            self._free_scratch(out)
+            raise WorkerFault(f"this worker cannot record that {job['id']} starts: {error}") from None
+        if not ours:  # taken over meanwhile (this worker was taken for dead): it is not ours to run
+            self._free_scratch(out)
+            return Outcome(job["id"], job["attempts"], "released", worker=worker, started=started)
         if starting:
             starting()
         with self._lock:
@@ -4698,7 +4747,7 @@ class WorkerPool:
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {"pid": self.identity.pid, "host": self.identity.host, "threads": self.count,
-                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": self.store.location}
+                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": redact(self.store.location)}
 
     def _heartbeat_once(self) -> None:
         began = time.monotonic()
@@ -4805,11 +4854,6 @@ def open_store(location: str) -> BaseStore:
     return getattr(module, class_name)(location)
 
 
-def redact(location: str) -> str:
-    """A location fit to print: the password of a URL replaced by ***."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", location)
-
-
 def normalize_state(text: str) -> str:
     state = STATE_SYNONYMS.get(text.lower(), text.lower())
     if state not in STATES:
@@ -4887,7 +4931,7 @@ def _enqueue(args: argparse.Namespace, store: BaseStore, notes: list[str]) -> in
     if not items:
         raise QueueError("the input holds no jobs.")
     config = store.config()
-    now = now_ts()
+    now = store.clock()  # the queue's time: a database server's, whatever this host's clock says
     jobs = []
     for label, raw in items:
         if isinstance(raw, dict):
@@ -4945,7 +4989,7 @@ def status_data(store: BaseStore) -> dict[str, Any]:
     counts = store.counts()
     workers = [w for w in store.workers() if w["alive"]]
     return {
-        "home": store.location,
+        "home": redact(store.location),
         "counts": {state: counts[state] for state in STATES},
         "scheduled": counts["scheduled"],
         "workers": [{k: w.get(k) for k in ("pid", "host", "threads", "started_at", "heartbeat_at")}
@@ -4973,7 +5017,7 @@ def cmd_status(args: argparse.Namespace, store: BaseStore) -> int:
     print(f"Dead Jobs (DLQ): {c['dead']}")
     print(f"Cancelled Jobs : {c['cancelled']}")
     print(f"Worker State   : {state}")
-    print(f"Data folder    : {data['home']}")
+    print(f"{'Queue at' if '://' in data['home'] else 'Data folder':<15}: {data['home']}")
     return 0
 
 
@@ -5293,7 +5337,7 @@ CANCEL_WAIT_S = 10.0  # how long `cancel` waits for a worker to confirm it kille
 
 def cmd_purge(args: argparse.Namespace, store: BaseStore) -> int:
     states = [args.state] if args.state else list(FINISHED_STATES)
-    before = now_ts() - args.older_than if args.older_than is not None else None
+    before = store.clock() - args.older_than if args.older_than is not None else None
     planned = store.purge(states, before, apply=False)
     if not sum(planned.values()):
         print("Nothing to purge.")
@@ -5304,7 +5348,7 @@ def cmd_purge(args: argparse.Namespace, store: BaseStore) -> int:
             raise QueueError(f"purge would delete {what} for good; run it again with --yes to confirm "
                              "(there is no terminal to ask).")
         try:
-            answer = input(f"Delete {what} from {store.location}? [y/N] ").strip().lower()
+            answer = input(f"Delete {what} from {redact(store.location)}? [y/N] ").strip().lower()
         except EOFError:  # Ctrl+D: no
             answer = ""
             print()
@@ -5368,7 +5412,7 @@ def stats_data(store: BaseStore, since: float | None) -> dict[str, Any]:
     numbers per job (run time, queue wait) for the percentiles, not the jobs."""
     from array import array
 
-    now = now_ts()
+    now = store.clock()
     start = now - since if since is not None else None
     counts = dict.fromkeys(FINISHED_STATES, 0)
     run_times, waits = array("d"), array("d")
@@ -5544,6 +5588,57 @@ def cmd_config_set(args: argparse.Namespace, store: BaseStore) -> int:
     return 0
 
 
+# -- db -----------------------------------------------------------------------
+
+
+def cmd_db_status(args: argparse.Namespace, store: BaseStore) -> int:
+    versions = store.schema_versions()
+    where = redact(store.location)
+    if versions is None:
+        data = {"home": where, "installed": None, "known": None, "pending": []}
+        text = f"The queue in {where} is a folder of files: it has no schema, and nothing to migrate."
+    else:
+        installed, known = versions
+        data = {"home": where, "installed": installed, "known": known,
+                "pending": list(range((installed or 0) + 1, known + 1))}
+        if installed is None:
+            text = f"No queuectl schema in {where} yet; the first command that uses the queue creates version {known}."
+        elif installed < known:
+            text = (f"Schema version {installed} is installed in {where}; this queuectl knows version {known}: "
+                    "run `queuectl db migrate`.")
+        elif installed > known:
+            text = (f"Schema version {installed} is installed in {where}, newer than this queuectl knows "
+                    f"({known}): upgrade queuectl.")
+        else:
+            text = f"Schema version {installed} is installed in {where}: up to date."
+    if args.json:
+        print_json(data)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace, store: BaseStore) -> int:
+    versions = store.schema_versions()
+    if versions is None:
+        print(f"The queue in {redact(store.location)} is a folder of files: nothing to migrate.")
+        return 0
+    statements = store.migrate(dry_run=args.dry_run)
+    if args.dry_run:
+        for statement in statements:
+            print(statement.strip() + "\n")
+        if not statements:
+            print(f"-- schema version {versions[1]} is installed: nothing to apply")
+        return 0
+    installed, known = versions
+    if statements:
+        print(f"Applied schema version(s) {', '.join(map(str, range((installed or 0) + 1, known + 1)))} "
+              f"to {redact(store.location)}.")
+    else:
+        print(f"Schema version {known} is installed in {redact(store.location)}: nothing to migrate.")
+    return 0
+
+
 # --------------------------------------------------------------------------
 # 11. The dashboard
 # --------------------------------------------------------------------------
@@ -5617,7 +5712,7 @@ def log_tail(attempts: list[Attempt], size: int) -> str:
 
 def timeline(store: BaseStore, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
     """Jobs that finished (completed, dead, cancelled) in each of the last `minutes` minutes, oldest first."""
-    now = now_ts() if now is None else now
+    now = store.clock() if now is None else now
     start = (now // 60 - minutes + 1) * 60
     buckets = [{"minute": iso(start + 60 * n), **dict.fromkeys(FINISHED_STATES, 0)} for n in range(minutes)]
     for job in store.finished_since(start):
@@ -5865,7 +5960,7 @@ def dashboard_page(store: BaseStore, nonce: str, read_only: bool) -> bytes:
 
     initial = {"status": status_data(store), "jobs": dashboard_jobs(store, "pending", "", DASHBOARD_JOB_LIMIT),
                "readOnly": read_only}
-    values = {"nonce": nonce, "home": html.escape(store.location),
+    values = {"nonce": nonce, "home": html.escape(redact(store.location)),
               "initial": safe_json(initial).decode("utf-8")}
     # One pass: a value that happens to contain {{name}} is not filled in again.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], DASHBOARD_PAGE).encode("utf-8", "replace")
@@ -5947,7 +6042,7 @@ def cmd_dashboard(args: argparse.Namespace, store: BaseStore) -> int:
               f"between your browser and this machine can read its token and every job's command and output"
               + ("." if args.read_only else ", and retry or cancel jobs."), file=sys.stderr)
     # The token goes to this terminal only: never into a file of the data folder, never into a log.
-    print(f"Dashboard for {store.location}: {url}{' (read-only)' if args.read_only else ''}  "
+    print(f"Dashboard for {redact(store.location)}: {url}{' (read-only)' if args.read_only else ''}  "
           "(the address is the key: keep it to yourself; Ctrl+C to stop)")
     opener = open_dashboard(url) if args.open else None
     try:
@@ -6216,8 +6311,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                     epilog="Example:\n  queuectl enqueue --id hello --command \"echo hello\"\n"
                            "  queuectl worker start --count 2 --burst")
     parser.add_argument("--version", action="version", version=f"queuectl {__version__}")
-    parser.add_argument("--home", metavar="DIR",
-                        help="data folder (default: $QUEUECTL_HOME, else the current folder)")
+    parser.add_argument("--home", metavar="DIR|URL",
+                        help="where the queue lives: a data folder, or a postgresql:// URL "
+                             "(default: $QUEUECTL_HOME, else the current folder)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -6337,6 +6433,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("ids", nargs="*", metavar="ID")
         p.add_argument("--all", action="store_true", help="every job in the DLQ")
 
+    if wanted("db"):
+        dsub = group("db", "the schema of a queue in a database",
+                     "queuectl --home postgresql://db.example/jobs db status")
+        p = add("status", cmd_db_status, "the installed and the known schema version",
+                "queuectl db status --json", dsub)
+        p.add_argument("--json", action="store_true", help="print JSON only")
+        p.set_defaults(raw_store=True)
+        p = add("migrate", cmd_db_migrate, "apply the schema upgrades this queuectl knows (under a lock)",
+                "queuectl db migrate --dry-run", dsub)
+        p.add_argument("--dry-run", action="store_true", help="print the SQL and change nothing")
+        p.set_defaults(raw_store=True)
     if wanted("config"):
         csub = group("config", "show or change settings", "queuectl config set max-retries 5")
         p = add("show", cmd_config_show, "every setting", "queuectl config show --json", csub)
@@ -6361,7 +6468,7 @@ def configure_console() -> None:
 
 
 COMMANDS = ("enqueue", "worker", "status", "list", "show", "logs", "cancel", "purge", "stats", "wait",
-            "dashboard", "dlq", "config")
+            "dashboard", "dlq", "config", "db")
 
 
 def command_named(argv: list[str]) -> str | None:
@@ -6386,8 +6493,9 @@ def main(argv: list[str] | None = None) -> int:
     store: BaseStore | None = None
     try:
         store = open_store(queue_location(args))
-        store.config()  # a damaged config.json stops every command, not only some
-        store.prepare()
+        if not getattr(args, "raw_store", False):  # `db` looks at a schema that may be missing or old
+            store.config()  # a damaged config.json stops every command, not only some
+            store.prepare()
         return args.handler(args, store)
     except QueueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -296,6 +296,20 @@ class MemoryStore(BaseStore):
     def clear_stop(self) -> None:
         self._stop_at = None
 
+    def clock(self) -> float:
+        return now_ts()
+
+    def schema_versions(self) -> None:
+        return None  # no schema
+
+    def migrate(self, dry_run: bool = False) -> list[str]:
+        return []
+
+    def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
+        """The scratch file's header is the evidence (as in the folder store)."""
+        with self._lock:
+            return queuectl.holds_claim(self._active.get(job["id"]), worker, job["attempts"])
+
     def begin_worker(self, worker: WorkerIdentity) -> None:
         """Nothing to make."""
 

@@ -1,0 +1,924 @@
+"""queuectl_pg: the queue in PostgreSQL, for workers on many machines.
+
+`--home postgresql://host/db` (or QUEUECTL_HOME) makes every queuectl command use this store
+instead of a folder. It keeps the same states, the same rules (they are queuectl's functions,
+applied here to rows) and the same output; what changes is where the truth lives:
+
+- one table of jobs, each row the job as every store shows it (`doc`) plus the columns the
+  claim, the stager and recovery search on; the claim index holds only jobs that are due now;
+- the server's clock decides every time comparison, so hosts with skewed clocks agree;
+- a worker round is one short transaction (record outcomes, recover dead workers' jobs, claim
+  with FOR UPDATE SKIP LOCKED); no transaction stays open while a command runs;
+- every write a worker makes about a job carries its claim (host, pid, attempt): a worker that
+  lost a job can never overwrite the result of the worker that took it over;
+- output is kept as bytes, per run, in chunks off the job rows, streamed while the run goes on.
+
+Needs psycopg2 (`pip install "queuectl[postgres]"`), imported only when a queue lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import queuectl
+from queuectl import (ACTIVE_STATES, DEFAULT_CONFIG, FINISHED_STATES, HOST, STATES, Attempt, BaseStore,
+                      JobExists, NoSuchJob, Outcome, QueueError, StoreUnavailable, WorkerIdentity,
+                      cancel_decision, claimed_job, config_key, dead_workers, holds_claim, iso, now_ts,
+                      redact, revived, scratch_attempt, settle_orphan, settle_outcome, stop_orphaned_command,
+                      validate_config_value, worker_alive)
+
+try:
+    import psycopg2
+    import psycopg2.extras
+except ImportError:  # the store says so when it is used; importing this module stays harmless
+    psycopg2 = None
+
+
+# -- the schema and its migrations ------------------------------------------------------------
+
+SCHEMA = "queuectl"
+# Each entry upgrades the schema by one version; the first creates it. Applied in order, each in
+# its own transaction, under an advisory lock, by `queuectl db migrate` (or, on an empty database,
+# by the first command that needs the queue).
+MIGRATIONS: list[str] = [
+    """
+CREATE SCHEMA IF NOT EXISTS queuectl;
+CREATE TABLE queuectl.schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE queuectl.config (key text PRIMARY KEY, value jsonb NOT NULL);
+CREATE TABLE queuectl.flags (name text PRIMARY KEY, at double precision NOT NULL);
+CREATE TABLE queuectl.workers (
+    host text NOT NULL,
+    pid integer NOT NULL,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    info jsonb NOT NULL,
+    PRIMARY KEY (host, pid));
+CREATE TABLE queuectl.jobs (
+    id text PRIMARY KEY,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    place bigint NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'processing', 'failed', 'completed', 'dead', 'cancelled')),
+    priority integer NOT NULL,
+    run_at timestamptz,
+    ready boolean NOT NULL,
+    host text,
+    pid integer,
+    started boolean NOT NULL DEFAULT false,
+    finished_at timestamptz,
+    doc jsonb NOT NULL
+) WITH (fillfactor = 80);
+CREATE SEQUENCE queuectl.places;
+CREATE INDEX jobs_claim ON queuectl.jobs (priority DESC, place) WHERE state IN ('pending', 'failed') AND ready;
+CREATE INDEX jobs_due ON queuectl.jobs (run_at) WHERE state IN ('pending', 'failed') AND NOT ready;
+CREATE INDEX jobs_processing ON queuectl.jobs (host, pid) WHERE state = 'processing';
+CREATE INDEX jobs_active ON queuectl.jobs (place) WHERE finished_at IS NULL;
+CREATE INDEX jobs_finished ON queuectl.jobs (state, finished_at, seq) WHERE finished_at IS NOT NULL;
+CREATE TABLE queuectl.runs (
+    run bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id text NOT NULL REFERENCES queuectl.jobs (id) ON DELETE CASCADE,
+    attempt integer NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    header bytea NOT NULL,
+    size bigint NOT NULL DEFAULT 0,
+    removed bigint NOT NULL DEFAULT 0,
+    ending text,
+    counted boolean NOT NULL DEFAULT true);
+CREATE INDEX runs_job ON queuectl.runs (job_id, run);
+CREATE TABLE queuectl.chunks (
+    run bigint NOT NULL REFERENCES queuectl.runs (run) ON DELETE CASCADE,
+    at bigint NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (run, at));
+""",
+]
+KNOWN_VERSION = len(MIGRATIONS)
+JOBS_CHANNEL = "queuectl_jobs"  # NOTIFY: new due jobs (a hint: workers poll anyway)
+CONTROL_CHANNEL = "queuectl_control"  # NOTIFY: a cancel or a stop was asked for
+
+
+def driver() -> Any:
+    """psycopg2, or one sentence saying how to get it."""
+    if psycopg2 is None:
+        raise StoreUnavailable('a queue in PostgreSQL needs the psycopg2 driver: pip install "queuectl[postgres]"')
+    return psycopg2
+
+
+# -- connections and errors --------------------------------------------------------------------
+
+# libpq settings for every connection: give up on a server that does not answer (a cut cable, a
+# blackholed connection) in seconds, not after the kernel's default of about 15 minutes.
+CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                   "keepalives_count": 3, "tcp_user_timeout": 8000, "application_name": "queuectl"}
+
+
+class Connection:
+    """One connection to the server, opened when first needed and opened again after it broke.
+    Transactions are short; a driver error becomes a StoreError that names the server (without
+    its password) and says what happened, and the broken connection is dropped."""
+
+    def __init__(self, url: str, what: str = "queuectl") -> None:
+        self.url = url
+        self.what = what
+        self.conn: Any = None
+        self.lock = threading.RLock()
+
+    def open(self) -> Any:
+        if self.conn is None or self.conn.closed:
+            pg = driver()
+            try:
+                self.conn = pg.connect(self.url, **dict(CONNECT_OPTIONS, application_name=self.what))
+            except pg.Error as error:
+                raise unavailable(self.url, error) from None
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+
+    def transaction(self) -> Transaction:
+        return Transaction(self)
+
+
+class Transaction:
+    """`with connection.transaction() as cur:` one transaction, committed at the end, rolled back
+    on an error; driver errors leave as StoreError."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.cursor: Any = None
+
+    def __enter__(self) -> Any:
+        self.connection.lock.acquire()
+        try:
+            self.cursor = self.connection.open().cursor()
+        except BaseException:
+            self.connection.lock.release()
+            raise
+        return self.cursor
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> bool:
+        connection = self.connection
+        pg = driver()
+        try:
+            if kind is None:
+                try:
+                    connection.conn.commit()
+                except pg.Error as failure:
+                    connection.close()
+                    raise unavailable(connection.url, failure) from None
+                return False
+            try:
+                if not connection.conn.closed:
+                    connection.conn.rollback()
+            except pg.Error:
+                connection.close()
+            if isinstance(error, (pg.OperationalError, pg.InterfaceError)):
+                connection.close()
+                raise unavailable(connection.url, error) from None
+            if isinstance(error, pg.Error):
+                raise queuectl.StoreError(f"the PostgreSQL server at {redact(connection.url)} refused: "
+                                          f"{first_line(error)}") from None
+            return False
+        finally:
+            connection.lock.release()
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0].rstrip(".") if text else type(error).__name__
+
+
+def unavailable(url: str, error: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"cannot reach the PostgreSQL server at {redact(url)}: {first_line(error)}.")
+
+
+def stamp(text: str | None) -> float | None:
+    """A job's ISO timestamp as epoch seconds (None stays None)."""
+    return queuectl._epoch(text) if text else None
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+class PostgresStore(BaseStore):
+    """The queue in a PostgreSQL database (schema `queuectl`). One-shot commands use one short
+    connection; a worker process uses at most two (rounds and heartbeats; LISTEN)."""
+
+    def __init__(self, location: str) -> None:
+        driver()
+        self.location = location
+        self.notes: list[str] = []
+        self.db = Connection(location)
+        self._ready = False  # the schema is known to be at KNOWN_VERSION on this connection
+        self._config: tuple[float, dict[str, Any]] | None = None  # (when read, settings)
+        self._offset = 0.0  # server clock - this host's clock, at the last look
+        self._last_change: float | None = None
+        self._scratch_dir: str | None = None
+        self._streams: dict[str, tuple[Any, int]] = {}  # scratch path -> (run, bytes sent)
+        self._watched: dict[str, float] = {}
+
+    # -- the schema
+
+    def _installed(self, cur: Any) -> int | None:
+        cur.execute("SELECT to_regclass('queuectl.schema_version') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute("SELECT max(version) FROM queuectl.schema_version")
+        return cur.fetchone()[0]
+
+    def schema_versions(self) -> tuple[int | None, int]:
+        with self.db.transaction() as cur:
+            return self._installed(cur), KNOWN_VERSION
+
+    def migrate(self, dry_run: bool = False) -> list[str]:
+        """Apply the migrations the database lacks, each in its own transaction under an advisory
+        lock (a second migrate waits, then finds nothing to do); the SQL applied (or, dry, to apply)."""
+        with self.db.transaction() as cur:
+            installed = self._installed(cur) or 0
+        if installed > KNOWN_VERSION:
+            raise QueueError(self._newer_message(installed))
+        pending = MIGRATIONS[installed:]
+        if dry_run:
+            return pending
+        applied = []
+        for version in range(installed + 1, KNOWN_VERSION + 1):
+            with self.db.transaction() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('queuectl.migrate'))")
+                if (self._installed(cur) or 0) >= version:
+                    continue
+                cur.execute(MIGRATIONS[version - 1])
+                cur.execute("INSERT INTO queuectl.schema_version (version) VALUES (%s)", (version,))
+                applied.append(MIGRATIONS[version - 1])
+        self._ready = True
+        return applied
+
+    def _newer_message(self, installed: int) -> str:
+        return (f"the queue at {redact(self.location)} has schema version {installed}, newer than this "
+                f"queuectl knows ({KNOWN_VERSION}): upgrade queuectl.")
+
+    def _check_schema(self) -> None:
+        """Before the first verb: create the schema on an empty database; refuse an old or a newer one."""
+        if self._ready:
+            return
+        with self.db.transaction() as cur:
+            installed = self._installed(cur)
+        if installed is None:
+            self.migrate()
+            return
+        if installed < KNOWN_VERSION:
+            raise QueueError(f"the queue at {redact(self.location)} has schema version {installed}; this "
+                             f"queuectl needs {KNOWN_VERSION}: run `queuectl db migrate`.")
+        if installed > KNOWN_VERSION:
+            raise QueueError(self._newer_message(installed))
+        self._ready = True
+
+    def _tx(self) -> Transaction:
+        self._check_schema()
+        return self.db.transaction()
+
+    def _now(self, cur: Any) -> float:
+        """The server's time (the transaction's start), which decides every comparison."""
+        cur.execute("SELECT extract(epoch FROM now())::float8")
+        now = cur.fetchone()[0]
+        self._offset = now - now_ts()
+        return now
+
+    def clock(self) -> float:
+        with self._tx() as cur:
+            return self._now(cur)
+
+    def prepare(self) -> None:
+        self._check_schema()
+
+    def close(self) -> None:
+        self.db.close()
+        if self._scratch_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+            self._scratch_dir = None
+
+    def check(self) -> None:
+        self._check_schema()
+
+    def begin_worker(self, worker: WorkerIdentity) -> None:
+        self._check_schema()
+
+    def lost(self) -> str | None:
+        return None  # a server that is down is a fault the rounds report and retry, not a lost queue
+
+    # -- writing jobs: the doc, and the columns derived from it
+
+    @staticmethod
+    def _row(job: dict[str, Any], now: float) -> tuple[Any, ...]:
+        run_at = stamp(job.get("run_at"))
+        ready = job["state"] in ("pending", "failed") and (run_at is None or run_at <= now)
+        return (job["id"], job["state"], int(job.get("priority", 0)), run_at, ready,
+                job.get("host") if job["state"] == "processing" else None,
+                job.get("pid") if job["state"] == "processing" else None,
+                stamp(job.get("finished_at")) if job["state"] in FINISHED_STATES else None,
+                json.dumps(job))
+
+    def _write(self, cur: Any, jobs: list[dict[str, Any]], now: float, started: bool | None = None,
+               new_place: bool = False) -> None:
+        """Store jobs as the rules made them (they exist already)."""
+        if not jobs:
+            return
+        rows = [self._row(job, now) for job in jobs]
+        also = ""
+        if started is not None:
+            also += ", started = true" if started else ", started = false"
+        if new_place:
+            also += ", place = nextval('queuectl.places')"  # back in the queue: behind the jobs waiting now
+        psycopg2.extras.execute_values(cur, f"""
+            UPDATE queuectl.jobs j SET state = v.state, priority = v.priority, run_at = to_timestamp(v.run_at),
+                ready = v.ready, host = v.host, pid = v.pid, finished_at = to_timestamp(v.finished_at),
+                doc = v.doc::jsonb{also}
+            FROM (VALUES %s) AS v (id, state, priority, run_at, ready, host, pid, finished_at, doc)
+            WHERE j.id = v.id""", rows,
+            template="(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s)", page_size=len(rows))
+
+    def _lock(self, cur: Any, ids: Iterable[str], skip_locked: bool = False) -> dict[str, tuple[dict[str, Any], bool]]:
+        """The jobs with these ids, locked for this transaction: {id: (job, its attempt started)}."""
+        cur.execute("SELECT doc, started FROM queuectl.jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                    + (" SKIP LOCKED" if skip_locked else ""), (list(ids),))
+        return {doc["id"]: (doc, started) for doc, started in cur.fetchall()}
+
+    # -- the queue
+
+    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
+        """All or nothing, in one statement: an id that exists is refused with the state it is in.
+        Safe to retry after a commit whose outcome is unknown: the retry finds the job and says so."""
+        seen: set[str] = set()
+        for job in jobs:
+            if job["id"] in seen:
+                raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
+            seen.add(job["id"])
+        with self._tx() as cur:
+            now = self._now(cur)
+            for start in range(0, len(jobs), 10_000):
+                batch = jobs[start:start + 10_000]
+                rows = [self._row(job, now) for job in batch]
+                inserted = psycopg2.extras.execute_values(cur, """
+                    INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, doc, place)
+                    SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
+                           to_timestamp(v.finished_at), v.doc::jsonb, nextval('queuectl.places')
+                    FROM (VALUES %s) AS v (id, state, priority, run_at, ready, host, pid, finished_at, doc)
+                    ON CONFLICT (id) DO NOTHING RETURNING id""", rows,
+                    template="(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s)",
+                    page_size=len(rows) or 1, fetch=True)
+                if len(inserted) != len(batch):
+                    added = {row[0] for row in inserted}
+                    taken = next(job["id"] for job in batch if job["id"] not in added)
+                    cur.execute("SELECT state FROM queuectl.jobs WHERE id = %s", (taken,))
+                    found = cur.fetchone()
+                    cur.connection.rollback()
+                    raise JobExists(f"job {taken!r} already exists ({found[0] if found else 'just enqueued'}); "
+                                    "nothing was enqueued.")
+            if any(row[4] for row in rows):
+                cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._tx() as cur:
+            cur.execute("SELECT doc FROM queuectl.jobs WHERE id = %s", (job_id,))
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def jobs(self, state: str | None = None, limit: int | None = None,
+             where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
+             hint: bytes | None = None) -> list[dict[str, Any]]:
+        """Active jobs first (in queue order), then finished ones by state in the order they
+        finished (newest first if asked), read a page at a time as far as the limit needs."""
+        result: list[dict[str, Any]] = []
+        groups: list[tuple[str, tuple[Any, ...], tuple[str, ...], bool]] = []
+        if state is None or state in ACTIVE_STATES:
+            states = list(ACTIVE_STATES) if state is None else [state]
+            groups.append(("finished_at IS NULL AND state = ANY(%s)", (states,), ("place",), False))
+        for finished in FINISHED_STATES if state is None else [state] if state in FINISHED_STATES else []:
+            groups.append(("finished_at IS NOT NULL AND state = %s", (finished,), ("finished_at", "seq"), newest_first))
+        for condition, params, order, descending in groups:
+            for job in self._stream(condition, params, order, descending, page=min(1000, max(limit or 1000, 20))):
+                if where is None or where(job):
+                    result.append(job)
+                    if limit is not None and len(result) >= limit:
+                        return result
+        return result
+
+    def _stream(self, condition: str, params: tuple[Any, ...], order: tuple[str, ...], descending: bool = False,
+                page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Jobs matching a condition in the order of some columns, a page at a time, each page its
+        own short transaction (keyset paging: no transaction stays open while the caller reads)."""
+        columns = ", ".join(order)
+        direction = "DESC" if descending else "ASC"
+        after: tuple[Any, ...] | None = None
+        while True:
+            keyset = ""
+            if after:
+                keyset = f" AND ({columns}) {'<' if descending else '>'} ({', '.join(['%s'] * len(order))})"
+            with self._tx() as cur:
+                cur.execute(f"SELECT doc, {columns} FROM queuectl.jobs WHERE {condition}{keyset} "
+                            f"ORDER BY {', '.join(f'{c} {direction}' for c in order)} LIMIT %s",
+                            (*params, *(after or ()), page))
+                rows = cur.fetchall()
+            yield from (row[0] for row in rows)
+            if len(rows) < page:
+                return
+            after = tuple(rows[-1][1:])
+
+    def newest(self, state: str, limit: int) -> list[dict[str, Any]]:
+        return self.jobs(state, limit, newest_first=True)
+
+    def counts(self) -> dict[str, int]:
+        with self._tx() as cur:
+            cur.execute("""SELECT state, count(*), count(*) FILTER (WHERE state = 'pending' AND run_at > now())
+                           FROM queuectl.jobs GROUP BY state""")
+            counts = dict.fromkeys(STATES, 0)
+            counts["scheduled"] = 0
+            for state, count, scheduled in cur.fetchall():
+                counts[state] = count
+                counts["scheduled"] += scheduled
+        return counts
+
+    def finished_count(self, state: str) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT count(*) FROM queuectl.jobs WHERE state = %s", (state,))
+            return cur.fetchone()[0]
+
+    def states_of(self, ids: Iterable[str]) -> dict[str, str]:
+        with self._tx() as cur:
+            cur.execute("SELECT id, state FROM queuectl.jobs WHERE id = ANY(%s)", (list(ids),))
+            return dict(cur.fetchall())
+
+    def active_jobs(self) -> list[dict[str, Any]]:
+        return list(self._stream("finished_at IS NULL", (), ("place",)))
+
+    def finished_since(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        for state in FINISHED_STATES:
+            if since is None:
+                yield from self._stream("finished_at IS NOT NULL AND state = %s", (state,), ("finished_at", "seq"))
+            else:
+                yield from self._stream("finished_at >= to_timestamp(%s) AND state = %s", (since, state),
+                                        ("finished_at", "seq"))
+
+    def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        results: dict[str, tuple[str, str]] = {}
+        with self._tx() as cur:
+            now = self._now(cur)
+            locked = self._lock(cur, ids)
+            changed = []
+            for job_id in dict.fromkeys(ids):
+                job = locked.get(job_id, (None, False))[0]
+                active, finished = (None, job) if job and job["state"] in FINISHED_STATES else (job, None)
+                what, state, becomes = cancel_decision(active, finished, now)
+                results[job_id] = (what, state)
+                if becomes is not None and becomes is not job:
+                    changed.append(becomes)
+            self._write(cur, changed, now)
+            requested = [job_id for job_id, (what, _) in results.items() if what == "requested"]
+            if requested:
+                cur.execute("SELECT pg_notify(%s, 'cancel')", (CONTROL_CHANNEL,))
+                for job, _ in self._recover(cur, self._config_in(cur), now, None):
+                    if job["state"] == "cancelled" and results.get(job["id"], ("",))[0] == "requested":
+                        results[job["id"]] = ("cancelled", "processing")
+        self._watched = {job_id: now for job_id, (what, _) in results.items() if what == "requested"}
+        return results
+
+    def ended_since_cancel(self, ids: Iterable[str]) -> dict[str, str]:
+        return {}  # a finished job stays in the table until purge: states_of finds it
+
+    def dlq_retry(self, ids: list[str] | None) -> list[str]:
+        with self._tx() as cur:
+            now = self._now(cur)
+            if ids is None:
+                cur.execute("SELECT doc FROM queuectl.jobs WHERE state = 'dead' ORDER BY finished_at, seq FOR UPDATE")
+                dead = [doc for (doc,) in cur.fetchall()]
+            else:
+                locked = self._lock(cur, ids)
+                for job_id in ids:
+                    job = locked.get(job_id, (None,))[0]
+                    if job is None:
+                        raise NoSuchJob(f"job {job_id!r} is not in the DLQ (no such job).")
+                    if job["state"] != "dead":
+                        raise QueueError(f"job {job_id!r} is not in the DLQ (it is {job['state']}).")
+                dead = [locked[job_id][0] for job_id in dict.fromkeys(ids)]
+            self._write(cur, [revived(job, now) for job in dead], now, new_place=True)
+            if dead:
+                cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        return [job["id"] for job in dead]
+
+    def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
+        """Counted per state; deleted (with their output) in batches of 10,000, a transaction each,
+        so no transaction stays open long."""
+        counts = {}
+        for state in states:
+            condition = "state = %s AND finished_at IS NOT NULL" + (" AND finished_at < to_timestamp(%s)"
+                                                                    if before is not None else "")
+            params: tuple[Any, ...] = (state,) if before is None else (state, before)
+            if not apply:
+                with self._tx() as cur:
+                    cur.execute(f"SELECT count(*) FROM queuectl.jobs WHERE {condition}", params)
+                    counts[state] = cur.fetchone()[0]
+                continue
+            counts[state] = 0
+            while True:
+                with self._tx() as cur:
+                    cur.execute(f"""DELETE FROM queuectl.jobs WHERE id IN (
+                                    SELECT id FROM queuectl.jobs WHERE {condition} LIMIT 10000)""", params)
+                    counts[state] += cur.rowcount
+                if cur.rowcount < 10000:
+                    break
+        return counts
+
+    def recover_orphans(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            now = self._now(cur)
+            return [job for job, _ in self._recover(cur, self._config_in(cur), now, None)]
+
+    def _recover(self, cur: Any, config: dict[str, Any], now: float,
+                 me: WorkerIdentity | None) -> list[tuple[dict[str, Any], str]]:
+        """Settle the jobs of workers that died (settle_orphan): one recovery at a time (a
+        transaction-scoped advisory lock, so it works through PgBouncer), each worker judged once."""
+        cur.execute("SELECT pg_try_advisory_xact_lock(hashtext('queuectl.recover'))")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute("SELECT doc FROM queuectl.jobs WHERE state = 'processing'")
+        processing = [doc for (doc,) in cur.fetchall()]
+        if not processing:
+            return []
+        workers = self._workers_in(cur, config, now)
+        dead = dead_workers(workers, processing, config["lease_timeout"], now)
+        if me is not None:
+            dead.discard((me.host, me.pid))
+        orphans = [job for job in processing if (job.get("host"), job.get("pid")) in dead]
+        if not orphans:
+            return []
+        beats = {(w["host"], w["pid"]): queuectl._epoch(w["heartbeat_at"]) for w in workers}
+        locked = self._lock(cur, [job["id"] for job in orphans], skip_locked=True)
+        settled = []
+        for job in orphans:
+            current, started = locked.get(job["id"], (None, False))
+            if not holds_claim(current, WorkerIdentity(job.get("host"), job.get("pid")), job["attempts"]):
+                continue  # settled meanwhile
+            host, pid = job.get("host"), job.get("pid")
+            beat = beats.get((host, pid))
+            if host == HOST and beat is not None and now - beat <= 2 * config["lease_timeout"]:
+                stop_orphaned_command(None, queuectl.attempt_mark(job["id"], job["attempts"],
+                                                                  WorkerIdentity(host, pid)))
+            if started:
+                cur.execute("""UPDATE queuectl.runs SET ending = 'the worker died' WHERE job_id = %s
+                               AND attempt = %s AND host = %s AND pid = %s AND ending IS NULL""",
+                            (job["id"], job["attempts"], host, pid))
+            job, what = settle_orphan(current, started, now)
+            settled.append((job, what))
+        self._write(cur, [job for job, _ in settled], now)
+        for host, pid in {(job.get("host"), job.get("pid")) for job in orphans}:
+            cur.execute("DELETE FROM queuectl.workers WHERE host = %s AND pid = %s", (host, pid))
+        if settled:
+            cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        return settled
+
+    # -- settings
+
+    def config(self) -> dict[str, Any]:
+        if self._config is not None and time.monotonic() - self._config[0] < 1.0:
+            return self._config[1]
+        with self._tx() as cur:
+            return self._config_in(cur)
+
+    def _config_in(self, cur: Any) -> dict[str, Any]:
+        cur.execute("SELECT key, value FROM queuectl.config")
+        config = dict(DEFAULT_CONFIG)
+        for key, value in cur.fetchall():
+            try:
+                name = config_key(key, "the config table")
+                config[name] = validate_config_value(name, value)
+            except QueueError as error:
+                raise queuectl.CorruptFileError(f"{redact(self.location)} (queuectl.config)", str(error)) from None
+        self._config = (time.monotonic(), config)
+        return config
+
+    def set_config(self, key: str, value: Any) -> None:
+        with self._tx() as cur:
+            cur.execute("""INSERT INTO queuectl.config (key, value) VALUES (%s, %s::jsonb)
+                           ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value""", (key, json.dumps(value)))
+        self._config = None
+
+    # -- workers
+
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
+                     recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+        """One transaction: record the outcomes (only while each attempt is still this worker's
+        claim), recover dead workers' jobs, stage jobs that fell due, claim up to `want` (highest
+        priority, then oldest, skipping rows other workers hold locked), and read this worker's
+        cancel requests."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            config = self._config_in(cur)
+            recorded: list[tuple[dict[str, Any], str]] = []
+            if outcomes:
+                locked = self._lock(cur, {outcome.job_id for outcome in outcomes})
+                changed = []
+                for outcome in outcomes:
+                    job = locked.get(outcome.job_id, (None, False))[0]
+                    if not holds_claim(job, worker, outcome.attempt):
+                        continue  # recovered meanwhile: not ours to record
+                    job, what = settle_outcome(job, outcome, config, now, queuectl._chance)
+                    locked[job["id"]] = (job, False)
+                    changed.append(job)
+                    recorded.append((job, what))
+                self._write(cur, changed, now)
+                if any(what in ("failed", "released", "interrupted") for _, what in recorded):
+                    self._last_change = now
+            if recover:
+                recorded += [(job, "recovered") for job, _ in self._recover(cur, config, now, worker)]
+            cur.execute("""UPDATE queuectl.jobs SET ready = true
+                           WHERE state IN ('pending', 'failed') AND NOT ready AND run_at <= now()""")
+            claimed = []
+            if want > 0:
+                cur.execute("""SELECT doc FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready
+                               ORDER BY priority DESC, place LIMIT %s FOR UPDATE SKIP LOCKED""", (want,))
+                claimed = [claimed_job(doc, worker, now) for (doc,) in cur.fetchall()]
+                self._write(cur, claimed, now, started=False)
+            cur.execute("""SELECT id FROM queuectl.jobs WHERE state = 'processing' AND host = %s AND pid = %s
+                           AND doc ? 'cancel_requested_at'""", (worker.host, worker.pid))
+            cancels = [job_id for (job_id,) in cur.fetchall()]
+        return recorded, claimed, cancels
+
+    def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
+        """The attempt's command is about to start: from now on a crash counts it. Its run (the
+        record its output streams into) begins. False if the attempt is no longer this worker's."""
+        with self._tx() as cur:
+            cur.execute("""UPDATE queuectl.jobs SET started = true WHERE id = %s AND state = 'processing'
+                           AND host = %s AND pid = %s AND (doc->>'attempts')::integer = %s""",
+                        (job["id"], worker.host, worker.pid, job["attempts"]))
+            if cur.rowcount != 1:
+                return False
+            cur.execute("""INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
+                           VALUES (%s, %s, %s, %s, %s) RETURNING run""",
+                        (job["id"], job["attempts"], worker.host, worker.pid, psycopg2.Binary(header)))
+            return True
+
+    def next_due(self) -> float | None:
+        """When the next claimable job is due, on this host's clock (0: now)."""
+        with self._tx() as cur:
+            cur.execute("""SELECT EXISTS (SELECT 1 FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready),
+                                  extract(epoch FROM (SELECT min(run_at) FROM queuectl.jobs
+                                                      WHERE state IN ('pending', 'failed') AND NOT ready))::float8,
+                                  extract(epoch FROM now())::float8""")
+            ready, due, now = cur.fetchone()
+        self._offset = now - now_ts()
+        if ready or (due is not None and due <= now):
+            return 0.0
+        return None if due is None else due - self._offset
+
+    def changed(self) -> bool:
+        return True  # a claim is one indexed query: asking is as cheap as knowing
+
+    def has_retries_waiting(self) -> bool:
+        with self._tx() as cur:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM queuectl.jobs WHERE state = 'failed')")
+            return cur.fetchone()[0]
+
+    def heartbeat(self, info: dict[str, Any]) -> None:
+        """The worker's row, with the server's time (which the other hosts judge it by)."""
+        try:
+            with self._tx() as cur:
+                cur.execute("""INSERT INTO queuectl.workers (host, pid, heartbeat_at, info) VALUES (%s, %s, now(), %s)
+                               ON CONFLICT (host, pid) DO UPDATE SET heartbeat_at = now(), info = EXCLUDED.info""",
+                            (info["host"], info["pid"], json.dumps(dict(info, home=redact(self.location)))))
+        except QueueError as error:
+            raise OSError(0, str(error), f"(the workers table of {redact(self.location)})") from None
+        try:
+            self._stream_output()
+        except QueueError:
+            pass  # the output goes at the next beat, or with the attempt's end
+
+    def workers(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            now = self._now(cur)
+            return self._workers_in(cur, self._config_in(cur), now)
+
+    def _workers_in(self, cur: Any, config: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        cur.execute("SELECT info, extract(epoch FROM heartbeat_at)::float8 FROM queuectl.workers ORDER BY host, pid")
+        result = []
+        for info, beat in cur.fetchall():
+            info = dict(info, heartbeat_at=iso(beat))
+            info["alive"] = worker_alive(info.get("host"), info.get("pid"), beat, beat, config["lease_timeout"], now)
+            result.append(info)
+        return result
+
+    def forget_worker(self, host: str, pid: int) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM queuectl.workers WHERE host = %s AND pid = %s", (host, pid))
+
+    def request_stop(self) -> None:
+        with self._tx() as cur:
+            now = self._now(cur)
+            cur.execute("""INSERT INTO queuectl.flags (name, at) VALUES ('stop', %s)
+                           ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at""", (now,))
+            cur.execute("SELECT pg_notify(%s, 'stop')", (CONTROL_CHANNEL,))
+
+    def stop_requested_at(self) -> float | None:
+        """On this host's clock, like the worker's start it is compared with."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            cur.execute("SELECT at FROM queuectl.flags WHERE name = 'stop'")
+            row = cur.fetchone()
+        return None if row is None else row[0] - (now - now_ts())
+
+    def clear_stop(self) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM queuectl.flags WHERE name = 'stop'")
+
+    # -- output: runs and their chunks
+
+    def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
+        """A scratch file in a private folder of this process, on this host (never shared)."""
+        if self._scratch_dir is None:
+            import tempfile
+
+            self._scratch_dir = tempfile.mkdtemp(prefix="queuectl-")
+        path = os.path.join(self._scratch_dir, f"{name}.out")
+        return open(path, "w+b", opener=lambda p, _: os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+
+    def scratch_in_place(self, handle: Any) -> bool:
+        return os.path.exists(handle.name)
+
+    def remove_scratch(self, handle: Any) -> None:
+        self._streams.pop(handle.name, None)
+        queuectl._quietly(lambda: os.unlink(handle.name))
+
+    def _run_of(self, cur: Any, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes) -> Any:
+        cur.execute("""SELECT run FROM queuectl.runs WHERE job_id = %s AND attempt = %s AND host = %s AND pid = %s
+                       AND header = %s ORDER BY run DESC LIMIT 1""",
+                    (job_id, attempt, worker.host, worker.pid, psycopg2.Binary(header)))
+        row = cur.fetchone()
+        return row[0] if row else None
+
+    def _append(self, cur: Any, run: int, data: bytes, limit: int) -> None:
+        """Add output to a run, keeping its newest `limit` bytes (older chunks go whole)."""
+        if not data:
+            return
+        cur.execute("""UPDATE queuectl.runs SET size = size + %s WHERE run = %s RETURNING size + removed - %s""",
+                    (len(data), run, len(data)))
+        offset = cur.fetchone()[0]
+        cur.execute("INSERT INTO queuectl.chunks (run, at, data) VALUES (%s, %s, %s)",
+                    (run, offset, psycopg2.Binary(data)))
+        cur.execute("SELECT size FROM queuectl.runs WHERE run = %s", (run,))
+        if cur.fetchone()[0] > limit:
+            cur.execute("""WITH gone AS (
+                             DELETE FROM queuectl.chunks c WHERE c.run = %(run)s AND c.at + length(c.data) <= (
+                               SELECT size + removed - %(limit)s FROM queuectl.runs WHERE run = %(run)s)
+                             RETURNING length(c.data) AS n)
+                           UPDATE queuectl.runs SET size = size - (SELECT coalesce(sum(n), 0) FROM gone),
+                                  removed = removed + (SELECT coalesce(sum(n), 0) FROM gone)
+                           WHERE run = %(run)s""", {"run": run, "limit": limit})
+
+    def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
+                    start: int, end: int, ending: str, counted: bool = True) -> bool:
+        limit = int(self.config()["log_max_bytes"])
+        with self._tx() as cur:
+            sent = self._streams.pop(getattr(source, "name", ""), (None, 0))[1]  # under the lock the streaming takes
+            locked = self._lock(cur, [job_id])
+            if not holds_claim(locked.get(job_id, (None,))[0], worker, attempt):
+                return False
+            run = self._run_of(cur, job_id, attempt, worker, header.rstrip(b" \n") + b"\n")
+            if run is None:  # it never started (or was not streamed): its run begins now
+                cur.execute("""INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
+                               VALUES (%s, %s, %s, %s, %s) RETURNING run""",
+                            (job_id, attempt, worker.host, worker.pid,
+                             psycopg2.Binary(header.rstrip(b" \n") + b"\n")))
+                run, sent = cur.fetchone()[0], 0
+            position = max(start, start + sent)
+            if end - position > limit:
+                cur.execute("UPDATE queuectl.runs SET removed = removed + %s WHERE run = %s",
+                            (end - limit - position, run))
+                position = end - limit
+            source.seek(position)
+            while position < end:
+                data = source.read(min(end - position, 1 << 20))
+                if not data:
+                    break
+                self._append(cur, run, data, limit)
+                position += len(data)
+            cur.execute("UPDATE queuectl.runs SET ending = %s, counted = %s WHERE run = %s", (ending, counted, run))
+        return True
+
+    def _stream_output(self) -> None:
+        """Every heartbeat: what running attempts printed since the last one reaches the database
+        (fenced: only while the attempt is this worker's), so `logs --follow` works from any host."""
+        if self._scratch_dir is None:
+            return
+        limit = int(self.config()["log_max_bytes"])
+        try:
+            names = os.listdir(self._scratch_dir)
+        except OSError:
+            return
+        for name in names:
+            with self.db.lock:  # keep_output takes a stream over under the same lock: no byte goes twice
+                self._stream_one(os.path.join(self._scratch_dir, name), limit)
+
+    def _stream_one(self, path: str, limit: int) -> None:
+        """Send what one scratch file gained since the last beat, while its attempt is this worker's."""
+        try:
+            with open(path, "rb") as handle:
+                header = handle.readline(queuectl.LOG_LINE_MAX)
+                record = scratch_attempt(header)
+                run, sent = self._streams.get(path, (None, 0))
+                size = os.fstat(handle.fileno()).st_size - len(header)
+                if record is None or size <= sent:
+                    return
+                handle.seek(len(header) + sent)
+                data = handle.read(min(size - sent, 1 << 20))
+        except OSError:
+            return
+        worker = WorkerIdentity()
+        with self._tx() as cur:
+            if run is None:
+                run = self._run_of(cur, record.job_id, record.number, worker, header)
+            cur.execute("""SELECT 1 FROM queuectl.jobs j JOIN queuectl.runs r ON r.job_id = j.id
+                           WHERE r.run = %s AND r.ending IS NULL AND j.state = 'processing' AND j.host = %s
+                           AND j.pid = %s AND (j.doc->>'attempts')::integer = %s""",
+                        (run, worker.host, worker.pid, record.number))
+            if run is None or cur.fetchone() is None:
+                return
+            self._append(cur, run, data, limit)
+        self._streams[path] = (run, sent + len(data))
+
+    def keep_late_output(self, job_id: str, attempt: int, scratch: Any, end: int) -> None:
+        """Late output stays on the worker's host; what arrives while the worker lives is not kept
+        (a documented limit of this store)."""
+        scratch.close()
+        self._streams.pop(scratch.name, None)
+        queuectl._quietly(lambda: os.unlink(scratch.name))
+
+    def cap_late_output(self, limit: int) -> None:
+        """Nothing on disk to cap: late output is not kept."""
+
+    def log_location(self, job_id: str) -> str:
+        return f"{redact(self.location)} (the output of {job_id} is kept in the database)"
+
+    def _attempts(self, cur: Any, job_id: str, running: bool) -> list[Attempt]:
+        import io
+
+        cur.execute(f"""SELECT run, header, removed, ending, counted FROM queuectl.runs WHERE job_id = %s
+                        AND ending IS {'' if running else 'NOT '}NULL ORDER BY run""", (job_id,))
+        runs = cur.fetchall()
+        attempts = []
+        for run, header, removed, ending, counted in runs:
+            record = scratch_attempt(bytes(header))
+            if record is None:
+                continue
+            cur.execute("SELECT data FROM queuectl.chunks WHERE run = %s ORDER BY at", (run,))
+            output = b"".join(bytes(data) for (data,) in cur.fetchall())
+            record.output_start, record.output_end, record.end = 0, len(output), len(output)
+            record.ending, record.counted, record.removed = ending, counted, removed
+            attempt = Attempt(record, io.BytesIO(output))
+            if running:
+                attempt.more = self._reader(run, removed, len(output))
+            attempts.append(attempt)
+        return attempts
+
+    def _reader(self, run: int, removed: int, seen: int) -> Callable[[int], bytes | None]:
+        """Read on in a running attempt's output: from `offset` (bytes of it printed so far)."""
+
+        def more(offset: int) -> bytes | None:
+            with self._tx() as cur:
+                cur.execute("SELECT ending, removed FROM queuectl.runs WHERE run = %s", (run,))
+                row = cur.fetchone()
+                if row is None or row[0] is not None:
+                    return None
+                cur.execute("""SELECT at, data FROM queuectl.chunks WHERE run = %s AND at + length(data) > %s
+                               ORDER BY at""", (run, offset + removed))
+                data = b""
+                for at, chunk in cur.fetchall():
+                    chunk = bytes(chunk)
+                    skip = max(0, offset + removed - at)
+                    data += chunk[skip:]
+                    if len(data) >= 1 << 20:
+                        break
+                return data
+
+        return more
+
+    def attempt_logs(self, job_id: str) -> list[Attempt]:
+        with self._tx() as cur:
+            return self._attempts(cur, job_id, running=False)
+
+    def running_attempt(self, job: dict[str, Any]) -> Attempt | None:
+        if job.get("state") != "processing":
+            return None
+        with self._tx() as cur:
+            attempts = [a for a in self._attempts(cur, job["id"], running=True) if a.number == job["attempts"]]
+        return attempts[-1] if attempts else None
