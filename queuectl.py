@@ -1310,10 +1310,13 @@ class BaseStore:
         raise NotImplementedError
 
     # -- workers
-    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
-                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity, recover: bool = False,
+                     running: Iterable[tuple[str, int]] = ()
+                     ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         """A worker's one transaction: record its outcomes, recover dead workers' jobs (when
-        `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to cancel)."""
+        `recover`), claim up to `want` due jobs; ([(job, what happened)], claimed, ids to stop):
+        to stop are the worker's jobs `queuectl cancel` asked for, and those of the attempts it
+        says are `running` ((id, attempt)) that are no longer its claim (it was taken for dead)."""
         raise NotImplementedError
 
     def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
@@ -2821,13 +2824,13 @@ class FolderStore(BaseStore):
             return None  # an id twice: the full parser says which
         return text
 
-    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
-                   recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity, recover: bool = False,
+                     running: Iterable[tuple[str, int]] = ()
+                     ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         """One locked round for a worker process: record what its threads
         finished, recover jobs of dead workers, and claim up to `want` due jobs.
 
-        Returns ([(job, what happened)], [claimed jobs], [ids of its jobs that
-        `cancel` asked it to stop]).
+        Returns ([(job, what happened)], [claimed jobs], [ids of its jobs to stop]).
         """
         with self._locked():
             self._load_queue()
@@ -2843,10 +2846,12 @@ class FolderStore(BaseStore):
                 self._save_queue(durable=False)
             cancels = [job_id for job_id in self._processing if (job := self._jobs[job_id]).get("cancel_requested_at")
                        and holds_claim(job, worker)]
+            cancels += [job_id for job_id, attempt in running
+                        if not holds_claim(self._jobs.get(job_id), worker, attempt)]  # taken over: stop it
             return recorded, claimed, cancels
 
     def _settle_outcomes(self, outcomes: list[Outcome], config: dict[str, Any], now: float,
-                worker: WorkerIdentity) -> list[tuple[dict[str, Any], str]]:
+                         worker: WorkerIdentity) -> list[tuple[dict[str, Any], str]]:
         done: list[tuple[dict[str, Any], str]] = []
         to_processed: list[dict[str, Any]] = []
         to_failed: list[dict[str, Any]] = []
@@ -4210,6 +4215,12 @@ class Runner:
             proc.wait()
             return False
 
+    def running_attempts(self) -> list[tuple[str, int]]:
+        """(job id, attempt) of every command running now."""
+        with self._lock:
+            return [(job_id, int(mark.split("@", 1)[0].rsplit("#", 1)[1]))
+                    for job_id, (_, mark) in self.running.items()]
+
     def cancel(self, job_id: str) -> None:
         """`queuectl cancel`: kill this job's command tree, now or as it starts."""
         with self._lock:
@@ -4362,6 +4373,7 @@ class WorkerPool:
         self.failed = False  # exit 1: the worker stopped because of a fault
         self.last_beat = time.monotonic()  # when the last heartbeat that was written began
         self.lease = float(store.config()["lease_timeout"])
+        self._interval = max(0.2, min(2.0, self.lease / 4))  # the heartbeat's, as last read
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -4369,6 +4381,7 @@ class WorkerPool:
         self.store.check()  # a damaged file fails before any job starts
         self._heartbeat_once()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._lease_watch, name="lease watch", daemon=True).start()
         threads = []
         for index in range(self.count):
             thread = threading.Thread(target=self._thread_main, args=(f"Worker-{index + 1}",),
@@ -4424,7 +4437,6 @@ class WorkerPool:
             self._announce_stop()
             if self.fault:
                 self._handle_fault(clock)
-                self._keep_within_lease(clock)
             if (self.stopping or self.fault) and self.backlog:
                 self._release_backlog()
             if self.home_lost:
@@ -4499,7 +4511,7 @@ class WorkerPool:
     def _checkpoint(self, outcomes: list[Outcome], want: int, recover: bool = False) -> tuple[Any, Any, Any]:
         """The store's round, with a file system error it did not foresee as one sentence too."""
         try:
-            return self.store.worker_round(outcomes, want, self.identity, recover)
+            return self.store.worker_round(outcomes, want, self.identity, recover, self.runner.running_attempts())
         except OSError as error:
             where = f" {error.filename}" if error.filename else ""
             raise QueueError(f"cannot use{where}: {error.strerror or error}.") from None
@@ -4546,19 +4558,21 @@ class WorkerPool:
             self.fault = None
             self.say.error("The worker can write its files again: claiming jobs.")
 
-    def _keep_within_lease(self, clock: float) -> None:
-        """Without a heartbeat for nearly a lease, other workers are about to take this one's
-        jobs for a dead worker's and run them again: kill its commands first, and stop."""
-        if self.runner.abort.is_set() or self.running == 0:
-            return
-        silent = clock - self.last_beat
-        if silent < self.lease - 2 * self._heartbeat_interval():
-            return
-        self.failed = self.stopping = True
-        self.runner.kill_all(f"killed: its worker could not renew its heartbeat for {silent:.0f} s")
-        self.say.error(f"error: {self.fault}, for {silent:.0f} s now: other workers are about to take its jobs "
-                       "over, so it killed its running commands (their jobs go back to pending, not counted) "
-                       "and stops.")
+    def _lease_watch(self) -> None:
+        """A thread of its own, which never waits on the store: without a heartbeat for nearly a
+        lease (the store failing, or a call to it hanging on a cut connection), other workers are
+        about to take this one's jobs for a dead worker's and run them again. Kill its commands
+        first, and stop: a job never runs twice at once, short of a frozen machine."""
+        while not self.heartbeat_stop.wait(0.1):
+            silent = time.monotonic() - self.last_beat
+            if self.runner.abort.is_set() or self.running == 0 or silent < self.lease - 2 * self._interval:
+                continue
+            self.failed = self.stopping = True
+            self.runner.kill_all(f"killed: its worker could not renew its heartbeat for {silent:.0f} s")
+            reason = self.fault or "the heartbeat did not get through"
+            self.say.error(f"error: {reason}, for {silent:.0f} s now: other workers are about to take its jobs "
+                           "over, so it killed its running commands (their jobs go back to pending, not counted) "
+                           "and stops.")
 
     def _drop_results(self) -> None:
         """With the data folder gone, results have nowhere to go: say which, and let the threads go on."""
@@ -4768,9 +4782,10 @@ class WorkerPool:
     def _heartbeat_interval(self) -> float:
         """A quarter of the lease (re-read every beat, so a shorter lease applies at once)."""
         try:
-            return max(0.2, min(2.0, float(self.store.config()["lease_timeout"]) / 4))
+            self._interval = max(0.2, min(2.0, float(self.store.config()["lease_timeout"]) / 4))
         except QueueError:
-            return 0.5
+            pass
+        return self._interval
 
     def _stop_flag_seen(self) -> bool:
         requested = self.store.stop_requested_at()

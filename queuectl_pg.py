@@ -69,9 +69,11 @@ CREATE TABLE queuectl.jobs (
     ready boolean NOT NULL,
     host text,
     pid integer,
+    attempts integer NOT NULL,
     started boolean NOT NULL DEFAULT false,
+    cancel_requested boolean NOT NULL DEFAULT false,
     finished_at timestamptz,
-    doc jsonb NOT NULL
+    doc json NOT NULL
 ) WITH (fillfactor = 80);
 CREATE SEQUENCE queuectl.places;
 CREATE INDEX jobs_claim ON queuectl.jobs (priority DESC, place) WHERE state IN ('pending', 'failed') AND ready;
@@ -101,6 +103,7 @@ CREATE TABLE queuectl.chunks (
 KNOWN_VERSION = len(MIGRATIONS)
 JOBS_CHANNEL = "queuectl_jobs"  # NOTIFY: new due jobs (a hint: workers poll anyway)
 CONTROL_CHANNEL = "queuectl_control"  # NOTIFY: a cancel or a stop was asked for
+ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s)"
 
 
 def driver() -> Any:
@@ -188,7 +191,7 @@ class Transaction:
                 raise unavailable(connection.url, error) from None
             if isinstance(error, pg.Error):
                 raise queuectl.StoreError(f"the PostgreSQL server at {redact(connection.url)} refused: "
-                                          f"{first_line(error)}") from None
+                                          f"{first_line(error)}.") from None
             return False
         finally:
             connection.lock.release()
@@ -322,13 +325,15 @@ class PostgresStore(BaseStore):
 
     @staticmethod
     def _row(job: dict[str, Any], now: float) -> tuple[Any, ...]:
+        """The columns of a job's row. `doc` is json, not jsonb: it keeps a \\u0000 that a command's
+        output tail may hold, which jsonb refuses."""
         run_at = stamp(job.get("run_at"))
         ready = job["state"] in ("pending", "failed") and (run_at is None or run_at <= now)
         return (job["id"], job["state"], int(job.get("priority", 0)), run_at, ready,
                 job.get("host") if job["state"] == "processing" else None,
                 job.get("pid") if job["state"] == "processing" else None,
                 stamp(job.get("finished_at")) if job["state"] in FINISHED_STATES else None,
-                json.dumps(job))
+                job["attempts"], "cancel_requested_at" in job, json.dumps(job))
 
     def _write(self, cur: Any, jobs: list[dict[str, Any]], now: float, started: bool | None = None,
                new_place: bool = False) -> None:
@@ -344,10 +349,11 @@ class PostgresStore(BaseStore):
         psycopg2.extras.execute_values(cur, f"""
             UPDATE queuectl.jobs j SET state = v.state, priority = v.priority, run_at = to_timestamp(v.run_at),
                 ready = v.ready, host = v.host, pid = v.pid, finished_at = to_timestamp(v.finished_at),
-                doc = v.doc::jsonb{also}
-            FROM (VALUES %s) AS v (id, state, priority, run_at, ready, host, pid, finished_at, doc)
+                attempts = v.attempts, cancel_requested = v.cancel_requested, doc = v.doc::json{also}
+            FROM (VALUES %s) AS v (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
+                                   cancel_requested, doc)
             WHERE j.id = v.id""", rows,
-            template="(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s)", page_size=len(rows))
+            template=ROW_TEMPLATE, page_size=len(rows))
 
     def _lock(self, cur: Any, ids: Iterable[str], skip_locked: bool = False) -> dict[str, tuple[dict[str, Any], bool]]:
         """The jobs with these ids, locked for this transaction: {id: (job, its attempt started)}."""
@@ -371,13 +377,15 @@ class PostgresStore(BaseStore):
                 batch = jobs[start:start + 10_000]
                 rows = [self._row(job, now) for job in batch]
                 inserted = psycopg2.extras.execute_values(cur, """
-                    INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, doc, place)
+                    INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
+                                               cancel_requested, doc, place)
                     SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
-                           to_timestamp(v.finished_at), v.doc::jsonb, nextval('queuectl.places')
-                    FROM (VALUES %s) AS v (id, state, priority, run_at, ready, host, pid, finished_at, doc)
+                           to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json,
+                           nextval('queuectl.places')
+                    FROM (VALUES %s) AS v (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
+                                           cancel_requested, doc)
                     ON CONFLICT (id) DO NOTHING RETURNING id""", rows,
-                    template="(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s)",
-                    page_size=len(rows) or 1, fetch=True)
+                    template=ROW_TEMPLATE, page_size=len(rows) or 1, fetch=True)
                 if len(inserted) != len(batch):
                     added = {row[0] for row in inserted}
                     taken = next(job["id"] for job in batch if job["id"] not in added)
@@ -616,8 +624,9 @@ class PostgresStore(BaseStore):
 
     # -- workers
 
-    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
-                     recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity, recover: bool = False,
+                     running: Iterable[tuple[str, int]] = ()
+                     ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         """One transaction: record the outcomes (only while each attempt is still this worker's
         claim), recover dead workers' jobs, stage jobs that fell due, claim up to `want` (highest
         priority, then oldest, skipping rows other workers hold locked), and read this worker's
@@ -651,8 +660,16 @@ class PostgresStore(BaseStore):
                 claimed = [claimed_job(doc, worker, now) for (doc,) in cur.fetchall()]
                 self._write(cur, claimed, now, started=False)
             cur.execute("""SELECT id FROM queuectl.jobs WHERE state = 'processing' AND host = %s AND pid = %s
-                           AND doc ? 'cancel_requested_at'""", (worker.host, worker.pid))
+                           AND cancel_requested""", (worker.host, worker.pid))
             cancels = [job_id for (job_id,) in cur.fetchall()]
+            running = list(running)
+            if running:  # those no longer its claim were taken over (it was taken for dead): stop them
+                cur.execute("""SELECT r.id FROM unnest(%s::text[], %s::integer[]) AS r (id, attempt)
+                               WHERE NOT EXISTS (SELECT 1 FROM queuectl.jobs j WHERE j.id = r.id
+                                 AND j.state = 'processing' AND j.host = %s AND j.pid = %s AND j.attempts = r.attempt)""",
+                            ([job_id for job_id, _ in running], [attempt for _, attempt in running],
+                             worker.host, worker.pid))
+                cancels += [job_id for (job_id,) in cur.fetchall()]
         return recorded, claimed, cancels
 
     def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
@@ -660,7 +677,7 @@ class PostgresStore(BaseStore):
         record its output streams into) begins. False if the attempt is no longer this worker's."""
         with self._tx() as cur:
             cur.execute("""UPDATE queuectl.jobs SET started = true WHERE id = %s AND state = 'processing'
-                           AND host = %s AND pid = %s AND (doc->>'attempts')::integer = %s""",
+                           AND host = %s AND pid = %s AND attempts = %s""",
                         (job["id"], worker.host, worker.pid, job["attempts"]))
             if cur.rowcount != 1:
                 return False
@@ -849,7 +866,7 @@ class PostgresStore(BaseStore):
                 run = self._run_of(cur, record.job_id, record.number, worker, header)
             cur.execute("""SELECT 1 FROM queuectl.jobs j JOIN queuectl.runs r ON r.job_id = j.id
                            WHERE r.run = %s AND r.ending IS NULL AND j.state = 'processing' AND j.host = %s
-                           AND j.pid = %s AND (j.doc->>'attempts')::integer = %s""",
+                           AND j.pid = %s AND j.attempts = %s""",
                         (run, worker.host, worker.pid, record.number))
             if run is None or cur.fetchone() is None:
                 return

@@ -230,8 +230,9 @@ class MemoryStore(BaseStore):
         """Nothing stored can be damaged."""
 
     # -- workers
-    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity,
-                     recover: bool = False) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
+    def worker_round(self, outcomes: list[Outcome], want: int, worker: WorkerIdentity, recover: bool = False,
+                     running: Iterable[tuple[str, int]] = ()
+                     ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]], list[str]]:
         with self._lock:
             now = now_ts()
             recorded = []
@@ -249,6 +250,8 @@ class MemoryStore(BaseStore):
             self._active.update((job["id"], job) for job in claimed)
             cancels = [job["id"] for job in self._active.values() if job.get("cancel_requested_at")
                        and queuectl.holds_claim(job, worker, job["attempts"])]
+            cancels += [job_id for job_id, attempt in running
+                        if not queuectl.holds_claim(self._active.get(job_id), worker, attempt)]
             self._version += bool(recorded or claimed)
             self._seen = self._version
             return [(dict(job), what) for job, what in recorded], [dict(job) for job in claimed], cancels
