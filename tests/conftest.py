@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -227,6 +227,25 @@ def fast(queue: Queue, **settings: Any) -> None:
 def q(path: Path) -> str:
     """A path quoted for a POSIX shell command line."""
     return shlex.quote(str(path))
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """The session's template database (tests/pgtools.py): made once, with queuectl_pg's schema
+    when there is one. Skips without a server, fails in CI."""
+    import pgtools
+
+    with pgtools.template_database() as name:
+        yield name
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """The URL of a brand-new database of this test's own, dropped afterwards."""
+    import pgtools
+
+    with pgtools.fresh_database(pg_template) as url:
+        yield url
 
 
 @pytest.fixture
