@@ -91,19 +91,30 @@ CREATE TABLE queuectl.runs (
     size bigint NOT NULL DEFAULT 0,
     removed bigint NOT NULL DEFAULT 0,
     ending text,
-    counted boolean NOT NULL DEFAULT true);
+    counted boolean NOT NULL DEFAULT true,
+    late boolean NOT NULL DEFAULT false);
 CREATE INDEX runs_job ON queuectl.runs (job_id, run);
 CREATE TABLE queuectl.chunks (
     run bigint NOT NULL REFERENCES queuectl.runs (run) ON DELETE CASCADE,
     at bigint NOT NULL,
     data bytea NOT NULL,
     PRIMARY KEY (run, at));
+CREATE TABLE queuectl.purged_cancels (id text NOT NULL, state text NOT NULL, at timestamptz NOT NULL DEFAULT now());
 """,
 ]
 KNOWN_VERSION = len(MIGRATIONS)
 JOBS_CHANNEL = "queuectl_jobs"  # NOTIFY: new due jobs (a hint: workers poll anyway)
 CONTROL_CHANNEL = "queuectl_control"  # NOTIFY: a cancel or a stop was asked for
 ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s)"
+
+
+def install_schema(url: str) -> None:
+    """Create (or bring up to date) the schema of the database at `url`."""
+    store = PostgresStore(url)
+    try:
+        store.migrate()
+    finally:
+        store.close()
 
 
 def driver() -> Any:
@@ -121,16 +132,46 @@ CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, 
                    "keepalives_count": 3, "tcp_user_timeout": 8000, "application_name": "queuectl"}
 
 
+CALL_DEADLINE = 15.0  # seconds a transaction may wait on the server before its connection is cut
+
+
 class Connection:
     """One connection to the server, opened when first needed and opened again after it broke.
     Transactions are short; a driver error becomes a StoreError that names the server (without
-    its password) and says what happened, and the broken connection is dropped."""
+    its password) and says what happened, and the broken connection is dropped.
+
+    A connection that stops answering (a cut cable, a blackholed route) would hang a call for as
+    long as TCP keeps the socket, which can be for ever: a watch thread shuts the socket down
+    once a transaction has waited CALL_DEADLINE seconds, so the call fails instead."""
 
     def __init__(self, url: str, what: str = "queuectl") -> None:
         self.url = url
         self.what = what
         self.conn: Any = None
         self.lock = threading.RLock()
+        self.busy_since: float | None = None
+        self.deadline = CALL_DEADLINE
+        self._watch: threading.Thread | None = None
+
+    def watch(self) -> None:
+        """Start the watch over hanging calls (once)."""
+        if self._watch is None:
+            self._watch = threading.Thread(target=self._watch_calls, name="queuectl_pg watch", daemon=True)
+            self._watch.start()
+
+    def _watch_calls(self) -> None:
+        import socket
+
+        while True:
+            time.sleep(0.25)
+            since, conn = self.busy_since, self.conn
+            if since is None or conn is None or time.monotonic() - since < self.deadline:
+                continue
+            try:  # the blocked call returns with an error; the connection is opened again next time
+                socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
+            except (OSError, ValueError, AttributeError):
+                pass
+            self.busy_since = None
 
     def open(self) -> Any:
         if self.conn is None or self.conn.closed:
@@ -168,6 +209,7 @@ class Transaction:
         except BaseException:
             self.connection.lock.release()
             raise
+        self.connection.busy_since = time.monotonic()
         return self.cursor
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> bool:
@@ -194,6 +236,7 @@ class Transaction:
                                           f"{first_line(error)}.") from None
             return False
         finally:
+            connection.busy_since = None
             connection.lock.release()
 
 
@@ -230,6 +273,9 @@ class PostgresStore(BaseStore):
         self._scratch_dir: str | None = None
         self._streams: dict[str, tuple[Any, int]] = {}  # scratch path -> (run, bytes sent)
         self._watched: dict[str, float] = {}
+        self._late: dict[str, tuple[str, int, int, Any]] = {}  # late file -> (job, attempt, bytes sent, run)
+        self._next_due: float | None | bool = False  # as the last round saw it (False: no round yet)
+        self._last_round = 0.0
 
     # -- the schema
 
@@ -317,6 +363,7 @@ class PostgresStore(BaseStore):
 
     def begin_worker(self, worker: WorkerIdentity) -> None:
         self._check_schema()
+        self.db.watch()
 
     def lost(self) -> str | None:
         return None  # a server that is down is a fault the rounds report and retry, not a lost queue
@@ -503,7 +550,14 @@ class PostgresStore(BaseStore):
         return results
 
     def ended_since_cancel(self, ids: Iterable[str]) -> dict[str, str]:
-        return {}  # a finished job stays in the table until purge: states_of finds it
+        """A purge remembers for a minute how the jobs whose cancel was requested ended."""
+        wanted = [job_id for job_id in ids if job_id in self._watched]
+        if not wanted:
+            return {}
+        with self._tx() as cur:
+            cur.execute("SELECT id, state FROM queuectl.purged_cancels WHERE id = ANY(%s) AND at >= to_timestamp(%s)",
+                        (wanted, min(self._watched[job_id] for job_id in wanted)))
+            return dict(cur.fetchall())
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
         with self._tx() as cur:
@@ -541,10 +595,16 @@ class PostgresStore(BaseStore):
             counts[state] = 0
             while True:
                 with self._tx() as cur:
-                    cur.execute(f"""DELETE FROM queuectl.jobs WHERE id IN (
-                                    SELECT id FROM queuectl.jobs WHERE {condition} LIMIT 10000)""", params)
-                    counts[state] += cur.rowcount
-                if cur.rowcount < 10000:
+                    cur.execute(f"""WITH gone AS (DELETE FROM queuectl.jobs WHERE id IN (
+                                        SELECT id FROM queuectl.jobs WHERE {condition} LIMIT 10000)
+                                      RETURNING id, state, cancel_requested),
+                                    kept AS (INSERT INTO queuectl.purged_cancels (id, state)
+                                             SELECT id, state FROM gone WHERE cancel_requested)
+                                    SELECT count(*) FROM gone""", params)
+                    gone = cur.fetchone()[0]
+                    cur.execute("DELETE FROM queuectl.purged_cancels WHERE at < now() - interval '1 minute'")
+                counts[state] += gone
+                if gone < 10000:
                     break
         return counts
 
@@ -662,11 +722,13 @@ class PostgresStore(BaseStore):
             cur.execute("""SELECT id FROM queuectl.jobs WHERE state = 'processing' AND host = %s AND pid = %s
                            AND cancel_requested""", (worker.host, worker.pid))
             cancels = [job_id for (job_id,) in cur.fetchall()]
+            self._next_due, self._last_round = self._due_in(cur), time.monotonic()
             running = list(running)
             if running:  # those no longer its claim were taken over (it was taken for dead): stop them
                 cur.execute("""SELECT r.id FROM unnest(%s::text[], %s::integer[]) AS r (id, attempt)
                                WHERE NOT EXISTS (SELECT 1 FROM queuectl.jobs j WHERE j.id = r.id
-                                 AND j.state = 'processing' AND j.host = %s AND j.pid = %s AND j.attempts = r.attempt)""",
+                                 AND j.state = 'processing' AND j.host = %s AND j.pid = %s
+                                 AND j.attempts = r.attempt)""",
                             ([job_id for job_id, _ in running], [attempt for _, attempt in running],
                              worker.host, worker.pid))
                 cancels += [job_id for (job_id,) in cur.fetchall()]
@@ -687,20 +749,26 @@ class PostgresStore(BaseStore):
             return True
 
     def next_due(self) -> float | None:
-        """When the next claimable job is due, on this host's clock (0: now)."""
+        """When the next claimable job is due, on this host's clock (0: now), as the last round saw it."""
+        if self._next_due is not False:
+            return self._next_due  # type: ignore[return-value]
         with self._tx() as cur:
-            cur.execute("""SELECT EXISTS (SELECT 1 FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready),
-                                  extract(epoch FROM (SELECT min(run_at) FROM queuectl.jobs
-                                                      WHERE state IN ('pending', 'failed') AND NOT ready))::float8,
-                                  extract(epoch FROM now())::float8""")
-            ready, due, now = cur.fetchone()
+            return self._due_in(cur)
+
+    def _due_in(self, cur: Any) -> float | None:
+        cur.execute("""SELECT EXISTS (SELECT 1 FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready),
+                              extract(epoch FROM (SELECT min(run_at) FROM queuectl.jobs
+                                                  WHERE state IN ('pending', 'failed') AND NOT ready))::float8,
+                              extract(epoch FROM now())::float8""")
+        ready, due, now = cur.fetchone()
         self._offset = now - now_ts()
         if ready or (due is not None and due <= now):
             return 0.0
         return None if due is None else due - self._offset
 
     def changed(self) -> bool:
-        return True  # a claim is one indexed query: asking is as cheap as knowing
+        """Worth a round: a poll interval went by since the last one (or a notification came)."""
+        return time.monotonic() - self._last_round >= float(self.config()["poll_interval"])
 
     def has_retries_waiting(self) -> bool:
         with self._tx() as cur:
@@ -711,13 +779,18 @@ class PostgresStore(BaseStore):
         """The worker's row, with the server's time (which the other hosts judge it by)."""
         try:
             with self._tx() as cur:
-                cur.execute("""INSERT INTO queuectl.workers (host, pid, heartbeat_at, info) VALUES (%s, %s, now(), %s)
-                               ON CONFLICT (host, pid) DO UPDATE SET heartbeat_at = now(), info = EXCLUDED.info""",
-                            (info["host"], info["pid"], json.dumps(dict(info, home=redact(self.location)))))
+                # The heartbeat's age as the worker states it (0 but in tests), on the server's clock.
+                age = max(0.0, now_ts() - (queuectl._epoch(info.get("heartbeat_at")) or now_ts()))
+                cur.execute("""INSERT INTO queuectl.workers (host, pid, heartbeat_at, info)
+                               VALUES (%s, %s, now() - make_interval(secs => %s), %s)
+                               ON CONFLICT (host, pid) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
+                               info = EXCLUDED.info""",
+                            (info["host"], info["pid"], age, json.dumps(dict(info, home=redact(self.location)))))
         except QueueError as error:
             raise OSError(0, str(error), f"(the workers table of {redact(self.location)})") from None
         try:
             self._stream_output()
+            self._flush_late()
         except QueueError:
             pass  # the output goes at the next beat, or with the attempt's end
 
@@ -776,10 +849,10 @@ class PostgresStore(BaseStore):
         self._streams.pop(handle.name, None)
         queuectl._quietly(lambda: os.unlink(handle.name))
 
-    def _run_of(self, cur: Any, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes) -> Any:
-        cur.execute("""SELECT run FROM queuectl.runs WHERE job_id = %s AND attempt = %s AND host = %s AND pid = %s
-                       AND header = %s ORDER BY run DESC LIMIT 1""",
-                    (job_id, attempt, worker.host, worker.pid, psycopg2.Binary(header)))
+    def _run_of(self, cur: Any, job_id: str, attempt: int, header: bytes) -> Any:
+        """The run an attempt's header began (attempt_started), or None."""
+        cur.execute("""SELECT run FROM queuectl.runs WHERE job_id = %s AND attempt = %s AND header = %s
+                       AND NOT late ORDER BY run DESC LIMIT 1""", (job_id, attempt, psycopg2.Binary(header)))
         row = cur.fetchone()
         return row[0] if row else None
 
@@ -810,7 +883,7 @@ class PostgresStore(BaseStore):
             locked = self._lock(cur, [job_id])
             if not holds_claim(locked.get(job_id, (None,))[0], worker, attempt):
                 return False
-            run = self._run_of(cur, job_id, attempt, worker, header.rstrip(b" \n") + b"\n")
+            run = self._run_of(cur, job_id, attempt, header.rstrip(b" \n") + b"\n")
             if run is None:  # it never started (or was not streamed): its run begins now
                 cur.execute("""INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
                                VALUES (%s, %s, %s, %s, %s) RETURNING run""",
@@ -860,28 +933,54 @@ class PostgresStore(BaseStore):
                 data = handle.read(min(size - sent, 1 << 20))
         except OSError:
             return
-        worker = WorkerIdentity()
         with self._tx() as cur:
             if run is None:
-                run = self._run_of(cur, record.job_id, record.number, worker, header)
+                run = self._run_of(cur, record.job_id, record.number, header)
             cur.execute("""SELECT 1 FROM queuectl.jobs j JOIN queuectl.runs r ON r.job_id = j.id
-                           WHERE r.run = %s AND r.ending IS NULL AND j.state = 'processing' AND j.host = %s
-                           AND j.pid = %s AND j.attempts = %s""",
-                        (run, worker.host, worker.pid, record.number))
+                           WHERE r.run = %s AND r.ending IS NULL AND j.state = 'processing' AND j.host = r.host
+                           AND j.pid = r.pid AND j.attempts = r.attempt""", (run,))
             if run is None or cur.fetchone() is None:
                 return
             self._append(cur, run, data, limit)
         self._streams[path] = (run, sent + len(data))
 
     def keep_late_output(self, job_id: str, attempt: int, scratch: Any, end: int) -> None:
-        """Late output stays on the worker's host; what arrives while the worker lives is not kept
-        (a documented limit of this store)."""
+        """The processes the attempt left running write on into its scratch file, on this host:
+        what they write reaches the database at each heartbeat while this worker runs (after it
+        exits, late output is no longer collected: a documented limit of this store)."""
         scratch.close()
         self._streams.pop(scratch.name, None)
-        queuectl._quietly(lambda: os.unlink(scratch.name))
+        self._late[scratch.name] = (job_id, attempt, end, None)
+
+    def _flush_late(self) -> None:
+        limit = int(self.config()["log_max_bytes"])
+        for path, (job_id, attempt, sent, run) in list(self._late.items()):
+            try:
+                with open(path, "rb") as handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    if size <= sent:
+                        continue
+                    handle.seek(sent)
+                    data = handle.read(min(size - sent, 1 << 20))
+            except OSError:
+                self._late.pop(path, None)
+                continue
+            with self._tx() as cur:
+                if run is None:
+                    cur.execute("""INSERT INTO queuectl.runs (job_id, attempt, host, pid, header, ending, late)
+                                   SELECT %s, %s, %s, %s, ''::bytea, 'late', true
+                                   WHERE EXISTS (SELECT 1 FROM queuectl.jobs WHERE id = %s) RETURNING run""",
+                                (job_id, attempt, HOST, os.getpid(), job_id))
+                    row = cur.fetchone()
+                    if row is None:  # the job was purged
+                        self._late.pop(path, None)
+                        continue
+                    run = row[0]
+                self._append(cur, run, data, limit)
+            self._late[path] = (job_id, attempt, sent + len(data), run)
 
     def cap_late_output(self, limit: int) -> None:
-        """Nothing on disk to cap: late output is not kept."""
+        """Late output is capped in the database as it arrives (log_max_bytes, newest kept)."""
 
     def log_location(self, job_id: str) -> str:
         return f"{redact(self.location)} (the output of {job_id} is kept in the database)"
@@ -889,23 +988,33 @@ class PostgresStore(BaseStore):
     def _attempts(self, cur: Any, job_id: str, running: bool) -> list[Attempt]:
         import io
 
-        cur.execute(f"""SELECT run, header, removed, ending, counted FROM queuectl.runs WHERE job_id = %s
-                        AND ending IS {'' if running else 'NOT '}NULL ORDER BY run""", (job_id,))
+        cur.execute(f"""SELECT run, header, removed, ending, counted, late, attempt FROM queuectl.runs
+                        WHERE job_id = %s AND ending IS {'' if running else 'NOT '}NULL ORDER BY run""", (job_id,))
         runs = cur.fetchall()
         attempts = []
-        for run, header, removed, ending, counted in runs:
+        late: dict[int, bytes] = {}
+        for run, _, _, _, _, is_late, attempt in runs:
+            if is_late:
+                late[attempt] = late.get(attempt, b"") + self._output(cur, run)
+        for run, header, removed, ending, counted, is_late, _ in runs:
             record = scratch_attempt(bytes(header))
-            if record is None:
+            if record is None or is_late:
                 continue
-            cur.execute("SELECT data FROM queuectl.chunks WHERE run = %s ORDER BY at", (run,))
-            output = b"".join(bytes(data) for (data,) in cur.fetchall())
+            output = self._output(cur, run)
             record.output_start, record.output_end, record.end = 0, len(output), len(output)
             record.ending, record.counted, record.removed = ending, counted, removed
             attempt = Attempt(record, io.BytesIO(output))
             if running:
                 attempt.more = self._reader(run, removed, len(output))
+            elif counted and record.number in late:
+                attempt.late = (io.BytesIO(late[record.number]), 0, len(late[record.number]))
             attempts.append(attempt)
         return attempts
+
+    @staticmethod
+    def _output(cur: Any, run: int) -> bytes:
+        cur.execute("SELECT data FROM queuectl.chunks WHERE run = %s ORDER BY at", (run,))
+        return b"".join(bytes(data) for (data,) in cur.fetchall())
 
     def _reader(self, run: int, removed: int, seen: int) -> Callable[[int], bytes | None]:
         """Read on in a running attempt's output: from `offset` (bytes of it printed so far)."""
@@ -930,6 +1039,7 @@ class PostgresStore(BaseStore):
         return more
 
     def attempt_logs(self, job_id: str) -> list[Attempt]:
+        self._flush_late()  # late output on this host so far
         with self._tx() as cur:
             return self._attempts(cur, job_id, running=False)
 

@@ -417,15 +417,17 @@ class MemoryStore(BaseStore):
 
 # name -> how to open an empty queue in a test's temporary folder. A store joins the contract with one
 # entry here (PostgreSQL: a fresh schema on conftest.POSTGRES_URL, skipped where no server answers).
-STORE_FACTORIES: dict[str, Callable[[Path], BaseStore]] = {
-    "folder": lambda tmp: queuectl.FolderStore(str(tmp / "q")),
-    "memory": lambda tmp: MemoryStore(),
+STORE_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], BaseStore]] = {
+    "folder": lambda request, tmp: queuectl.FolderStore(str(tmp / "q")),
+    "memory": lambda request, tmp: MemoryStore(),
+    # a database of its own per test (conftest's pg_url), made from a template with the schema
+    "postgres": lambda request, tmp: __import__("queuectl_pg").PostgresStore(request.getfixturevalue("pg_url")),
 }
 
 
 @pytest.fixture(params=list(STORE_FACTORIES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseStore]:
-    opened = STORE_FACTORIES[request.param](tmp_path)
+    opened = STORE_FACTORIES[request.param](request, tmp_path)
     opened.prepare()
     yield opened
     opened.close()
@@ -501,7 +503,10 @@ def start_attempt(store: BaseStore, claimed: dict[str, Any], worker: WorkerIdent
     in a scratch file of the store's."""
     scratch = store.new_scratch(worker, name)
     header = queuectl.attempt_header(claimed["id"], claimed["attempts"], now_ts(), "Worker-1", worker)
-    scratch.write(header + output)
+    scratch.write(header)
+    scratch.flush()
+    assert store.attempt_started(claimed, worker, header)
+    scratch.write(output)
     scratch.flush()
     return scratch, header
 
@@ -775,6 +780,7 @@ def test_a_worker_round_with_recover_settles_a_dead_workers_started_attempt_and_
     first, last = claim(store, 2, gone)
     scratch, _ = start_attempt(store, first, gone, b"half of it\n", "1")
     other, _ = start_attempt(store, last, gone, b"", "2")
+    beat(store, gone)  # its last heartbeat: what it printed reaches any store by then
     recorded, claimed, _ = store.worker_round([], 0, WorkerIdentity(), recover=True)
     assert sorted((j["id"], j["state"], j["attempts"], what) for j, what in recorded) == [
         ("last", "dead", 1, "recovered"), ("started", "pending", 1, "recovered")]
@@ -831,6 +837,7 @@ def test_an_attempts_output_survives_byte_for_byte_including_nul_and_invalid_utf
     (claimed,) = claim(store, 1, worker)
     payload = b"text\x00after a NUL \xff\xfe\xc3( not UTF-8\n\x00last line without a newline"
     scratch, header = start_attempt(store, claimed, worker, payload)
+    beat(store, worker)  # a heartbeat: what a running attempt printed reaches any store by then
     running = store.running_attempt(store.get("bytes"))
     assert running is not None and running.number == 1
     running.source.seek(running.record.output_start)
