@@ -79,6 +79,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "failure_rate": 0.0,
     "log_max_bytes": 10 * 1024 * 1024,
     "shell": "auto",
+    "listen": True,  # PostgreSQL: LISTEN/NOTIFY wakes idle workers at once (off for PgBouncer's transaction mode)
 }
 
 # The shells a job can run in (config key and job field `shell`); auto is the
@@ -531,6 +532,14 @@ CONFIG_RULES: dict[str, tuple[type, float, float | None]] = {
 
 
 def validate_config_value(name: str, value: Any) -> Any:
+    if name == "listen":
+        words = {"true": True, "on": True, "yes": True, "1": True,
+                 "false": False, "off": False, "no": False, "0": False}
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        raise QueueError(f"listen must be on or off (true or false), not {value!r}.")
     if name == "shell":
         if not isinstance(value, str) or value.strip().lower() not in SHELLS:
             raise QueueError(f"shell must be one of {', '.join(SHELLS)}, not {value!r}.")
@@ -1326,6 +1335,11 @@ class BaseStore:
 
     def next_due(self) -> float | None:
         """When the next claimable job is due (0: now), on this host's clock; a cheap hint."""
+        raise NotImplementedError
+
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from any thread) when the queue may have changed (a job was enqueued, a
+        cancel or a stop asked for), where the store can tell at once; a hint: workers poll anyway."""
         raise NotImplementedError
 
     def changed(self) -> bool:
@@ -3468,6 +3482,9 @@ class FolderStore(BaseStore):
         """The attempt's header in its scratch file in workers/ is the evidence already."""
         return True
 
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """Files tell nobody: workers find changes by polling (cheaply: changed() compares a stat)."""
+
     def begin_worker(self, worker: WorkerIdentity) -> None:
         """The data folder, logs/ and workers/; the folder's identity, to notice it go (lost)."""
         self._ensure_home()
@@ -4379,6 +4396,7 @@ class WorkerPool:
 
     def run(self) -> int:
         self.store.check()  # a damaged file fails before any job starts
+        self.store.on_change(self._wake)
         self._heartbeat_once()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._lease_watch, name="lease watch", daemon=True).start()
@@ -4557,6 +4575,11 @@ class WorkerPool:
                 return
             self.fault = None
             self.say.error("The worker can write its files again: claiming jobs.")
+
+    def _wake(self) -> None:
+        """The store heard of a change: the main loop looks at once instead of at its next poll."""
+        with self.lock:
+            self.result_ready.notify_all()
 
     def _lease_watch(self) -> None:
         """A thread of its own, which never waits on the store: without a heartbeat for nearly a
@@ -6483,7 +6506,7 @@ def configure_console() -> None:
 
 
 COMMANDS = ("enqueue", "worker", "status", "list", "show", "logs", "cancel", "purge", "stats", "wait",
-            "dashboard", "dlq", "config", "db")
+            "dashboard", "dlq", "db", "config")
 
 
 def command_named(argv: list[str]) -> str | None:

@@ -313,6 +313,9 @@ class MemoryStore(BaseStore):
         with self._lock:
             return queuectl.holds_claim(self._active.get(job["id"]), worker, job["attempts"])
 
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """Nobody else changes this queue: the worker's own rounds see everything."""
+
     def begin_worker(self, worker: WorkerIdentity) -> None:
         """Nothing to make."""
 

@@ -565,7 +565,7 @@ def test_normalize_state_synonyms(text, state):
 def test_defaults_match_the_contract():
     assert queuectl.DEFAULT_CONFIG == {"max_retries": 3, "backoff_base": 2, "max_backoff": 3600, "job_timeout": 0,
                                        "lease_timeout": 30, "poll_interval": 0.5, "failure_rate": 0.0,
-                                       "log_max_bytes": 10 * 1024 * 1024, "shell": "auto"}
+                                       "log_max_bytes": 10 * 1024 * 1024, "shell": "auto", "listen": True}
 
 
 def test_iso_round_trips_through_parse_time_for_any_moment():
