@@ -185,8 +185,11 @@ def compiled_copy(script: str, root: str) -> str:
     folder = os.path.join(root, "module")
     os.makedirs(folder)
     copy = os.path.join(folder, os.path.basename(script))
-    shutil.copyfile(script, copy)
-    py_compile.compile(copy, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    for source in (script, os.path.join(os.path.dirname(script), "queuectl_pg.py")):
+        if os.path.exists(source):  # the PostgreSQL store beside it, compiled the same way
+            target = os.path.join(folder, os.path.basename(source))
+            shutil.copyfile(source, target)
+            py_compile.compile(target, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     return copy
 
 
@@ -316,6 +319,60 @@ def check_jobs(home: str, what: str, completed: set[str], pending: int = 0,
 
 
 # --------------------------------------------------------------------------
+# PostgreSQL databases (--postgres URL)
+# --------------------------------------------------------------------------
+
+
+class Databases:
+    """A fresh database per scenario on the server at `url`, all dropped at the end."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg2  # only with --postgres
+
+        self.url = url
+        self.admin = psycopg2.connect(url)
+        self.admin.autocommit = True
+        self.made: list[str] = []
+
+    def new(self) -> str:
+        from urllib.parse import urlsplit, urlunsplit
+
+        name = f"queuectl_bench_{os.getpid()}_{len(self.made) + 1}"
+        with self.admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        self.made.append(name)
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(path="/" + name))
+
+    def query(self, url: str, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        conn = psycopg2.connect(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def check_jobs(self, url: str, what: str, completed: set[str], pending: int = 0) -> dict[str, int]:
+        """Every job ran exactly once (attempts 1, completed with exit code 0), `pending` left."""
+        rows = self.query(url, "SELECT id, state, attempts, doc->>'exit_code' FROM queuectl.jobs")
+        done = [r for r in rows if r[0] in completed and r[1] == "completed" and r[2] == 1 and r[3] == "0"]
+        left = [r for r in rows if r[1] == "pending"]
+        if len(done) != len(completed) or len(left) != pending:
+            raise BenchError(f"{what}: {len(done)} of {len(completed)} jobs completed once, "
+                             f"{len(left)} pending (expected {pending})")
+        return {"expected": len(completed), "completed": len(done), "pending_left": len(left)}
+
+    def close(self) -> None:
+        with self.admin.cursor() as cur:
+            for name in self.made:
+                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.admin.close()
+
+
+# --------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------
 
@@ -361,6 +418,8 @@ class Bench:
         self._loaded: str | None = None
         self._history: bytes | None = None
         self._seq = 0
+        self.pg: Databases | None = None  # with --postgres
+        self.only_postgres = False
 
     def unique(self, prefix: str) -> str:
         self._seq += 1
@@ -629,7 +688,164 @@ class Bench:
                              LOCK_WAIT_MS, "ms", f"{wait:.0f} ms", "-", f"{wait:.0f} ms", f"<= {LOCK_WAIT_MS:.0f} ms",
                              {"waits_ms": waits, "seconds": times}))
 
+    # -- PostgreSQL ---------------------------------------------------------------
+
+    def pg_drain(self, key: str, title: str, processes: int, threads: int, target: float) -> None:
+        jobs = self.sizes["large"]
+        self.say(f"{key}: drain {fmt_n(jobs)} jobs in PostgreSQL, {processes} worker process(es) x {threads} threads")
+        floors, totals = [], []
+        for rep in range(self.reps):
+            ids = [self.unique("pg") for _ in range(jobs)]
+            url = self.pg.new()
+            run(queuectl(url, "status"), "status (creates the schema)")
+            floors.append(floor(["true"] * jobs))
+            path = self.ws.job_file(f"{key}-{rep}.jobs", ids)
+            began = time.perf_counter()
+            run(queuectl(url, "enqueue", "--file", path), "enqueue --file")
+            workers = [threading.Thread(target=run, args=(queuectl(url, "worker", "start", "--count", str(threads),
+                                                                   "--burst"), "worker --burst"))
+                       for _ in range(processes)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            totals.append(time.perf_counter() - began)
+            self.count(key, self.pg.check_jobs(url, f"{key} repetition {rep + 1}", set(ids)))
+            self.say(f"  rep {rep + 1}: floor {fmt_s(floors[-1])}, queuectl {fmt_s(totals[-1])}")
+        f, q = median(floors), median(totals)
+        ratio = f / q
+        self.rows.append(Row(key, title, ratio, ">=", target, "x floor", f"{fmt_s(q)}  {fmt_n(jobs / q)} jobs/s",
+                             f"floor {fmt_s(f)}  {fmt_n(jobs / f)} jobs/s", f"{ratio:.2f}x", f">= {target}x floor",
+                             {"jobs": jobs, "floor_s": floors, "queuectl_s": totals}))
+
+    def pg_enqueue_one(self) -> None:
+        """One enqueue into PostgreSQL against one into a folder, alternating, in the same run."""
+        key = "pg_enqueue_one"
+        self.say(f"{key}: enqueue --id X --command true, PostgreSQL vs a folder")
+        url = self.pg.new()
+        run(queuectl(url, "status"), "status (creates the schema)")
+        folders, pgs = [], []
+        for rep in range(self.reps):
+            f, p = [], []
+            for _ in range(self.runs):
+                home = self.ws.new_home("pg-vs")
+                os.makedirs(home)
+                f.append(run(queuectl(home, "enqueue", "--id", self.unique("one"), "--command", "true"), "enqueue")[0])
+                p.append(run(queuectl(url, "enqueue", "--id", self.unique("one"), "--command", "true"), "enqueue")[0])
+            folders.append(median(f))
+            pgs.append(median(p))
+            self.say(f"  rep {rep + 1}: folder {fmt_s(folders[-1])}, PostgreSQL {fmt_s(pgs[-1])}")
+        a, b = median(folders), median(pgs)
+        self.rows.append(Row(key, "enqueue --id X --command true, PostgreSQL", b / a, "<=", 1.6, "x folder",
+                             fmt_s(b), f"folder {fmt_s(a)}", f"{b / a:.2f}x", "<= 1.6x the folder's",
+                             {"folder_s": folders, "postgres_s": pgs}))
+
+    def pg_enqueue_file(self) -> None:
+        key, jobs = "pg_enqueue_file", self.sizes["large"]
+        self.say(f"{key}: enqueue --file of {fmt_n(jobs)} jobs into PostgreSQL")
+        times = []
+        for rep in range(self.reps):
+            url = self.pg.new()
+            run(queuectl(url, "status"), "status (creates the schema)")
+            ids = [self.unique("pgfile") for _ in range(jobs)]
+            times.append(run(queuectl(url, "enqueue", "--file", self.ws.job_file(f"{key}-{rep}.jobs", ids)),
+                             "enqueue --file")[0])
+            (count,), = self.pg.query(url, "SELECT count(*) FROM queuectl.jobs WHERE state = 'pending'")
+            if count != jobs:
+                raise BenchError(f"{key}: {count} jobs pending, expected {jobs}")
+            self.say(f"  rep {rep + 1}: {fmt_s(times[-1])}")
+        t = median(times)
+        self.rows.append(Row(key, f"enqueue --file of {fmt_n(jobs)} jobs, PostgreSQL", t, "<=", 1.0, "s",
+                             f"{fmt_s(t)}  {fmt_n(jobs / t)} jobs/s", "-", fmt_s(t), "<= 1 s",
+                             {"jobs": jobs, "queuectl_s": times}))
+
+    def pg_pickup(self) -> None:
+        """An idle worker: from `enqueue` returning to the command starting, median of 20."""
+        key, samples = "pg_pickup", 20
+        self.say(f"{key}: an idle worker picks up a new job, {samples} times")
+        url = self.pg.new()
+        run(queuectl(url, "status"), "status (creates the schema)")
+        worker = subprocess.Popen(queuectl(url, "worker", "start", "--count", "2"), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        with _children_lock:
+            _children.add(worker)
+        waits = []
+        try:
+            time.sleep(1.0)  # let it start and go idle (its start-up is not what is measured)
+            for n in range(samples):
+                mark = os.path.join(self.ws.root, f"pickup-{n}")
+                run(queuectl(url, "enqueue", "--id", f"pickup-{n}", "--command", f"date +%s.%N > {mark}.tmp && "
+                             f"mv {mark}.tmp {mark}"), "enqueue")
+                returned = time.time()
+                deadline = time.monotonic() + 10
+                while not os.path.exists(mark) or not open(mark).read():
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{key}: job {n} did not start within 10 s")
+                    time.sleep(0.002)
+                waits.append(max(0.0, float(open(mark).read()) - returned))
+        finally:
+            run(queuectl(url, "worker", "stop", "--wait"), "worker stop", check=False)
+            kill(worker)
+            with _children_lock:
+                _children.discard(worker)
+        w = median(waits) * 1000
+        self.rows.append(Row(key, "an idle worker picks up a new job (enqueue returns -> command starts), PostgreSQL",
+                             w, "<=", 50.0, "ms", f"{w:.0f} ms", "-", f"{w:.0f} ms", "<= 50 ms",
+                             {"waits_s": waits, "note": "the job's first act is `date`; its start-up is included"}))
+
+    def pg_reads(self) -> None:
+        """status and list against 10,000 pending + 100,000 finished, against the folder's."""
+        pending, history = self.sizes["pending"], self.sizes["history"]
+        self.say(f"pg_reads: status and list with {fmt_n(pending)} pending + {fmt_n(history)} completed")
+        url = self.pg.new()
+        later = [self.unique("later") for _ in range(pending)]
+        run(queuectl(url, "enqueue", "--file", self.ws.job_file("pg-later.jobs", later, delay="30d")), "enqueue")
+        done = [json.loads(line.rstrip(b",")) for line in self.history().splitlines()[1:-1]]
+        import psycopg2
+
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            for start in range(0, len(done), 10_000):
+                batch = done[start:start + 10_000]
+                rows = b",".join(cur.mogrify("(%s, 'completed', 0, false, to_timestamp(%s), 1, %s::json, "
+                                             "nextval('queuectl.places'))",
+                                             (j["id"], datetime.fromisoformat(j["finished_at"][:-1]).replace(
+                                                 tzinfo=timezone.utc).timestamp(), json.dumps(j))) for j in batch)
+                cur.execute(b"INSERT INTO queuectl.jobs (id, state, priority, ready, finished_at, attempts, doc, "
+                            b"place) VALUES " + rows)
+        conn.close()
+        folder = self.shared_loaded_home()
+        for key, title, args in (("pg_status", "status", ["status"]),
+                                 ("pg_list", "list --state pending --limit 20", ["list", "--state", "pending",
+                                                                                  "--limit", "20"])):
+            self.say(f"{key}: {title}, PostgreSQL vs the folder")
+            a_reps, b_reps = [], []
+            for _ in range(self.reps):
+                a, b = [], []
+                for _ in range(self.runs):
+                    a.append(run(queuectl(folder, *args), title)[0])
+                    b.append(run(queuectl(url, *args), title)[0])
+                a_reps.append(median(a))
+                b_reps.append(median(b))
+            a, b = median(a_reps), median(b_reps)
+            self.rows.append(Row(key, f"{title}, {fmt_n(pending)} pending + {fmt_n(history)} finished, PostgreSQL",
+                                 b / a, "<=", 2.0, "x folder", fmt_s(b), f"folder {fmt_s(a)}", f"{b / a:.2f}x",
+                                 "<= 2x the folder's", {"folder_s": a_reps, "postgres_s": b_reps}))
+
+    def run_postgres(self) -> None:
+        self.pg_drain("pg_drain_one", f"drain {fmt_n(self.sizes['large'])} jobs, PostgreSQL, 1 worker x 4 threads",
+                      1, 4, 0.6)
+        self.pg_drain("pg_drain_two", f"drain {fmt_n(self.sizes['large'])} jobs, PostgreSQL, 2 workers x 2 threads",
+                      2, 2, 0.6)
+        self.pg_enqueue_one()
+        self.pg_enqueue_file()
+        self.pg_pickup()
+        self.pg_reads()
+
     def run_all(self) -> None:
+        if self.pg is not None and self.only_postgres:
+            self.run_postgres()
+            return
         self.scenario_drain("drain_small", self.sizes["small"], 0.8)
         self.scenario_drain("drain_large", self.sizes["large"], 0.7)
         self.scenario_overhead()
@@ -638,6 +854,8 @@ class Bench:
         self.scenario_read_commands()
         self.scenario_memory()
         self.scenario_history()
+        if self.pg is not None:
+            self.run_postgres()
 
 
 # --------------------------------------------------------------------------
@@ -683,6 +901,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="finished jobs for the history scenario (default 1,000,000, 10,000 with --quick)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only (progress on stderr)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="also run the PostgreSQL scenarios, each in a new database on this server "
+                             "(e.g. postgresql://postgres@127.0.0.1:5432/test; needs psycopg2)")
+    parser.add_argument("--only-postgres", action="store_true", help="with --postgres: only its scenarios")
     parser.add_argument("--script", metavar="PATH", default=SCRIPT,
                         help="the queuectl.py to measure (default: the one next to bench/), e.g. an older copy")
     args = parser.parse_args(argv)
@@ -732,8 +954,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(Workspace(root), sizes, reps, runs, say)
     try:
         try:
+            if args.postgres:
+                bench.pg = Databases(args.postgres)
+                bench.only_postgres = args.only_postgres
             bench.run_all()
         finally:
+            if bench.pg is not None:
+                bench.pg.close()
             # No second Ctrl+C while cleaning up: kill the children, then remove the folder.
             handlers = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
             try:
