@@ -4586,9 +4586,15 @@ class WorkerPool:
         lease (the store failing, or a call to it hanging on a cut connection), other workers are
         about to take this one's jobs for a dead worker's and run them again. Kill its commands
         first, and stop: a job never runs twice at once, short of a frozen machine."""
+        tick = grace = time.monotonic()
         while not self.heartbeat_stop.wait(0.1):
-            silent = time.monotonic() - self.last_beat
-            if self.runner.abort.is_set() or self.running == 0 or silent < self.lease - 2 * self._interval:
+            clock = time.monotonic()
+            if clock - tick > 1.0:  # the whole process was stopped (SIGSTOP, a paused VM), not only its
+                grace = clock + 2 * self._interval  # heartbeat: it beats again at once, and the next round
+            tick = clock  # says which jobs were taken over meanwhile, and stops just those
+            silent = clock - self.last_beat
+            if clock < grace or self.runner.abort.is_set() or self.running == 0 or \
+                    silent < self.lease - 2 * self._interval:
                 continue
             self.failed = self.stopping = True
             self.runner.kill_all(f"killed: its worker could not renew its heartbeat for {silent:.0f} s")
