@@ -4390,7 +4390,7 @@ class WorkerPool:
         self.failed = False  # exit 1: the worker stopped because of a fault
         self.last_beat = time.monotonic()  # when the last heartbeat that was written began
         self.lease = float(store.config()["lease_timeout"])
-        self._interval = max(0.2, min(2.0, self.lease / 4))  # the heartbeat's, as last read
+        self._interval = max(0.2, min(1.0, self.lease / 4))  # the heartbeat's, as last read
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -4809,9 +4809,10 @@ class WorkerPool:
                 pass  # tried again at the next beat
 
     def _heartbeat_interval(self) -> float:
-        """A quarter of the lease (re-read every beat, so a shorter lease applies at once)."""
+        """A quarter of the lease, at most a second (a database store streams output with it), re-read every
+        beat so a shorter lease applies at once."""
         try:
-            self._interval = max(0.2, min(2.0, float(self.store.config()["lease_timeout"]) / 4))
+            self._interval = max(0.2, min(1.0, float(self.store.config()["lease_timeout"]) / 4))
         except QueueError:
             pass
         return self._interval
