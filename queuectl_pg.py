@@ -283,6 +283,7 @@ class PostgresStore(BaseStore):
         self._next_due: float | None | bool = False  # as the last round saw it (False: no round yet)
         self._last_round = 0.0
         self._notified = False  # a notification came since the last round
+        self._stop_at: float | None = None  # the stop request as the last round read it
         self._listener: threading.Thread | None = None
         self._closing = False
 
@@ -742,6 +743,9 @@ class PostgresStore(BaseStore):
                            AND cancel_requested""", (worker.host, worker.pid))
             cancels = [job_id for (job_id,) in cur.fetchall()]
             self._next_due, self._last_round = self._due_in(cur), time.monotonic()
+            cur.execute("SELECT at FROM queuectl.flags WHERE name = 'stop'")
+            row = cur.fetchone()
+            self._stop_at = None if row is None else row[0] - self._offset
             running = list(running)
             if running:  # those no longer its claim were taken over (it was taken for dead): stop them
                 cur.execute("""SELECT r.id FROM unnest(%s::text[], %s::integer[]) AS r (id, attempt)
@@ -887,7 +891,10 @@ class PostgresStore(BaseStore):
             cur.execute("SELECT pg_notify(%s, 'stop')", (CONTROL_CHANNEL,))
 
     def stop_requested_at(self) -> float | None:
-        """On this host's clock, like the worker's start it is compared with."""
+        """On this host's clock, like the worker's start it is compared with. A worker asks ten
+        times a second: its rounds (at least one a second) read it, and are answered from that."""
+        if time.monotonic() - self._last_round < 1.5:
+            return self._stop_at
         with self._tx() as cur:
             now = self._now(cur)
             cur.execute("SELECT at FROM queuectl.flags WHERE name = 'stop'")
