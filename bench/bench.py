@@ -563,21 +563,30 @@ class Bench:
                       lambda: queuectl(loaded, "enqueue", "--id", self.unique("one"), "--command", "true"), 1.5)
 
     def scenario_enqueue_file(self) -> None:
-        key, jobs = "enqueue_file", self.sizes["large"]
-        self.say(f"{key}: enqueue --file of {fmt_n(jobs)} jobs into an empty folder")
+        def in_folder(home: str, ids: list[str]) -> int:
+            left = read_jobs(home, "queue.json")
+            return len(left) if {job["id"] for job in left} == set(ids) else -1
+
+        self.enqueue_file("enqueue_file", "", lambda: self.ws.new_home("enqueue_file"), in_folder)
+
+    def enqueue_file(self, key: str, where: str, new_home: Callable[[], str],
+                     pending: Callable[[str, list[str]], int]) -> None:
+        """enqueue --file of N jobs into an empty queue; `pending` counts the jobs it then holds."""
+        jobs = self.sizes["large"]
+        self.say(f"{key}: enqueue --file of {fmt_n(jobs)} jobs into an empty queue{where}")
         times = []
         for rep in range(self.reps):
             ids = [self.unique("file") for _ in range(jobs)]
-            home = self.ws.new_home(key)
-            path = self.ws.job_file(os.path.basename(home) + ".jobs", ids)
+            home = new_home()
+            path = self.ws.job_file(f"{key}-{rep}.jobs", ids)
             times.append(run(queuectl(home, "enqueue", "--file", path), "enqueue --file")[0])
-            left = read_jobs(home, "queue.json")
-            if len(left) != jobs or {job["id"] for job in left} != set(ids):
-                raise BenchError(f"{key}: queue.json has {len(left)} jobs, expected {jobs}")
-            self.count(key, {"expected": jobs, "completed": 0, "pending_left": len(left)})
+            held = pending(home, ids)
+            if held != jobs:
+                raise BenchError(f"{key}: the queue holds {held} of the {jobs} jobs (-1: others)")
+            self.count(key, {"expected": jobs, "completed": 0, "pending_left": held})
             self.say(f"  rep {rep + 1}: {fmt_s(times[-1])}")
         t = median(times)
-        self.rows.append(Row(key, f"enqueue --file of {fmt_n(jobs)} jobs", t, "<=", 1.0, "s",
+        self.rows.append(Row(key, f"enqueue --file of {fmt_n(jobs)} jobs{where}", t, "<=", 1.0, "s",
                              f"{fmt_s(t)}  {fmt_n(jobs / t)} jobs/s", "-", fmt_s(t), "<= 1 s",
                              {"jobs": jobs, "queuectl_s": times}))
 
@@ -741,23 +750,16 @@ class Bench:
                              {"folder_s": folders, "postgres_s": pgs}))
 
     def pg_enqueue_file(self) -> None:
-        key, jobs = "pg_enqueue_file", self.sizes["large"]
-        self.say(f"{key}: enqueue --file of {fmt_n(jobs)} jobs into PostgreSQL")
-        times = []
-        for rep in range(self.reps):
+        def new_database() -> str:
             url = self.pg.new()
             run(queuectl(url, "status"), "status (creates the schema)")
-            ids = [self.unique("pgfile") for _ in range(jobs)]
-            times.append(run(queuectl(url, "enqueue", "--file", self.ws.job_file(f"{key}-{rep}.jobs", ids)),
-                             "enqueue --file")[0])
+            return url
+
+        def in_database(url: str, ids: list[str]) -> int:
             (count,), = self.pg.query(url, "SELECT count(*) FROM queuectl.jobs WHERE state = 'pending'")
-            if count != jobs:
-                raise BenchError(f"{key}: {count} jobs pending, expected {jobs}")
-            self.say(f"  rep {rep + 1}: {fmt_s(times[-1])}")
-        t = median(times)
-        self.rows.append(Row(key, f"enqueue --file of {fmt_n(jobs)} jobs, PostgreSQL", t, "<=", 1.0, "s",
-                             f"{fmt_s(t)}  {fmt_n(jobs / t)} jobs/s", "-", fmt_s(t), "<= 1 s",
-                             {"jobs": jobs, "queuectl_s": times}))
+            return count
+
+        self.enqueue_file("pg_enqueue_file", ", PostgreSQL", new_database, in_database)
 
     def pg_pickup(self) -> None:
         """An idle worker: from `enqueue` returning to the command starting, median of 20."""
