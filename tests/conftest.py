@@ -65,15 +65,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
 
 
 class Queue:
-    """A data folder plus ways to drive queuectl against it."""
+    """A data folder plus ways to drive queuectl against it. `location`, when given, is where the
+    queue lives instead (QUEUECTL_HOME, e.g. a postgresql:// URL); `home` is then only the
+    commands' working folder."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, location: str | None = None) -> None:
         self.home = home
+        self.location = str(home) if location is None else location
         self.procs: list[subprocess.Popen] = []
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["QUEUECTL_HOME"] = str(self.home)
+        env["QUEUECTL_HOME"] = self.location
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("NO_COLOR", None)
         return env
