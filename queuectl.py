@@ -1208,8 +1208,10 @@ class Attempt:
 
 
 def redact(location: str) -> str:
-    """A location fit to print: the password of a URL replaced by ***."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", location)
+    """A location fit to print: the password of a URL replaced by ***, whether it is given before
+    the host (user:password@) or as a parameter (?password=..., as libpq also takes it)."""
+    location = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", location)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", location, flags=re.IGNORECASE)
 
 
 class BaseStore:

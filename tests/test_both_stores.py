@@ -649,13 +649,9 @@ def test_an_unreachable_server_is_one_error_line_without_the_password(tmp_path: 
     assert len(proc.stderr.splitlines()) == 1 and SECRET not in proc.stderr
 
 
-def test_a_password_given_as_a_url_parameter_is_not_shown_either(pg_url: str, tmp_path: Path,
-                                                                 request: pytest.FixtureRequest) -> None:
+def test_a_password_given_as_a_url_parameter_is_not_shown_either(pg_url: str, tmp_path: Path) -> None:
     import pgtools
 
-    request.applymarker(pytest.mark.xfail(strict=True, reason=(
-        "redact() masks only a password in the URL's user part, so libpq's ?password= parameter is printed "
-        "in clear wherever the queue is named (status, db status, errors, the dashboard)")))
     queue = StoreQueue(tmp_path, f"{pg_url}?password={SECRET}", "postgres")
 
     status = queue.json("status")
