@@ -245,6 +245,25 @@ def values(cur: Any, rows: list[tuple[Any, ...]]) -> str:
     return b",".join(cur.mogrify(ROW_TEMPLATE, row) for row in rows).decode()
 
 
+def scratch_parent() -> str:
+    """Where the workers of this user on this host keep their scratch folders (owner-only)."""
+    import tempfile
+
+    parent = os.path.join(tempfile.gettempdir(), f"queuectl-scratch-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    return parent
+
+
+def remove_dead_scratch(parent: str) -> None:
+    """Remove the scratch folders (<pid>-<n>) of worker processes that are gone."""
+    import shutil
+
+    for name in os.listdir(parent):
+        pid = name.split("-", 1)[0]
+        if pid.isdigit() and not queuectl.pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0].rstrip(".") if text else type(error).__name__
@@ -910,9 +929,10 @@ class PostgresStore(BaseStore):
     def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
         """A scratch file in a private folder of this process, on this host (never shared)."""
         if self._scratch_dir is None:
-            import tempfile
-
-            self._scratch_dir = tempfile.mkdtemp(prefix="queuectl-")
+            parent = scratch_parent()
+            remove_dead_scratch(parent)  # a worker killed with -9 could not remove its own
+            self._scratch_dir = os.path.join(parent, f"{os.getpid()}-{id(self):x}")
+            os.makedirs(self._scratch_dir, mode=0o700)
         path = os.path.join(self._scratch_dir, f"{name}.out")
         return open(path, "w+b", opener=lambda p, _: os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
 
