@@ -4820,7 +4820,10 @@ class WorkerPool:
         return self._interval
 
     def _stop_flag_seen(self) -> bool:
-        requested = self.store.stop_requested_at()
+        try:
+            requested = self.store.stop_requested_at()
+        except QueueError:  # a store that cannot answer asked for nothing: the next round says why, and retries
+            return False
         return requested is not None and requested >= self.started_at - 0.001
 
     def _clear_stop_flag_if_last(self) -> None:

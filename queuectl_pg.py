@@ -810,7 +810,11 @@ class PostgresStore(BaseStore):
 
     def changed(self) -> bool:
         """Worth a round: a notification came, or a poll interval went by since the last round."""
-        return self._notified or time.monotonic() - self._last_round >= float(self.config()["poll_interval"])
+        try:
+            poll = float(self.config()["poll_interval"])
+        except QueueError:  # the server cannot answer now: a round says so, and retries
+            return True
+        return self._notified or time.monotonic() - self._last_round >= poll
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """LISTEN on a connection of its own (the worker's second), unless config `listen` is off."""
