@@ -948,9 +948,12 @@ class PostgresStore(BaseStore):
         queuectl._quietly(lambda: os.unlink(handle.name))
 
     def _run_of(self, cur: Any, job_id: str, attempt: int, header: bytes) -> Any:
-        """The run an attempt's header began (attempt_started), or None."""
-        cur.execute("""SELECT run FROM queuectl.runs WHERE job_id = %s AND attempt = %s AND header = %s
-                       AND NOT late ORDER BY run DESC LIMIT 1""", (job_id, attempt, psycopg2.Binary(header)))
+        """The run an attempt's header began (attempt_started), or None. Matched up to the command's
+        pid, which the worker writes into the header only once the command started, after the run began."""
+        begun = header.split(b", command pid", 1)[0]
+        cur.execute("""SELECT run FROM queuectl.runs WHERE job_id = %s AND attempt = %s
+                       AND substring(header FROM 1 FOR %s) = %s AND NOT late ORDER BY run DESC LIMIT 1""",
+                    (job_id, attempt, len(begun), psycopg2.Binary(begun)))
         row = cur.fetchone()
         return row[0] if row else None
 
