@@ -4602,7 +4602,7 @@ class WorkerPool:
             self.runner.kill_all(f"killed: its worker could not renew its heartbeat for {silent:.0f} s")
             reason = self.fault or "the heartbeat did not get through"
             self.say.error(f"error: {reason}, for {silent:.0f} s now: other workers are about to take its jobs "
-                           "over, so it killed its running commands (their jobs go back to pending, not counted) "
+                           "over, so it killed its running commands (their jobs go back to pending) "
                            "and stops.")
 
     def _drop_results(self) -> None:
