@@ -750,6 +750,89 @@ def kill_process_group(pid: int, platform: str = sys.platform) -> None:
         pass
 
 
+class Guardian:
+    """A small process of its own that outlives its worker to stop what the worker was running.
+    Commands run in sessions of their own (so a terminal's Ctrl+C does not reach them), so they
+    outlive a worker that is killed (kill -9, the OOM killer); recovery kills them only from the
+    same host. The worker tells its guardian each command it starts and ends, through a pipe; when
+    the pipe closes without a last word (the worker is gone), the guardian kills the process groups
+    of the commands still running, and those carrying their attempt's mark, at once: their jobs
+    may run elsewhere soon. (POSIX; on Windows a worker killed hard leaves its commands running.)"""
+
+    def __init__(self, platform: str = sys.platform) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.platform = platform
+        self.lock = threading.Lock()
+
+    def _start(self) -> None:
+        import subprocess
+
+        if self.proc is not None or self.platform == "win32":
+            return
+        folder = os.path.dirname(os.path.abspath(__file__))
+        code = f"import sys; sys.path.insert(0, {folder!r}); import queuectl; queuectl.guard(sys.stdin.buffer)"
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            self.platform = "win32"  # none to be had: commands outlive a killed worker, as before
+
+    def _say(self, line: str) -> None:
+        with self.lock:
+            self._start()
+            if self.proc is None or self.proc.stdin is None:
+                return
+            try:
+                self.proc.stdin.write(line.encode() + b"\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # it is gone: nothing to be done
+
+    def started(self, pid: int, mark: str) -> None:
+        self._say(f"+ {pid} {mark}")
+
+    def ended(self, pid: int, mark: str) -> None:
+        self._say(f"- {pid} {mark}")
+
+    def close(self, running: bool) -> None:
+        """The worker stops. With no command of its own running, it says so: what it leaves behind
+        (processes its commands started on purpose, late output) is left alone; a command still
+        running is killed as if the worker had died."""
+        import subprocess
+
+        with self.lock:
+            if self.proc is None or self.proc.stdin is None:
+                return
+            try:
+                if not running:
+                    self.proc.stdin.write(b"done\n")
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+
+
+def guard(pipe: Any) -> None:
+    """The guardian's body (Guardian): follow the worker's word; at an end of the pipe without
+    "done", kill the commands still running."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    running: dict[str, str] = {}
+    for line in pipe:
+        word, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
+        pid, _, mark = rest.partition(" ")
+        if word == "done":
+            return
+        if word == "+":
+            running[pid] = mark
+        else:
+            running.pop(pid, None)
+    for pid, mark in running.items():
+        stop_orphaned_command(int(pid), mark)
+
+
 def children_left(pid: int, platform: str = sys.platform) -> bool:
     """Are processes of the job's group still running after its shell exited?
     (Windows cannot tell cheaply; there the next job reuses the scratch file.)"""
@@ -4052,6 +4135,7 @@ class Runner:
         # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
         # untouched until it is, as recovery's evidence that the attempt started).
         self._free: list[Any] = []
+        self.guardian = Guardian()
         self._held: dict[tuple[str, int], tuple[str, Any]] = {}
         self._made = 0
 
@@ -4143,6 +4227,7 @@ class Runner:
         write_pid(out.fileno(), path, proc.pid, len(header) - PID_FIELD - 1, hasattr(os, "pwrite"))
         with self._lock:
             self.running[job["id"]] = (proc, mark)
+        self.guardian.started(proc.pid, mark)
         if self.abort.is_set() or job["id"] in self.cancelled:  # asked for while it started
             kill_tree(proc, mark)
         try:
@@ -4151,6 +4236,7 @@ class Runner:
             kill_tree(proc, mark)  # never leave a command running that nobody watches
             raise
         finally:
+            self.guardian.ended(proc.pid, mark)
             with self._lock:
                 self.running.pop(job["id"], None)
                 cancelled = job["id"] in self.cancelled
@@ -4214,6 +4300,8 @@ class Runner:
         with self._lock:
             handles = self._free + [handle for _, handle in self._held.values()]
             self._free, self._held = [], {}
+            running = bool(self.running)
+        self.guardian.close(running)
         for handle in handles:
             handle.close()
             if remove_files:

@@ -158,18 +158,6 @@ def wait_for_file(path: Path, timeout: float = 20) -> None:
     wait_until(path.exists, timeout, what=f"{path.name} to be written by a job")
 
 
-def known_bug(request: pytest.FixtureRequest, queue: StoreQueue, kind: str, reason: str) -> None:
-    """On that store the test is expected to fail (strictly: a fix makes it fail as XPASS)."""
-    if queue.kind == kind:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-RUNNING_OUTPUT_NOT_STREAMED = (
-    "PostgresStore._stream_one looks up a running attempt's run by its header bytes, but the worker rewrites "
-    "the scratch header with the command's pid after attempt_started stored it with 'command pid ?', so no "
-    "output reaches the database until the attempt ends (keep_output then adds a second run)")
-
-
 def fields(show: str) -> dict[str, str]:
     """`show`'s `key : value` lines (until the output tail)."""
     result = {}
@@ -400,7 +388,6 @@ def test_output_with_a_nul_byte_and_invalid_utf8_comes_back_the_same_on_both_sto
 
 def test_logs_follow_prints_a_running_jobs_lines_as_they_come(queue: StoreQueue, tmp_path: Path,
                                                               request: pytest.FixtureRequest) -> None:
-    known_bug(request, queue, "postgres", RUNNING_OUTPUT_NOT_STREAMED)
     go = tmp_path / "go"
     enqueue(queue, "chatty", f"echo first; while [ ! -e {q(go)} ]; do sleep 0.05; done; echo second")
     worker = queue.start_worker()

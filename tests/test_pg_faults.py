@@ -362,13 +362,11 @@ def test_a_dead_hosts_running_job_is_recovered_from_another_host_once_its_lease_
 
 
 @on_two_hosts
-@pytest.mark.xfail(strict=True, reason=(
-    "a worker killed alone on another host (kill -9, the OOM killer) leaves its command running: the "
-    "command has a session of its own, and only a worker on its own host stops a dead worker's command, "
-    "as it recovers the job; here this host recovers it when the lease expires and runs it again while "
-    "the first run goes on until it ends"))
 def test_a_command_left_by_a_worker_killed_on_another_host_stops_before_its_job_runs_again(
         pg_queue: PgQueue, tmp_path: Path) -> None:
+    """Only the worker dies (kill -9, the OOM killer); its host lives on, and nobody there will
+    recover the job. Its guardian kills the command at once, before this host takes the job over
+    when the lease expires: the two runs never overlap."""
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     pg_queue.ok("config", "set", "lease_timeout", "3")
     there = pg_queue.worker(name="there", host=OTHER_HOST)
@@ -378,6 +376,7 @@ def test_a_command_left_by_a_worker_killed_on_another_host_stops_before_its_job_
     wait_until(lambda: status_hosts(pg_queue) == {HOST, OTHER_HOST}, what="this host's worker's heartbeat")
 
     there.kill()  # the worker only: its host lives on
+    wait_until(lambda: process_gone(run1.pid), 2, what="the dead worker's guardian to kill its command")
     run2 = run_number(trace, "long", 2, timeout=15)
     wait_until(lambda: process_gone(run1.pid) or runs_of(trace, "long")[0].last > run2.start, 5,
                what="the first run to end or to tick on")
