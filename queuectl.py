@@ -4664,7 +4664,7 @@ class WorkerPool:
             except WorkerFault:
                 return
             self.fault = None
-            self.say.error("The worker can write its files again: claiming jobs.")
+            self.say.error("The worker can record its work again: claiming jobs.")
 
     def _wake(self) -> None:
         """The store heard of a change: the main loop looks at once instead of at its next poll."""

@@ -296,6 +296,7 @@ class PostgresStore(BaseStore):
         self._offset_at: float | None = None  # when that was (monotonic)
         self._last_change: float | None = None
         self._scratch_dir: str | None = None
+        self._scratch_lock = threading.Lock()
         self._streams: dict[str, tuple[Any, int]] = {}  # scratch path -> (run, bytes sent)
         self._watched: dict[str, float] = {}
         self._late: dict[str, tuple[str, int, int, Any]] = {}  # late file -> (job, attempt, bytes sent, run)
@@ -745,6 +746,7 @@ class PostgresStore(BaseStore):
                     locked[job["id"]] = (job, False)
                     changed.append(job)
                     recorded.append((job, what))
+                    self._close_run(cur, outcome, worker)
                 self._write(cur, changed, now)
                 if any(what in ("failed", "released", "interrupted") for _, what in recorded):
                     self._last_change = now
@@ -775,6 +777,17 @@ class PostgresStore(BaseStore):
                              worker.host, worker.pid))
                 cancels += [job_id for (job_id,) in cur.fetchall()]
         return recorded, claimed, cancels
+
+    @staticmethod
+    def _close_run(cur: Any, outcome: Outcome, worker: WorkerIdentity) -> None:
+        """A recorded attempt's run is over: one that printed nothing and succeeded leaves no record
+        (as a folder keeps no log of it); one whose end keep_output could not write gets it now."""
+        claim = (outcome.job_id, outcome.attempt, worker.host, worker.pid)
+        cur.execute("""DELETE FROM queuectl.runs WHERE job_id = %s AND attempt = %s AND host = %s AND pid = %s
+                       AND ending IS NULL AND size = 0 AND removed = 0 AND NOT late""", claim)
+        cur.execute("""UPDATE queuectl.runs SET ending = %s WHERE job_id = %s AND attempt = %s AND host = %s
+                       AND pid = %s AND ending IS NULL AND NOT late""",
+                    (outcome.error or ("cancelled" if outcome.kind == "cancelled" else "exit code 0"), *claim))
 
     def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
         """The attempt's command is about to start: from now on a crash counts it. Its run (the
@@ -881,7 +894,7 @@ class PostgresStore(BaseStore):
                                info = EXCLUDED.info""",
                             (info["host"], info["pid"], age, json.dumps(dict(info, home=redact(self.location)))))
         except QueueError as error:
-            raise OSError(0, str(error), f"(the workers table of {redact(self.location)})") from None
+            raise OSError(0, str(error).rstrip("."), f"(the workers table of {redact(self.location)})") from None
         try:
             self._stream_output()
             self._flush_late()
@@ -932,11 +945,13 @@ class PostgresStore(BaseStore):
 
     def new_scratch(self, worker: WorkerIdentity, name: str) -> Any:
         """A scratch file in a private folder of this process, on this host (never shared)."""
-        if self._scratch_dir is None:
-            parent = scratch_parent()
-            remove_dead_scratch(parent)  # a worker killed with -9 could not remove its own
-            self._scratch_dir = os.path.join(parent, f"{os.getpid()}-{id(self):x}")
-            os.makedirs(self._scratch_dir, mode=0o700)
+        with self._scratch_lock:  # the worker's threads ask at once
+            if self._scratch_dir is None:
+                parent = scratch_parent()
+                remove_dead_scratch(parent)  # a worker killed with -9 could not remove its own
+                folder = os.path.join(parent, f"{os.getpid()}-{id(self):x}")
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                self._scratch_dir = folder
         path = os.path.join(self._scratch_dir, f"{name}.out")
         return open(path, "w+b", opener=lambda p, _: os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
 
