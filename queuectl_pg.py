@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -189,16 +190,17 @@ class Connection:
                 pass
             self.conn = None
 
-    def transaction(self) -> Transaction:
-        return Transaction(self)
+    def transaction(self, lazy: bool = False) -> Transaction:
+        return Transaction(self, lazy)
 
 
 class Transaction:
     """`with connection.transaction() as cur:` one transaction, committed at the end, rolled back
     on an error; driver errors leave as StoreError."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, lazy: bool = False) -> None:
         self.connection = connection
+        self.lazy = lazy
         self.cursor: Any = None
 
     def __enter__(self) -> Any:
@@ -209,6 +211,12 @@ class Transaction:
             self.connection.lock.release()
             raise
         self.connection.busy_since = time.monotonic()
+        if self.lazy:
+            try:
+                self.cursor.execute("SET LOCAL synchronous_commit = off")
+            except BaseException:
+                self.__exit__(*sys.exc_info())
+                raise
         return self.cursor
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> bool:
@@ -297,6 +305,8 @@ class PostgresStore(BaseStore):
         self._last_change: float | None = None
         self._scratch_dir: str | None = None
         self._scratch_lock = threading.Lock()
+        self._starts: list[list[Any]] = []  # attempt_started requests waiting for the connection
+        self._starts_lock = threading.Lock()
         self._streams: dict[str, tuple[Any, int]] = {}  # scratch path -> (run, bytes sent)
         self._watched: dict[str, float] = {}
         self._late: dict[str, tuple[str, int, int, Any]] = {}  # late file -> (job, attempt, bytes sent, run)
@@ -367,9 +377,12 @@ class PostgresStore(BaseStore):
             raise QueueError(self._newer_message(installed))
         self._ready = True
 
-    def _tx(self) -> Transaction:
+    def _tx(self, lazy: bool = False) -> Transaction:
+        """A transaction; `lazy` for a worker's own bookkeeping, whose commit need not wait for the
+        disk: a commit a server crash loses means a job runs again, which at-least-once allows (an
+        enqueue, a cancel or a setting is acknowledged only once it is on disk)."""
         self._check_schema()
-        return self.db.transaction()
+        return self.db.transaction(lazy)
 
     def _now(self, cur: Any) -> float:
         """The server's time (the transaction's start), which decides every comparison."""
@@ -705,14 +718,18 @@ class PostgresStore(BaseStore):
 
     def _config_in(self, cur: Any) -> dict[str, Any]:
         cur.execute("SELECT key, value FROM queuectl.config")
+        self._config = (time.monotonic(), self._settings(dict(cur.fetchall())))
+        return self._config[1]
+
+    def _settings(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """DEFAULT_CONFIG with the stored settings, each checked as `config set` checks it."""
         config = dict(DEFAULT_CONFIG)
-        for key, value in cur.fetchall():
+        for key, value in stored.items():
             try:
                 name = config_key(key, "the config table")
                 config[name] = validate_config_value(name, value)
             except QueueError as error:
                 raise queuectl.CorruptFileError(f"{redact(self.location)} (queuectl.config)", str(error)) from None
-        self._config = (time.monotonic(), config)
         return config
 
     def set_config(self, key: str, value: Any) -> None:
@@ -731,9 +748,8 @@ class PostgresStore(BaseStore):
         priority, then oldest, skipping rows other workers hold locked), and read this worker's
         cancel requests."""
         self._notified = False
-        with self._tx() as cur:
-            now = self._now(cur)
-            config = self._config_in(cur)
+        with self._tx(lazy=True) as cur:
+            now, config = self._look(cur)
             recorded: list[tuple[dict[str, Any], str]] = []
             if outcomes:
                 locked = self._lock(cur, {outcome.job_id for outcome in outcomes})
@@ -746,7 +762,8 @@ class PostgresStore(BaseStore):
                     locked[job["id"]] = (job, False)
                     changed.append(job)
                     recorded.append((job, what))
-                    self._close_run(cur, outcome, worker)
+                settled = {job["id"] for job in changed}
+                self._close_runs(cur, [outcome for outcome in outcomes if outcome.job_id in settled], worker)
                 self._write(cur, changed, now)
                 if any(what in ("failed", "released", "interrupted") for _, what in recorded):
                     self._last_change = now
@@ -764,9 +781,6 @@ class PostgresStore(BaseStore):
                            AND cancel_requested""", (worker.host, worker.pid))
             cancels = [job_id for (job_id,) in cur.fetchall()]
             self._next_due, self._last_round = self._due_in(cur), time.monotonic()
-            cur.execute("SELECT at FROM queuectl.flags WHERE name = 'stop'")
-            row = cur.fetchone()
-            self._stop_at = None if row is None else row[0] - self._offset
             running = list(running)
             if running:  # those no longer its claim were taken over (it was taken for dead): stop them
                 cur.execute("""SELECT r.id FROM unnest(%s::text[], %s::integer[]) AS r (id, attempt)
@@ -779,29 +793,74 @@ class PostgresStore(BaseStore):
         return recorded, claimed, cancels
 
     @staticmethod
-    def _close_run(cur: Any, outcome: Outcome, worker: WorkerIdentity) -> None:
-        """A recorded attempt's run is over: one that printed nothing and succeeded leaves no record
+    def _close_runs(cur: Any, outcomes: list[Outcome], worker: WorkerIdentity) -> None:
+        """Recorded attempts' runs are over: one that printed nothing and succeeded leaves no record
         (as a folder keeps no log of it); one whose end keep_output could not write gets it now."""
-        claim = (outcome.job_id, outcome.attempt, worker.host, worker.pid)
-        cur.execute("""DELETE FROM queuectl.runs WHERE job_id = %s AND attempt = %s AND host = %s AND pid = %s
-                       AND ending IS NULL AND size = 0 AND removed = 0 AND NOT late""", claim)
-        cur.execute("""UPDATE queuectl.runs SET ending = %s WHERE job_id = %s AND attempt = %s AND host = %s
-                       AND pid = %s AND ending IS NULL AND NOT late""",
-                    (outcome.error or ("cancelled" if outcome.kind == "cancelled" else "exit code 0"), *claim))
+        if not outcomes:
+            return
+        ids, attempts = [o.job_id for o in outcomes], [o.attempt for o in outcomes]
+        endings = [o.error or ("cancelled" if o.kind == "cancelled" else "exit code 0") for o in outcomes]
+        cur.execute("""WITH ended (job_id, attempt, ending) AS (
+                           SELECT * FROM unnest(%s::text[], %s::integer[], %s::text[])),
+                         gone AS (DELETE FROM queuectl.runs r USING ended e WHERE r.job_id = e.job_id
+                                  AND r.attempt = e.attempt AND r.host = %s AND r.pid = %s AND r.ending IS NULL
+                                  AND r.size = 0 AND r.removed = 0 AND NOT r.late RETURNING r.run)
+                       UPDATE queuectl.runs r SET ending = e.ending FROM ended e WHERE r.job_id = e.job_id
+                         AND r.attempt = e.attempt AND r.host = %s AND r.pid = %s AND r.ending IS NULL AND NOT r.late
+                         AND r.run NOT IN (SELECT run FROM gone)""",
+                    (ids, attempts, endings, worker.host, worker.pid, worker.host, worker.pid))
+
+    def _look(self, cur: Any) -> tuple[float, dict[str, Any]]:
+        """A round's first statement: the server's time, the stop request, and the settings (read at
+        most once a second)."""
+        fresh = self._config is not None and time.monotonic() - self._config[0] < 1.0
+        cur.execute("""SELECT extract(epoch FROM now())::float8, (SELECT at FROM queuectl.flags WHERE name = 'stop')"""
+                    + ("" if fresh else ", (SELECT json_object_agg(key, value) FROM queuectl.config)"))
+        row = cur.fetchone()
+        now = row[0]
+        self._offset, self._offset_at = now - now_ts(), time.monotonic()
+        self._stop_at = None if row[1] is None else row[1] - self._offset
+        if not fresh:
+            self._config = (time.monotonic(), self._settings(row[2] or {}))
+        return now, self._config[1]  # type: ignore[index]
 
     def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
         """The attempt's command is about to start: from now on a crash counts it. Its run (the
-        record its output streams into) begins. False if the attempt is no longer this worker's."""
-        with self._tx() as cur:
-            cur.execute("""UPDATE queuectl.jobs SET started = true WHERE id = %s AND state = 'processing'
-                           AND host = %s AND pid = %s AND attempts = %s""",
-                        (job["id"], worker.host, worker.pid, job["attempts"]))
-            if cur.rowcount != 1:
-                return False
-            cur.execute("""INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
-                           VALUES (%s, %s, %s, %s, %s) RETURNING run""",
-                        (job["id"], job["attempts"], worker.host, worker.pid, psycopg2.Binary(header)))
-            return True
+        record its output streams into) begins. False if the attempt is no longer this worker's.
+        The worker's threads start jobs at once while its connection is busy: whichever thread gets
+        the connection first records every start asked for by then, in one transaction."""
+        request: list[Any] = [job["id"], job["attempts"], header, None]
+        with self._starts_lock:
+            self._starts.append(request)
+        with self.db.lock:
+            if request[3] is None:
+                with self._starts_lock:
+                    waiting, self._starts = self._starts, []
+                try:
+                    started = self._record_starts(waiting, worker)
+                except QueueError as error:
+                    started = error
+                for each in waiting:
+                    each[3] = started
+        if isinstance(request[3], QueueError):
+            raise request[3]
+        return job["id"] in request[3]
+
+    def _record_starts(self, waiting: list[list[Any]], worker: WorkerIdentity) -> set[str]:
+        """Mark these attempts started and begin their runs, where still the worker's; those ids."""
+        with self._tx(lazy=True) as cur:
+            cur.execute("""WITH s (id, attempt, header) AS (SELECT * FROM unnest(%s::text[], %s::integer[],
+                                                                               %s::bytea[])),
+                             u AS (UPDATE queuectl.jobs j SET started = true FROM s WHERE j.id = s.id
+                                   AND j.state = 'processing' AND j.host = %s AND j.pid = %s
+                                   AND j.attempts = s.attempt RETURNING j.id),
+                             r AS (INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
+                                   SELECT s.id, s.attempt, %s, %s, s.header FROM s WHERE s.id IN (SELECT id FROM u)
+                                   RETURNING job_id)
+                           SELECT job_id FROM r""",
+                        ([w[0] for w in waiting], [w[1] for w in waiting], [psycopg2.Binary(w[2]) for w in waiting],
+                         worker.host, worker.pid, worker.host, worker.pid))
+            return {job_id for (job_id,) in cur.fetchall()}
 
     def next_due(self) -> float | None:
         """When the next claimable job is due, on this host's clock (0: now), as the last round saw it."""
@@ -885,7 +944,7 @@ class PostgresStore(BaseStore):
     def heartbeat(self, info: dict[str, Any]) -> None:
         """The worker's row, with the server's time (which the other hosts judge it by)."""
         try:
-            with self._tx() as cur:
+            with self._tx(lazy=True) as cur:
                 # The heartbeat's age as the worker states it (0 but in tests), on the server's clock.
                 age = max(0.0, now_ts() - (queuectl._epoch(info.get("heartbeat_at")) or now_ts()))
                 cur.execute("""INSERT INTO queuectl.workers (host, pid, heartbeat_at, info)
@@ -994,7 +1053,7 @@ class PostgresStore(BaseStore):
     def keep_output(self, job_id: str, attempt: int, worker: WorkerIdentity, header: bytes, source: Any,
                     start: int, end: int, ending: str, counted: bool = True) -> bool:
         limit = int(self.config()["log_max_bytes"])
-        with self._tx() as cur:
+        with self._tx(lazy=True) as cur:
             sent = self._streams.pop(getattr(source, "name", ""), (None, 0))[1]  # under the lock the streaming takes
             locked = self._lock(cur, [job_id])
             if not holds_claim(locked.get(job_id, (None,))[0], worker, attempt):
@@ -1049,7 +1108,7 @@ class PostgresStore(BaseStore):
                 data = handle.read(min(size - sent, 1 << 20))
         except OSError:
             return
-        with self._tx() as cur:
+        with self._tx(lazy=True) as cur:
             if run is None:
                 run = self._run_of(cur, record.job_id, record.number, header)
             cur.execute("""SELECT 1 FROM queuectl.jobs j JOIN queuectl.runs r ON r.job_id = j.id
@@ -1081,7 +1140,7 @@ class PostgresStore(BaseStore):
             except OSError:
                 self._late.pop(path, None)
                 continue
-            with self._tx() as cur:
+            with self._tx(lazy=True) as cur:
                 if run is None:
                     cur.execute("""INSERT INTO queuectl.runs (job_id, attempt, host, pid, header, ending, late)
                                    SELECT %s, %s, %s, %s, ''::bytea, 'late', true
