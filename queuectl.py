@@ -750,14 +750,35 @@ def kill_process_group(pid: int, platform: str = sys.platform) -> None:
         pass
 
 
+# The guardian's whole program, run by a bare interpreter (python -S: a few milliseconds, not the
+# import of this file): it follows the worker's word ("+ pid", "- pid", "done") on its stdin, and
+# at an end without "done" kills the process groups of the commands still running.
+GUARDIAN_PROGRAM = """
+import os, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+running = set()
+for line in sys.stdin:
+    word, _, pid = line.strip().partition(" ")
+    if word == "done":
+        sys.exit(0)
+    (running.add if word == "+" else running.discard)(int(pid))
+for pid in running:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
 class Guardian:
     """A small process of its own that outlives its worker to stop what the worker was running.
     Commands run in sessions of their own (so a terminal's Ctrl+C does not reach them), so they
     outlive a worker that is killed (kill -9, the OOM killer); recovery kills them only from the
     same host. The worker tells its guardian each command it starts and ends, through a pipe; when
     the pipe closes without a last word (the worker is gone), the guardian kills the process groups
-    of the commands still running, and those carrying their attempt's mark, at once: their jobs
-    may run elsewhere soon. (POSIX; on Windows a worker killed hard leaves its commands running.)"""
+    of the commands still running, at once: their jobs may run elsewhere soon. (POSIX; on Windows
+    a worker killed hard leaves its commands running.)"""
 
     def __init__(self, platform: str = sys.platform) -> None:
         self.proc: subprocess.Popen | None = None
@@ -769,10 +790,8 @@ class Guardian:
 
         if self.proc is not None or self.platform == "win32":
             return
-        folder = os.path.dirname(os.path.abspath(__file__))
-        code = f"import sys; sys.path.insert(0, {folder!r}); import queuectl; queuectl.guard(sys.stdin.buffer)"
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-S", "-c", GUARDIAN_PROGRAM], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except OSError:
             self.platform = "win32"  # none to be had: commands outlive a killed worker, as before
@@ -788,11 +807,11 @@ class Guardian:
             except (OSError, ValueError):
                 pass  # it is gone: nothing to be done
 
-    def started(self, pid: int, mark: str) -> None:
-        self._say(f"+ {pid} {mark}")
+    def started(self, pid: int) -> None:
+        self._say(f"+ {pid}")
 
-    def ended(self, pid: int, mark: str) -> None:
-        self._say(f"- {pid} {mark}")
+    def ended(self, pid: int) -> None:
+        self._say(f"- {pid}")
 
     def close(self, running: bool) -> None:
         """The worker stops. With no command of its own running, it says so: what it leaves behind
@@ -810,27 +829,6 @@ class Guardian:
                 self.proc.wait(5)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
-
-
-def guard(pipe: Any) -> None:
-    """The guardian's body (Guardian): follow the worker's word; at an end of the pipe without
-    "done", kill the commands still running."""
-    import signal
-
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    running: dict[str, str] = {}
-    for line in pipe:
-        word, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
-        pid, _, mark = rest.partition(" ")
-        if word == "done":
-            return
-        if word == "+":
-            running[pid] = mark
-        else:
-            running.pop(pid, None)
-    for pid, mark in running.items():
-        stop_orphaned_command(int(pid), mark)
 
 
 def children_left(pid: int, platform: str = sys.platform) -> bool:
@@ -4227,7 +4225,7 @@ class Runner:
         write_pid(out.fileno(), path, proc.pid, len(header) - PID_FIELD - 1, hasattr(os, "pwrite"))
         with self._lock:
             self.running[job["id"]] = (proc, mark)
-        self.guardian.started(proc.pid, mark)
+        self.guardian.started(proc.pid)
         if self.abort.is_set() or job["id"] in self.cancelled:  # asked for while it started
             kill_tree(proc, mark)
         try:
@@ -4236,7 +4234,7 @@ class Runner:
             kill_tree(proc, mark)  # never leave a command running that nobody watches
             raise
         finally:
-            self.guardian.ended(proc.pid, mark)
+            self.guardian.ended(proc.pid)
             with self._lock:
                 self.running.pop(job["id"], None)
                 cancelled = job["id"] in self.cancelled
