@@ -751,23 +751,23 @@ def kill_process_group(pid: int, platform: str = sys.platform) -> None:
 
 
 # The guardian's whole program, run by a bare interpreter (python -S: a few milliseconds, not the
-# import of this file): it follows the worker's word ("+ pid", "- pid", "done") on its stdin, and
-# at an end without "done" kills the process groups of the commands still running.
+# import of this file). It waits for its worker's last word on stdin; if the pipe ends without
+# "done" (the worker was killed), it kills every process group whose QUEUECTL_ATTEMPT names that
+# worker (argv[1]: "host:pid"), found in /proc as kill_marked finds one attempt's.
 GUARDIAN_PROGRAM = """
 import os, signal, sys
 for name in ("SIGINT", "SIGTERM", "SIGHUP"):
     signal.signal(getattr(signal, name), signal.SIG_IGN)
-running = set()
-for line in sys.stdin:
-    word, _, pid = line.strip().partition(" ")
-    if word == "done":
-        sys.exit(0)
-    (running.add if word == "+" else running.discard)(int(pid))
-for pid in running:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
+if sys.stdin.read() != "done":
+    worker = ("@" + sys.argv[1]).encode()
+    for pid in [name for name in os.listdir("/proc") if name.isdigit()]:
+        try:
+            with open("/proc/" + pid + "/environ", "rb") as handle:
+                names = [v for v in handle.read().split(b"\\0") if v.startswith(b"QUEUECTL_ATTEMPT=")]
+            if names and names[0].endswith(worker):
+                os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 """
 
 
@@ -775,43 +775,27 @@ class Guardian:
     """A small process of its own that outlives its worker to stop what the worker was running.
     Commands run in sessions of their own (so a terminal's Ctrl+C does not reach them), so they
     outlive a worker that is killed (kill -9, the OOM killer); recovery kills them only from the
-    same host. The worker tells its guardian each command it starts and ends, through a pipe; when
-    the pipe closes without a last word (the worker is gone), the guardian kills the process groups
-    of the commands still running, at once: their jobs may run elsewhere soon. (POSIX; on Windows
-    a worker killed hard leaves its commands running.)"""
+    same host, and another host would run the job again while it still runs. The guardian holds a
+    pipe from its worker: when it ends without the worker's "done", it kills the commands that
+    carry the worker's attempt marks, at once. It costs the worker nothing per job. (Linux: it
+    finds them in /proc; elsewhere a worker killed hard leaves its commands running.)"""
 
-    def __init__(self, platform: str = sys.platform) -> None:
+    def __init__(self, identity: WorkerIdentity, platform: str = sys.platform) -> None:
         self.proc: subprocess.Popen | None = None
+        self.worker = f"{identity.host}:{identity.pid}"
         self.platform = platform
-        self.lock = threading.Lock()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         import subprocess
 
-        if self.proc is not None or self.platform == "win32":
+        if self.proc is not None or not self.platform.startswith("linux"):
             return
         try:
-            self.proc = subprocess.Popen([sys.executable, "-S", "-c", GUARDIAN_PROGRAM], stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen([sys.executable, "-S", "-c", GUARDIAN_PROGRAM, self.worker],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
         except OSError:
-            self.platform = "win32"  # none to be had: commands outlive a killed worker, as before
-
-    def _say(self, line: str) -> None:
-        with self.lock:
-            self._start()
-            if self.proc is None or self.proc.stdin is None:
-                return
-            try:
-                self.proc.stdin.write(line.encode() + b"\n")
-                self.proc.stdin.flush()
-            except (OSError, ValueError):
-                pass  # it is gone: nothing to be done
-
-    def started(self, pid: int) -> None:
-        self._say(f"+ {pid}")
-
-    def ended(self, pid: int) -> None:
-        self._say(f"- {pid}")
+            self.proc = None  # none to be had: commands outlive a killed worker, as they did
 
     def close(self, running: bool) -> None:
         """The worker stops. With no command of its own running, it says so: what it leaves behind
@@ -819,16 +803,15 @@ class Guardian:
         running is killed as if the worker had died."""
         import subprocess
 
-        with self.lock:
-            if self.proc is None or self.proc.stdin is None:
-                return
-            try:
-                if not running:
-                    self.proc.stdin.write(b"done\n")
-                self.proc.stdin.close()
-                self.proc.wait(5)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
+        if self.proc is None or self.proc.stdin is None:
+            return
+        try:
+            if not running:
+                self.proc.stdin.write(b"done")
+            self.proc.stdin.close()
+            self.proc.wait(5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
 
 
 def children_left(pid: int, platform: str = sys.platform) -> bool:
@@ -4133,7 +4116,7 @@ class Runner:
         # Scratch files, reused: free ones, and those whose attempt is not recorded yet (kept
         # untouched until it is, as recovery's evidence that the attempt started).
         self._free: list[Any] = []
-        self.guardian = Guardian()
+        self.guardian = Guardian(identity)
         self._held: dict[tuple[str, int], tuple[str, Any]] = {}
         self._made = 0
 
@@ -4225,7 +4208,6 @@ class Runner:
         write_pid(out.fileno(), path, proc.pid, len(header) - PID_FIELD - 1, hasattr(os, "pwrite"))
         with self._lock:
             self.running[job["id"]] = (proc, mark)
-        self.guardian.started(proc.pid)
         if self.abort.is_set() or job["id"] in self.cancelled:  # asked for while it started
             kill_tree(proc, mark)
         try:
@@ -4234,7 +4216,6 @@ class Runner:
             kill_tree(proc, mark)  # never leave a command running that nobody watches
             raise
         finally:
-            self.guardian.ended(proc.pid)
             with self._lock:
                 self.running.pop(job["id"], None)
                 cancelled = job["id"] in self.cancelled
@@ -4485,6 +4466,7 @@ class WorkerPool:
     def run(self) -> int:
         self.store.check()  # a damaged file fails before any job starts
         self.store.on_change(self._wake)
+        self.runner.guardian.start()
         self._heartbeat_once()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._lease_watch, name="lease watch", daemon=True).start()
