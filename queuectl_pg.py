@@ -302,7 +302,6 @@ class PostgresStore(BaseStore):
         self._config: tuple[float, dict[str, Any]] | None = None  # (when read, settings)
         self._offset = 0.0  # server clock - this host's clock, at the last look
         self._offset_at: float | None = None  # when that was (monotonic)
-        self._last_change: float | None = None
         self._scratch_dir: str | None = None
         self._scratch_lock = threading.Lock()
         self._starts: list[list[Any]] = []  # attempt_started requests waiting for the connection
@@ -765,8 +764,6 @@ class PostgresStore(BaseStore):
                 settled = {job["id"] for job in changed}
                 self._close_runs(cur, [outcome for outcome in outcomes if outcome.job_id in settled], worker)
                 self._write(cur, changed, now)
-                if any(what in ("failed", "released", "interrupted") for _, what in recorded):
-                    self._last_change = now
             if recover:
                 recorded += [(job, "recovered") for job, _ in self._recover(cur, config, now, worker)]
             cur.execute("""UPDATE queuectl.jobs SET ready = true
@@ -1180,7 +1177,7 @@ class PostgresStore(BaseStore):
             record.ending, record.counted, record.removed = ending, counted, removed
             attempt = Attempt(record, io.BytesIO(output))
             if running:
-                attempt.more = self._reader(run, removed, len(output))
+                attempt.more = self._reader(run, removed)
             elif counted and record.number in late:
                 attempt.late = (io.BytesIO(late[record.number]), 0, len(late[record.number]))
             attempts.append(attempt)
@@ -1191,12 +1188,13 @@ class PostgresStore(BaseStore):
         cur.execute("SELECT data FROM queuectl.chunks WHERE run = %s ORDER BY at", (run,))
         return b"".join(bytes(data) for (data,) in cur.fetchall())
 
-    def _reader(self, run: int, removed: int, seen: int) -> Callable[[int], bytes | None]:
-        """Read on in a running attempt's output: from `offset` (bytes of it printed so far)."""
+    def _reader(self, run: int, removed: int) -> Callable[[int], bytes | None]:
+        """Read on in a running attempt's output: from `offset` (bytes printed so far of what was
+        kept when it was handed out, which began `removed` bytes into the run's output)."""
 
         def more(offset: int) -> bytes | None:
             with self._tx() as cur:
-                cur.execute("SELECT ending, removed FROM queuectl.runs WHERE run = %s", (run,))
+                cur.execute("SELECT ending FROM queuectl.runs WHERE run = %s", (run,))
                 row = cur.fetchone()
                 if row is None or row[0] is not None:
                     return None
