@@ -319,7 +319,10 @@ class PostgresStore(BaseStore):
     # -- the schema
 
     def _installed(self, cur: Any) -> int | None:
-        cur.execute("SELECT to_regclass('queuectl.schema_version') IS NOT NULL")
+        # A query of the catalog, not to_regclass: that answers from this session's cache, which
+        # another session's migration, committed while this one waited for the lock, leaves stale.
+        cur.execute("""SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables
+                                      WHERE schemaname = 'queuectl' AND tablename = 'schema_version')""")
         if not cur.fetchone()[0]:
             return None
         cur.execute("SELECT max(version) FROM queuectl.schema_version")
