@@ -6425,7 +6425,8 @@ class Parser(argparse.ArgumentParser):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argparse tree; with `only`, just that command's branch (building all of
     them costs a one-shot command more than the rest of its parsing)."""
-    parser = Parser(prog="queuectl", description="A job queue for shell commands that lives in a folder.",
+    parser = Parser(prog="queuectl", description="A job queue for shell commands that lives in a folder "
+                                                 "(or in PostgreSQL, for workers on many machines).",
                     epilog="Example:\n  queuectl enqueue --id hello --command \"echo hello\"\n"
                            "  queuectl worker start --count 2 --burst")
     parser.add_argument("--version", action="version", version=f"queuectl {__version__}")
