@@ -105,6 +105,14 @@ CREATE TABLE queuectl.purged_cancels (id text NOT NULL, state text NOT NULL, at 
 KNOWN_VERSION = len(MIGRATIONS)
 JOBS_CHANNEL = "queuectl_jobs"  # NOTIFY: new due jobs (a hint: workers poll anyway)
 CONTROL_CHANNEL = "queuectl_control"  # NOTIFY: a cancel or a stop was asked for
+# Mark attempts started (still the worker's) and begin their runs, in one statement; the ids started.
+RECORD_STARTS = """
+WITH s (id, attempt, header) AS (SELECT * FROM unnest(%s::text[], %s::integer[], %s::bytea[])),
+     u AS (UPDATE queuectl.jobs j SET started = true FROM s WHERE j.id = s.id AND j.state = 'processing'
+           AND j.host = %s AND j.pid = %s AND j.attempts = s.attempt RETURNING j.id),
+     r AS (INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
+           SELECT s.id, s.attempt, %s, %s, s.header FROM s WHERE s.id IN (SELECT id FROM u) RETURNING job_id)
+SELECT job_id FROM r"""
 ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s)"
 
 
@@ -305,6 +313,8 @@ class PostgresStore(BaseStore):
         self._scratch_dir: str | None = None
         self._scratch_lock = threading.Lock()
         self._starts: list[list[Any]] = []  # attempt_started requests waiting for the connection
+        self._side: Connection | None = None  # the LISTEN connection, while it works
+        self._wake: Callable[[], None] | None = None
         self._starts_lock = threading.Lock()
         self._streams: dict[str, tuple[Any, int]] = {}  # scratch path -> (run, bytes sent)
         self._watched: dict[str, float] = {}
@@ -832,12 +842,13 @@ class PostgresStore(BaseStore):
         request: list[Any] = [job["id"], job["attempts"], header, None]
         with self._starts_lock:
             self._starts.append(request)
-        with self.db.lock:
+        connection = self._side or self.db  # the LISTEN connection, when there is one: rounds hold the other
+        with connection.lock:
             if request[3] is None:
                 with self._starts_lock:
                     waiting, self._starts = self._starts, []
                 try:
-                    started = self._record_starts(waiting, worker)
+                    started = self._record_starts(waiting, worker, connection)
                 except QueueError as error:
                     started = error
                 for each in waiting:
@@ -846,21 +857,30 @@ class PostgresStore(BaseStore):
             raise request[3]
         return job["id"] in request[3]
 
-    def _record_starts(self, waiting: list[list[Any]], worker: WorkerIdentity) -> set[str]:
-        """Mark these attempts started and begin their runs, where still the worker's; those ids."""
+    def _record_starts(self, waiting: list[list[Any]], worker: WorkerIdentity, connection: Connection) -> set[str]:
+        """Mark these attempts started and begin their runs, where still the worker's; those ids.
+        On the LISTEN connection (autocommit, commits not waiting for the disk) it is one statement,
+        one transaction; if that connection fails, the worker's main one does it."""
+        if connection is not self.db and connection.conn is not None:
+            try:
+                connection.busy_since = time.monotonic()
+                cur = connection.conn.cursor()
+                cur.execute(RECORD_STARTS, self._starts_params(waiting, worker))
+                started = {job_id for (job_id,) in cur.fetchall()}
+                self._take_notifies(connection.conn)  # the driver may have read some meanwhile
+                return started
+            except driver().Error:
+                self._side = None  # the listener notices too, and opens it again
+            finally:
+                connection.busy_since = None
         with self._tx(lazy=True) as cur:
-            cur.execute("""WITH s (id, attempt, header) AS (SELECT * FROM unnest(%s::text[], %s::integer[],
-                                                                               %s::bytea[])),
-                             u AS (UPDATE queuectl.jobs j SET started = true FROM s WHERE j.id = s.id
-                                   AND j.state = 'processing' AND j.host = %s AND j.pid = %s
-                                   AND j.attempts = s.attempt RETURNING j.id),
-                             r AS (INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
-                                   SELECT s.id, s.attempt, %s, %s, s.header FROM s WHERE s.id IN (SELECT id FROM u)
-                                   RETURNING job_id)
-                           SELECT job_id FROM r""",
-                        ([w[0] for w in waiting], [w[1] for w in waiting], [psycopg2.Binary(w[2]) for w in waiting],
-                         worker.host, worker.pid, worker.host, worker.pid))
+            cur.execute(RECORD_STARTS, self._starts_params(waiting, worker))
             return {job_id for (job_id,) in cur.fetchall()}
+
+    @staticmethod
+    def _starts_params(waiting: list[list[Any]], worker: WorkerIdentity) -> tuple[Any, ...]:
+        return ([w[0] for w in waiting], [w[1] for w in waiting], [psycopg2.Binary(w[2]) for w in waiting],
+                worker.host, worker.pid, worker.host, worker.pid)
 
     def next_due(self) -> float | None:
         """When the next claimable job is due, on this host's clock (0: now), as the last round saw it."""
@@ -904,23 +924,24 @@ class PostgresStore(BaseStore):
         listener = Connection(self.location, "queuectl listen")
         listener.watch()
         backoff = 0.1
+        self._wake = wake
         while not self._closing:
             try:
                 conn = listener.open()
                 conn.autocommit = True
                 with listener.lock:
-                    conn.cursor().execute(f"LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}")
+                    conn.cursor().execute(f"LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}; "
+                                          "SET synchronous_commit = off")  # for the starts it records too
+                self._side = listener
                 backoff = 0.1
                 self._notified = True
                 wake()
                 quiet_since = time.monotonic()
                 while not self._closing:
                     if select.select([conn], [], [], 1.0)[0]:
-                        conn.poll()
-                        if conn.notifies:
-                            conn.notifies.clear()
-                            self._notified = True
-                            wake()
+                        with listener.lock:
+                            conn.poll()
+                        self._take_notifies(conn)
                         quiet_since = time.monotonic()
                     elif time.monotonic() - quiet_since >= 5.0:  # is it still there?
                         with listener.lock:
@@ -931,10 +952,20 @@ class PostgresStore(BaseStore):
                                 listener.busy_since = None
                         quiet_since = time.monotonic()
             except Exception:
+                self._side = None
                 listener.close()
                 time.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
+        self._side = None
         listener.close()
+
+    def _take_notifies(self, conn: Any) -> None:
+        """Notifications the driver has read on the LISTEN connection wake the worker."""
+        if conn.notifies:
+            conn.notifies.clear()
+            self._notified = True
+            if self._wake is not None:
+                self._wake()
 
     def has_retries_waiting(self) -> bool:
         with self._tx() as cur:
