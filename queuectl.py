@@ -4146,6 +4146,14 @@ class Runner:
             raise WorkerFault(f"this worker cannot write its scratch file {where}: {error.strerror}") from None
         return handle.name, handle
 
+    def _clock(self) -> float:
+        """The queue's time (a database server's, as the store last saw it; this host's if it cannot
+        say now), so an attempt's start is stamped as every other time of its job."""
+        try:
+            return self.store.clock()
+        except QueueError:
+            return now_ts()
+
     def _free_scratch(self, handle: Any) -> None:
         with self._lock:
             self._free.append(handle)
@@ -4169,7 +4177,7 @@ class Runner:
         """Run one attempt; `starting` is called once its scratch file is ready (WorkerFault before that)."""
         import subprocess
 
-        started = now_ts()
+        started = self._clock()
         clock = time.monotonic()
         header = attempt_header(job["id"], job["attempts"], started, worker, self.identity)
         path, out = self._take_scratch(header)

@@ -29,7 +29,7 @@ import pytest
 from conftest import IN_CI, ROOT, SCRIPT, Queue, kill_leftover, needs, process_gone, q, wait_until
 from pgtools import Proxy
 
-from queuectl import HOST
+from queuectl import HOST, _epoch
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and /proc")
 
@@ -695,3 +695,55 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("psycopg2", 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[]"
     assert "Enqueued job: a" in proc.stdout and "finished: a" in proc.stdout
+
+
+def skewed(queue: PgQueue, seconds: float, name: str) -> subprocess.Popen:
+    """A worker whose clock is `seconds` off (time.time shifted by a sitecustomize of its own),
+    as on a host whose clock is wrong."""
+    folder = queue.home / f"clock-{name}"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import time\n"
+        f"_real, _skew = time.time, {seconds!r}\n"
+        "time.time = lambda: _real() + _skew\n")
+    argv = [sys.executable, SCRIPT, "worker", "start"]
+    env = dict(queue.env(), PYTHONPATH=str(folder))
+    with open(queue.home / f"{name}.out", "wb") as out, open(queue.home / f"{name}.err", "wb") as err:
+        proc = subprocess.Popen(argv, env=env, cwd=str(queue.home), stdout=out, stderr=err, start_new_session=True)
+    queue.procs.append(proc)
+    return proc
+
+
+def test_a_worker_whose_clock_is_an_hour_ahead_runs_a_delayed_job_when_the_server_says_it_is_due(
+        pg_queue: PgQueue, tmp_path: Path) -> None:
+    """Time is the server's: a worker an hour ahead does not take a job due in 3 s for due now."""
+    trace = tmp_path / "trace"
+    ahead = skewed(pg_queue, 3600.0, "ahead")
+    wait_until(lambda: any(w["pid"] == ahead.pid for w in pg_queue.json("status")["workers"]), 15,
+               what="the skewed worker's heartbeat")
+    pg_queue.ok("enqueue", "--id", "later", "--delay", "3", "--command", note(trace, "start"))
+    wait_until(lambda: pg_queue.jobs()["later"]["state"] == "completed", 20, what="the delayed job to run")
+    job = pg_queue.jobs()["later"]
+    waited = _epoch(job["started_at"]) - _epoch(job["created_at"])
+    assert 3.0 <= waited < 6.0, f"started {waited:.2f} s after it was enqueued, by the server's clock"
+    assert runs_in(trace)["later"][0].worker_pid == ahead.pid
+
+
+def test_a_worker_whose_clock_is_an_hour_behind_is_not_taken_for_dead(pg_queue: PgQueue, tmp_path: Path) -> None:
+    """Its heartbeat is stamped by the server, so another worker (recovering every second, with a
+    3 s lease) never takes its running job over."""
+    trace, gate = tmp_path / "trace", tmp_path / "gate"
+    pg_queue.ok("config", "set", "lease_timeout", "3")
+    behind = skewed(pg_queue, -3600.0, "behind")
+    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
+    run_number(trace, "long", 1)
+    assert pg_queue.jobs()["long"]["pid"] == behind.pid
+    pg_queue.worker(name="other")
+    runs = wait_until(lambda: (lambda r: r if r[-1].last - r[0].start > 6.0 else None)(runs_in(trace)["long"]),
+                      20, what="the job to tick for two leases")
+    assert len(runs) == 1, "the job ran again elsewhere"
+    status = {w["pid"]: w for w in pg_queue.json("status")["workers"]}
+    assert behind.pid in status, "the worker an hour behind is listed alive"
+    gate.touch()
+    wait_until(lambda: pg_queue.jobs()["long"]["state"] == "completed", what="the job to complete")
+    assert pg_queue.jobs()["long"]["attempts"] == 1
