@@ -715,26 +715,6 @@ def stop_orphaned_command(command_pid: int | None, mark: str) -> None:
     kill_marked(mark)
 
 
-def kill_marked(mark: str, proc_root: str = "/proc") -> None:
-    """Kill the process groups whose environment carries this attempt's mark (Linux;
-    elsewhere there is no /proc to look in, and this does nothing)."""
-    import signal
-
-    wanted = f"QUEUECTL_ATTEMPT={mark}".encode() + b"\0"
-    try:
-        pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            with open(os.path.join(proc_root, str(pid), "environ"), "rb") as handle:
-                if wanted not in handle.read() + b"\0":
-                    continue
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
 def kill_process_group(pid: int, platform: str = sys.platform) -> None:
     """Kill a command's whole process tree, given the pid it was started with."""
     import signal
@@ -750,24 +730,49 @@ def kill_process_group(pid: int, platform: str = sys.platform) -> None:
         pass
 
 
-# The guardian's whole program, run by a bare interpreter (python -S: a few milliseconds, not the
-# import of this file). It waits for its worker's last word on stdin; if the pipe ends without
-# "done" (the worker was killed), it kills every process group whose QUEUECTL_ATTEMPT names that
-# worker (argv[1]: "host:pid"), found in /proc as kill_marked finds one attempt's.
-GUARDIAN_PROGRAM = """
-import os, signal, sys
-for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-    signal.signal(getattr(signal, name), signal.SIG_IGN)
-if sys.stdin.read() != "done":
-    worker = ("@" + sys.argv[1]).encode()
-    for pid in [name for name in os.listdir("/proc") if name.isdigit()]:
+# Finding the processes of an attempt by the QUEUECTL_ATTEMPT mark in their environment (Linux:
+# /proc; elsewhere nothing is found). Written as program text because a worker's guardian runs it
+# in a bare interpreter (python -S), which costs milliseconds where importing this file would not.
+MARKS_PROGRAM = """
+def kill_marked(mark, proc_root="/proc"):
+    \"\"\"Kill the process groups whose QUEUECTL_ATTEMPT is `mark` (one attempt), or, for a mark
+    "@host:pid", any attempt of that worker.\"\"\"
+    import os, signal
+
+    wanted = (mark if mark.startswith("@") else "=" + mark).encode()
+    try:
+        pids = [name for name in os.listdir(proc_root) if name.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
         try:
-            with open("/proc/" + pid + "/environ", "rb") as handle:
-                names = [v for v in handle.read().split(b"\\0") if v.startswith(b"QUEUECTL_ATTEMPT=")]
-            if names and names[0].endswith(worker):
+            with open(os.path.join(proc_root, pid, "environ"), "rb") as handle:
+                marks = [v for v in handle.read().split(b"\\0") if v.startswith(b"QUEUECTL_ATTEMPT=")]
+            if marks and marks[0].endswith(wanted):
                 os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
         except (OSError, ValueError):
             continue
+"""
+
+
+def _defined(source: str, name: str) -> Any:
+    """The function `name` that program text defines."""
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    return namespace[name]
+
+
+kill_marked: Callable[..., None] = _defined(MARKS_PROGRAM, "kill_marked")
+
+# The guardian's whole program: it waits for its worker's last word on stdin; if the pipe ends
+# without "done" (the worker was killed), it kills every command of that worker (argv[1]: host:pid).
+GUARDIAN_PROGRAM = MARKS_PROGRAM + """
+import signal, sys
+
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+if sys.stdin.read() != "done":
+    kill_marked("@" + sys.argv[1])
 """
 
 

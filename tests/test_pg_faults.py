@@ -60,13 +60,14 @@ class PgQueue(Queue):
         env["QUEUECTL_HOME"] = url or self.url
         return env
 
-    def worker(self, *args: str, name: str, host: str | None = None, url: str | None = None) -> subprocess.Popen:
+    def worker(self, *args: str, name: str, host: str | None = None, url: str | None = None,
+               **environment: str) -> subprocess.Popen:
         """`worker start ARGS` in the background (its stdout and stderr in NAME.out and NAME.err),
-        on another host if asked, reaching the server at `url` if given."""
+        on another host if asked, reaching the server at `url` if given, with more environment."""
         argv = [sys.executable, SCRIPT, "worker", "start", *args]
         with open(self.home / f"{name}.out", "wb") as out, open(self.home / f"{name}.err", "wb") as err:
-            options: dict[str, Any] = dict(env=self.env(url), cwd=str(self.home), stdout=out, stderr=err,
-                                           start_new_session=True)
+            options: dict[str, Any] = dict(env={**self.env(url), **environment}, cwd=str(self.home), stdout=out,
+                                           stderr=err, start_new_session=True)
             proc = pgtools.on_host(host, argv, **options) if host else subprocess.Popen(argv, **options)
         self.procs.append(proc)
         return proc
@@ -203,6 +204,12 @@ def assert_never_two_runs_at_once(runs: dict[str, list[Run]]) -> None:
                 f"after attempt {after.attempt} started on {after.host}")
 
 
+def long_job(queue: PgQueue, trace: Path, gate: Path) -> Run:
+    """Enqueue the job "long" (gated: it ticks until the gate opens) and wait for its first run."""
+    queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
+    return run_number(trace, "long", 1)
+
+
 def run_number(trace: Path, job_id: str, number: int, timeout: float = 15.0) -> Run:
     """Wait until the job's command has started for the number-th time."""
     return wait_until(lambda: next(iter(runs_of(trace, job_id)[number - 1:number]), None), timeout,
@@ -312,8 +319,7 @@ def test_a_killed_workers_running_job_is_recovered_on_the_same_host_within_5_s(
     another worker there stops what is left of its command and runs the job again."""
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     first = pg_queue.worker(name="first")
-    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-    run1 = run_number(trace, "long", 1)
+    run1 = long_job(pg_queue, trace, gate)
     assert run1.worker_pid == first.pid
     pg_queue.worker(name="second")
     wait_until(lambda: len(pg_queue.json("status")["workers"]) == 2, what="the second worker's heartbeat")
@@ -339,8 +345,7 @@ def test_a_dead_hosts_running_job_is_recovered_from_another_host_once_its_lease_
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     pg_queue.ok("config", "set", "lease_timeout", "3")
     there = pg_queue.worker(name="there", host=OTHER_HOST)
-    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-    run1 = run_number(trace, "long", 1)
+    run1 = long_job(pg_queue, trace, gate)
     assert run1.host == OTHER_HOST
     pg_queue.worker(name="here")
     wait_until(lambda: status_hosts(pg_queue) == {HOST, OTHER_HOST}, what="this host's worker's heartbeat")
@@ -370,8 +375,7 @@ def test_a_command_left_by_a_worker_killed_on_another_host_stops_before_its_job_
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     pg_queue.ok("config", "set", "lease_timeout", "3")
     there = pg_queue.worker(name="there", host=OTHER_HOST)
-    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-    run1 = run_number(trace, "long", 1)
+    run1 = long_job(pg_queue, trace, gate)
     pg_queue.worker(name="here")
     wait_until(lambda: status_hosts(pg_queue) == {HOST, OTHER_HOST}, what="this host's worker's heartbeat")
 
@@ -394,8 +398,7 @@ def test_a_worker_frozen_past_its_lease_kills_its_command_when_it_wakes_and_its_
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     pg_queue.ok("config", "set", "lease_timeout", "2")
     frozen = pg_queue.worker(name="frozen", host=host_a)
-    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-    run1 = run_number(trace, "long", 1)
+    run1 = long_job(pg_queue, trace, gate)
     assert run1.host == host_a
     signal_group(frozen.pid, signal.SIGSTOP)
     signal_group(run1.pid, signal.SIGSTOP)
@@ -438,8 +441,7 @@ def test_a_worker_cut_off_from_the_server_kills_its_command_before_its_lease_exp
     pg_queue.ok("config", "set", "lease_timeout", str(lease))
     with Proxy.to(pg_queue.url) as proxy:
         cut_off = pg_queue.worker(name="cut_off", host=OTHER_HOST, url=proxy.url(pg_queue.url))
-        pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-        run1 = run_number(trace, "long", 1)
+        run1 = long_job(pg_queue, trace, gate)
         assert run1.host == OTHER_HOST
         pg_queue.worker(name="here")
         wait_until(lambda: status_hosts(pg_queue) == {HOST, OTHER_HOST}, what="this host's worker's heartbeat")
@@ -550,8 +552,7 @@ def test_a_worker_waits_out_a_database_it_cannot_reach_and_a_command_meanwhile_s
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     pg_queue.url = with_password(pg_queue.url, "s3cret-pw")
     worker = pg_queue.worker("--count", "2", name="w")
-    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-    run_number(trace, "long", 1)
+    long_job(pg_queue, trace, gate)
 
     allow_connections(pg_queue, False)
     try:
@@ -706,12 +707,7 @@ def skewed(queue: PgQueue, seconds: float, name: str) -> subprocess.Popen:
         "import time\n"
         f"_real, _skew = time.time, {seconds!r}\n"
         "time.time = lambda: _real() + _skew\n")
-    argv = [sys.executable, SCRIPT, "worker", "start"]
-    env = dict(queue.env(), PYTHONPATH=str(folder))
-    with open(queue.home / f"{name}.out", "wb") as out, open(queue.home / f"{name}.err", "wb") as err:
-        proc = subprocess.Popen(argv, env=env, cwd=str(queue.home), stdout=out, stderr=err, start_new_session=True)
-    queue.procs.append(proc)
-    return proc
+    return queue.worker(name=name, PYTHONPATH=str(folder))
 
 
 def test_a_worker_whose_clock_is_an_hour_ahead_runs_a_delayed_job_when_the_server_says_it_is_due(
@@ -735,8 +731,7 @@ def test_a_worker_whose_clock_is_an_hour_behind_is_not_taken_for_dead(pg_queue: 
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     pg_queue.ok("config", "set", "lease_timeout", "3")
     behind = skewed(pg_queue, -3600.0, "behind")
-    pg_queue.ok("enqueue", "--id", "long", "--command", gated(trace, gate))
-    run_number(trace, "long", 1)
+    long_job(pg_queue, trace, gate)
     assert pg_queue.jobs()["long"]["pid"] == behind.pid
     pg_queue.worker(name="other")
     runs = wait_until(lambda: (lambda r: r if r[-1].last - r[0].start > 6.0 else None)(runs_in(trace)["long"]),

@@ -514,6 +514,16 @@ def start_attempt(store: BaseStore, claimed: dict[str, Any], worker: WorkerIdent
     return scratch, header
 
 
+def running_job(store: BaseStore, job_id: str, output: bytes) -> tuple[WorkerIdentity, dict[str, Any], Any, bytes]:
+    """A new job claimed by this process's worker, its attempt started and `output` printed so far:
+    (the worker, the claimed job, its scratch file, the attempt's header)."""
+    store.enqueue([job(job_id)])
+    worker = WorkerIdentity()
+    (claimed,) = claim(store, 1, worker)
+    scratch, header = start_attempt(store, claimed, worker, output)
+    return worker, claimed, scratch, header
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -750,10 +760,7 @@ def test_purge_deletes_finished_jobs_by_state_and_age_and_leaves_active_ones(sto
 
 
 def test_purge_deletes_a_jobs_output_with_it(store: BaseStore) -> None:
-    store.enqueue([job("talks")])
-    worker = WorkerIdentity()
-    (claimed,) = claim(store, 1, worker)
-    scratch, header = start_attempt(store, claimed, worker, b"said something\n")
+    worker, claimed, scratch, header = running_job(store, "talks", b"said something\n")
     store.keep_output("talks", 1, worker, header, scratch, len(header), len(header) + 15, "exit code 0")
     settle(store, claimed, 0)
     assert len(outputs(store, "talks")) == 1
@@ -835,11 +842,8 @@ def test_a_heartbeat_lists_the_worker_until_it_is_forgotten(store: BaseStore) ->
 
 
 def test_an_attempts_output_survives_byte_for_byte_including_nul_and_invalid_utf8(store: BaseStore) -> None:
-    store.enqueue([job("bytes")])
-    worker = WorkerIdentity()
-    (claimed,) = claim(store, 1, worker)
     payload = b"text\x00after a NUL \xff\xfe\xc3( not UTF-8\n\x00last line without a newline"
-    scratch, header = start_attempt(store, claimed, worker, payload)
+    worker, claimed, scratch, header = running_job(store, "bytes", payload)
     beat(store, worker)  # a heartbeat: what a running attempt printed reaches any store by then
     running = store.running_attempt(store.get("bytes"))
     assert running is not None and running.number == 1
@@ -858,10 +862,7 @@ def test_an_attempts_output_survives_byte_for_byte_including_nul_and_invalid_utf
 
 
 def test_an_interrupted_runs_output_is_kept_but_not_counted(store: BaseStore) -> None:
-    store.enqueue([job("j")])
-    worker = WorkerIdentity()
-    (claimed,) = claim(store, 1, worker)
-    scratch, header = start_attempt(store, claimed, worker, b"partial\n")
+    worker, claimed, scratch, header = running_job(store, "j", b"partial\n")
     assert store.keep_output("j", 1, worker, header, scratch, len(header), len(header) + 8, "interrupted",
                              counted=False)
     ((record, output),) = outputs(store, "j")
@@ -871,10 +872,7 @@ def test_an_interrupted_runs_output_is_kept_but_not_counted(store: BaseStore) ->
 
 
 def test_keep_output_is_refused_once_the_attempt_is_no_longer_the_workers_claim(store: BaseStore) -> None:
-    store.enqueue([job("j")])
-    worker = WorkerIdentity()
-    (claimed,) = claim(store, 1, worker)
-    scratch, header = start_attempt(store, claimed, worker, b"x\n")
+    worker, claimed, scratch, header = running_job(store, "j", b"x\n")
     end = len(header) + 2
     assert not store.keep_output("j", 1, other_host_worker(), header, scratch, len(header), end, "exit code 0")
     assert not store.keep_output("j", 2, worker, header, scratch, len(header), end, "exit code 0")
@@ -886,10 +884,7 @@ def test_keep_output_is_refused_once_the_attempt_is_no_longer_the_workers_claim(
 
 
 def test_late_output_is_handed_out_with_its_attempt(store: BaseStore) -> None:
-    store.enqueue([job("bg")])
-    worker = WorkerIdentity()
-    (claimed,) = claim(store, 1, worker)
-    scratch, header = start_attempt(store, claimed, worker, b"own output\n")
+    worker, claimed, scratch, header = running_job(store, "bg", b"own output\n")
     end = len(header) + 11
     leftover = open(scratch.name, "ab")  # a process the command left running holds the file
     store.keep_output("bg", 1, worker, header, scratch, len(header), end, "exit code 0")

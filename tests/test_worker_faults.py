@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (SCRIPT, Queue, fast, job_of, process_gone, q, read_pid, wait_for_state, wait_running,
-                      wait_until)
+from conftest import (SCRIPT, Queue, fast, job_of, kill_leftover, process_gone, q, read_pid, wait_for_state,
+                      wait_running, wait_until)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals, ptys and mounts")
 
@@ -417,3 +417,59 @@ def test_status_counts_processes_and_threads_in_good_english(queue: Queue, tmp_p
     wait_until(lambda: "2 processes, 8 threads)" in queue.ok("status"), 15, what="status to show both workers")
     queue.ok("worker", "stop", "--wait")
     assert one.wait(timeout=20) == 0 and two.wait(timeout=20) == 0
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc (Linux)")
+
+
+@linux_only
+def test_kill_marked_kills_one_attempt_or_every_attempt_of_one_worker_and_nothing_else() -> None:
+    import queuectl
+
+    def marked(mark: str) -> subprocess.Popen:
+        return subprocess.Popen(["sleep", "60"], env=dict(os.environ, QUEUECTL_ATTEMPT=mark), start_new_session=True)
+
+    procs = {mark: marked(mark) for mark in ("a#1@h:1", "xa#1@h:1", "b#2@h:1", "a#1@h:12", "a#1@oh:1")}
+    try:
+        queuectl.kill_marked("a#1@h:1")
+        assert procs["a#1@h:1"].wait(5) == -signal.SIGKILL
+        assert all(proc.poll() is None for mark, proc in procs.items() if mark != "a#1@h:1")
+        queuectl.kill_marked("@h:1")  # every attempt of worker h:1 (as its guardian does)
+        for mark in ("xa#1@h:1", "b#2@h:1"):
+            assert procs[mark].wait(5) == -signal.SIGKILL
+        assert procs["a#1@h:12"].poll() is None and procs["a#1@oh:1"].poll() is None, "another worker's"
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+@linux_only
+def test_a_worker_killed_with_9_leaves_no_command_running(queue: Queue, tmp_path: Path) -> None:
+    """Nobody else runs: no recovery kills the command. Its guardian does, at once."""
+    enqueue(queue, "long", f"echo $$ > {q(tmp_path / 'pid')}; exec sleep 60")
+    worker = queue.start_worker()
+    wait_running(queue, "long", worker)
+    pid = wait_until(lambda: read_pid(tmp_path / "pid"), what="the command's pid")
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        assert wait_until(lambda: process_gone(pid), 3, what="the guardian to kill the command")
+    finally:
+        kill_leftover(pid)
+
+
+@linux_only
+def test_a_worker_that_stops_gracefully_leaves_what_its_jobs_started_on_purpose(queue: Queue,
+                                                                                tmp_path: Path) -> None:
+    """The guardian kills only when its worker dies without a word: a background process a job
+    left behind (late output) outlives a worker that stopped properly."""
+    fast(queue)
+    enqueue(queue, "leaver", f"(sleep 60 & echo $! > {q(tmp_path / 'pid')})")
+    worker = queue.start_worker("--burst")
+    assert worker.wait(30) == 0
+    pid = wait_until(lambda: read_pid(tmp_path / "pid"), what="the background process's pid")
+    try:  # the worker waits for its guardian to end before it exits: had it killed, it has by now
+        assert not process_gone(pid), "a job's background process was killed at a graceful exit"
+    finally:
+        os.kill(pid, signal.SIGKILL)
