@@ -1291,7 +1291,8 @@ class BaseStore:
     FolderStore (the folder of JSON files) is the first; a new store implements every verb below
     and is named in STORES."""
 
-    location: str  # where the queue lives: a folder's absolute path, or a URL
+    location: str  # where the queue lives, fit to print: a folder's absolute path, or a URL without its password
+    location_for_jobs: str  # what a job's QUEUECTL_HOME says, so that it can reach this queue (a password too)
     notes: list[str]  # notes for stderr that a verb left (a repaired file), printed at exit
 
     def prepare(self) -> None:
@@ -2175,7 +2176,7 @@ class FolderStore(BaseStore):
     _process_locks_guard = threading.Lock()
 
     def __init__(self, home: str) -> None:
-        self.location = self._folder = os.path.abspath(home)
+        self.location = self.location_for_jobs = self._folder = os.path.abspath(home)
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._jobs: dict[str, dict[str, Any]] = {}
@@ -4207,7 +4208,7 @@ class Runner:
         # The mark lets recovery find the command even if this process dies before it knows its pid.
         # QUEUECTL_HOME: a job that enqueues a follow-up job reaches this queue, not its folder's.
         mark = attempt_mark(job["id"], job["attempts"], self.identity)
-        env = dict(os.environ, QUEUECTL_ATTEMPT=mark, QUEUECTL_HOME=self.store.location)
+        env = dict(os.environ, QUEUECTL_ATTEMPT=mark, QUEUECTL_HOME=self.store.location_for_jobs)
         args, use_shell = shell_invocation(job["command"], job.get("shell") or shell)
         try:
             proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env,
@@ -4873,7 +4874,7 @@ class WorkerPool:
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {"pid": self.identity.pid, "host": self.identity.host, "threads": self.count,
-                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": redact(self.store.location)}
+                "started_at": iso(self.started_at), "heartbeat_at": iso(now_ts()), "home": self.store.location}
 
     def _heartbeat_once(self) -> None:
         began = time.monotonic()
@@ -5120,7 +5121,7 @@ def status_data(store: BaseStore) -> dict[str, Any]:
     counts = store.counts()
     workers = [w for w in store.workers() if w["alive"]]
     return {
-        "home": redact(store.location),
+        "home": store.location,
         "counts": {state: counts[state] for state in STATES},
         "scheduled": counts["scheduled"],
         "workers": [{k: w.get(k) for k in ("pid", "host", "threads", "started_at", "heartbeat_at")}
@@ -5479,7 +5480,7 @@ def cmd_purge(args: argparse.Namespace, store: BaseStore) -> int:
             raise QueueError(f"purge would delete {what} for good; run it again with --yes to confirm "
                              "(there is no terminal to ask).")
         try:
-            answer = input(f"Delete {what} from {redact(store.location)}? [y/N] ").strip().lower()
+            answer = input(f"Delete {what} from {store.location}? [y/N] ").strip().lower()
         except EOFError:  # Ctrl+D: no
             answer = ""
             print()
@@ -5724,7 +5725,7 @@ def cmd_config_set(args: argparse.Namespace, store: BaseStore) -> int:
 
 def cmd_db_status(args: argparse.Namespace, store: BaseStore) -> int:
     versions = store.schema_versions()
-    where = redact(store.location)
+    where = store.location
     if versions is None:
         data = {"home": where, "installed": None, "known": None, "pending": []}
         text = f"The queue in {where} is a folder of files: it has no schema, and nothing to migrate."
@@ -5752,7 +5753,7 @@ def cmd_db_status(args: argparse.Namespace, store: BaseStore) -> int:
 def cmd_db_migrate(args: argparse.Namespace, store: BaseStore) -> int:
     versions = store.schema_versions()
     if versions is None:
-        print(f"The queue in {redact(store.location)} is a folder of files: nothing to migrate.")
+        print(f"The queue in {store.location} is a folder of files: nothing to migrate.")
         return 0
     statements = store.migrate(dry_run=args.dry_run)
     if args.dry_run:
@@ -5764,9 +5765,9 @@ def cmd_db_migrate(args: argparse.Namespace, store: BaseStore) -> int:
     installed, known = versions
     if statements:
         print(f"Applied schema version(s) {', '.join(map(str, range((installed or 0) + 1, known + 1)))} "
-              f"to {redact(store.location)}.")
+              f"to {store.location}.")
     else:
-        print(f"Schema version {known} is installed in {redact(store.location)}: nothing to migrate.")
+        print(f"Schema version {known} is installed in {store.location}: nothing to migrate.")
     return 0
 
 
@@ -6091,7 +6092,7 @@ def dashboard_page(store: BaseStore, nonce: str, read_only: bool) -> bytes:
 
     initial = {"status": status_data(store), "jobs": dashboard_jobs(store, "pending", "", DASHBOARD_JOB_LIMIT),
                "readOnly": read_only}
-    values = {"nonce": nonce, "home": html.escape(redact(store.location)),
+    values = {"nonce": nonce, "home": html.escape(store.location),
               "initial": safe_json(initial).decode("utf-8")}
     # One pass: a value that happens to contain {{name}} is not filled in again.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], DASHBOARD_PAGE).encode("utf-8", "replace")
@@ -6173,7 +6174,7 @@ def cmd_dashboard(args: argparse.Namespace, store: BaseStore) -> int:
               f"between your browser and this machine can read its token and every job's command and output"
               + ("." if args.read_only else ", and retry or cancel jobs."), file=sys.stderr)
     # The token goes to this terminal only: never into a file of the data folder, never into a log.
-    print(f"Dashboard for {redact(store.location)}: {url}{' (read-only)' if args.read_only else ''}  "
+    print(f"Dashboard for {store.location}: {url}{' (read-only)' if args.read_only else ''}  "
           "(the address is the key: keep it to yourself; Ctrl+C to stop)")
     opener = open_dashboard(url) if args.open else None
     try:

@@ -303,9 +303,9 @@ class PostgresStore(BaseStore):
 
     def __init__(self, location: str) -> None:
         driver()
-        self.location = location
+        self.location, self.location_for_jobs = redact(location), location
         self.notes: list[str] = []
-        self.db = Connection(location)
+        self.db = Connection(location)  # the URL as given: its password too
         self._ready = False  # the schema is known to be at KNOWN_VERSION on this connection
         self._config: tuple[float, dict[str, Any]] | None = None  # (when read, settings)
         self._offset = 0.0  # server clock - this host's clock, at the last look
@@ -365,7 +365,7 @@ class PostgresStore(BaseStore):
         return applied
 
     def _newer_message(self, installed: int) -> str:
-        return (f"the queue at {redact(self.location)} has schema version {installed}, newer than this "
+        return (f"the queue at {self.location} has schema version {installed}, newer than this "
                 f"queuectl knows ({KNOWN_VERSION}): upgrade queuectl.")
 
     def _check_schema(self) -> None:
@@ -383,7 +383,7 @@ class PostgresStore(BaseStore):
             self.migrate()
             return
         if installed < KNOWN_VERSION:
-            raise QueueError(f"the queue at {redact(self.location)} has schema version {installed}; this "
+            raise QueueError(f"the queue at {self.location} has schema version {installed}; this "
                              f"queuectl needs {KNOWN_VERSION}: run `queuectl db migrate`.")
         if installed > KNOWN_VERSION:
             raise QueueError(self._newer_message(installed))
@@ -741,7 +741,7 @@ class PostgresStore(BaseStore):
                 name = config_key(key, "the config table")
                 config[name] = validate_config_value(name, value)
             except QueueError as error:
-                raise queuectl.CorruptFileError(f"{redact(self.location)} (queuectl.config)", str(error)) from None
+                raise queuectl.CorruptFileError(f"{self.location} (queuectl.config)", str(error)) from None
         return config
 
     def set_config(self, key: str, value: Any) -> None:
@@ -921,7 +921,7 @@ class PostgresStore(BaseStore):
         with backoff, and the worker is woken once: what was sent meanwhile is lost, not missed."""
         import select
 
-        listener = Connection(self.location, "queuectl listen")
+        listener = Connection(self.location_for_jobs, "queuectl listen")
         listener.watch()
         backoff = 0.1
         self._wake = wake
@@ -982,9 +982,9 @@ class PostgresStore(BaseStore):
                                VALUES (%s, %s, now() - make_interval(secs => %s), %s)
                                ON CONFLICT (host, pid) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
                                info = EXCLUDED.info""",
-                            (info["host"], info["pid"], age, json.dumps(dict(info, home=redact(self.location)))))
+                            (info["host"], info["pid"], age, json.dumps(info)))
         except QueueError as error:
-            raise OSError(0, str(error).rstrip("."), f"(the workers table of {redact(self.location)})") from None
+            raise OSError(0, str(error).rstrip("."), f"(the workers table of {self.location})") from None
         try:
             self._stream_output()
             self._flush_late()
@@ -1189,7 +1189,7 @@ class PostgresStore(BaseStore):
         """Late output is capped in the database as it arrives (log_max_bytes, newest kept)."""
 
     def log_location(self, job_id: str) -> str:
-        return f"{redact(self.location)} (the output of {job_id} is kept in the database)"
+        return f"{self.location} (the output of {job_id} is kept in the database)"
 
     def _attempts(self, cur: Any, job_id: str, running: bool) -> list[Attempt]:
         import io

@@ -37,7 +37,7 @@ class MemoryStore(BaseStore):
     scratch files commands write into are the worker's, real files in a private temporary folder."""
 
     def __init__(self) -> None:
-        self.location = f"memory://{id(self):x}"  # no folder: a job that opens it is refused
+        self.location = self.location_for_jobs = f"memory://{id(self):x}"  # a job that opens it is refused
         self.notes: list[str] = []
         self._lock = threading.RLock()  # the worker's threads and its main thread share the store
         self._active: dict[str, dict[str, Any]] = {}  # in queue order: enqueued (or revived) first, first
