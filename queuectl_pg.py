@@ -261,6 +261,13 @@ def values(cur: Any, rows: list[tuple[Any, ...]]) -> str:
     return b",".join(cur.mogrify(ROW_TEMPLATE, row) for row in rows).decode()
 
 
+def bytes_from(path: str, offset: int) -> bytes:
+    """Up to a megabyte of a file from `offset` (nothing past its end); OSError if it cannot be read."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(1 << 20)
+
+
 def scratch_parent() -> str:
     """Where the workers of this user on this host keep their scratch folders (owner-only)."""
     import tempfile
@@ -299,7 +306,8 @@ def stamp(text: str | None) -> float | None:
 
 class PostgresStore(BaseStore):
     """The queue in a PostgreSQL database (schema `queuectl`). One-shot commands use one short
-    connection; a worker process uses at most two (rounds and heartbeats; LISTEN)."""
+    connection; a worker process uses at most two (rounds and heartbeats; LISTEN and the records
+    of its commands' starts)."""
 
     def __init__(self, location: str) -> None:
         driver()
@@ -382,12 +390,10 @@ class PostgresStore(BaseStore):
         if installed is None:
             self.migrate()
             return
-        if installed < KNOWN_VERSION:
-            raise QueueError(f"the queue at {self.location} has schema version {installed}; this "
-                             f"queuectl needs {KNOWN_VERSION}: run `queuectl db migrate`.")
         if installed > KNOWN_VERSION:
             raise QueueError(self._newer_message(installed))
-        self._ready = True
+        raise QueueError(f"the queue at {self.location} has schema version {installed}; this "
+                         f"queuectl needs {KNOWN_VERSION}: run `queuectl db migrate`.")
 
     def _tx(self, lazy: bool = False) -> Transaction:
         """A transaction; `lazy` for a worker's own bookkeeping, whose commit need not wait for the
@@ -447,15 +453,14 @@ class PostgresStore(BaseStore):
                 stamp(job.get("finished_at")) if job["state"] in FINISHED_STATES else None,
                 job["attempts"], "cancel_requested_at" in job, json.dumps(job))
 
-    def _write(self, cur: Any, jobs: list[dict[str, Any]], now: float, started: bool | None = None,
+    def _write(self, cur: Any, jobs: list[dict[str, Any]], now: float, claimed: bool = False,
                new_place: bool = False) -> None:
-        """Store jobs as the rules made them (they exist already)."""
+        """Store jobs as the rules made them (they exist already); `claimed`: new claims, whose
+        commands have not started yet."""
         if not jobs:
             return
         rows = [self._row(job, now) for job in jobs]
-        also = ""
-        if started is not None:
-            also += ", started = true" if started else ", started = false"
+        also = ", started = false" if claimed else ""
         if new_place:
             also += ", place = nextval('queuectl.places')"  # back in the queue: behind the jobs waiting now
         cur.execute(f"""
@@ -482,11 +487,13 @@ class PostgresStore(BaseStore):
             if job["id"] in seen:
                 raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
             seen.add(job["id"])
+        due = False
         with self._tx() as cur:
             now = self._now(cur)
             for start in range(0, len(jobs), 10_000):
                 batch = jobs[start:start + 10_000]
                 rows = [self._row(job, now) for job in batch]
+                due = due or any(row[4] for row in rows)
                 cur.execute(f"""
                     INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
                                                cancel_requested, doc, place)
@@ -505,7 +512,7 @@ class PostgresStore(BaseStore):
                     cur.connection.rollback()
                     raise JobExists(f"job {taken!r} already exists ({found[0] if found else 'just enqueued'}); "
                                     "nothing was enqueued.")
-            if any(row[4] for row in rows):
+            if due:  # a worker may start one now (delayed jobs wait for the stager)
                 cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -771,7 +778,6 @@ class PostgresStore(BaseStore):
                     if not holds_claim(job, worker, outcome.attempt):
                         continue  # recovered meanwhile: not ours to record
                     job, what = settle_outcome(job, outcome, config, now, queuectl._chance)
-                    locked[job["id"]] = (job, False)
                     changed.append(job)
                     recorded.append((job, what))
                 settled = {job["id"] for job in changed}
@@ -786,11 +792,11 @@ class PostgresStore(BaseStore):
                 cur.execute("""SELECT doc FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready
                                ORDER BY priority DESC, place LIMIT %s FOR UPDATE SKIP LOCKED""", (want,))
                 claimed = [claimed_job(doc, worker, now) for (doc,) in cur.fetchall()]
-                self._write(cur, claimed, now, started=False)
+                self._write(cur, claimed, now, claimed=True)
             cur.execute("""SELECT id FROM queuectl.jobs WHERE state = 'processing' AND host = %s AND pid = %s
                            AND cancel_requested""", (worker.host, worker.pid))
             cancels = [job_id for (job_id,) in cur.fetchall()]
-            self._next_due, self._last_round = self._due_in(cur), time.monotonic()
+            self._next_due, self._last_round = self._due_in(cur, now), time.monotonic()
             running = list(running)
             if running:  # those no longer its claim were taken over (it was taken for dead): stop them
                 cur.execute("""SELECT r.id FROM unnest(%s::text[], %s::integer[]) AS r (id, attempt)
@@ -887,15 +893,14 @@ class PostgresStore(BaseStore):
         if self._next_due is not False:
             return self._next_due  # type: ignore[return-value]
         with self._tx() as cur:
-            return self._due_in(cur)
+            return self._due_in(cur, self._now(cur))
 
-    def _due_in(self, cur: Any) -> float | None:
+    def _due_in(self, cur: Any, now: float) -> float | None:
+        """When the next claimable job is due, on this host's clock (the server's `now`, corrected)."""
         cur.execute("""SELECT EXISTS (SELECT 1 FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready),
                               extract(epoch FROM (SELECT min(run_at) FROM queuectl.jobs
-                                                  WHERE state IN ('pending', 'failed') AND NOT ready))::float8,
-                              extract(epoch FROM now())::float8""")
-        ready, due, now = cur.fetchone()
-        self._offset = now - now_ts()
+                                                  WHERE state IN ('pending', 'failed') AND NOT ready))::float8""")
+        ready, due = cur.fetchone()
         if ready or (due is not None and due <= now):
             return 0.0
         return None if due is None else due - self._offset
@@ -912,10 +917,11 @@ class PostgresStore(BaseStore):
         """LISTEN on a connection of its own (the worker's second), unless config `listen` is off."""
         if not self.config()["listen"] or self._listener is not None:
             return
-        self._listener = threading.Thread(target=self._listen, args=(wake,), name="queuectl_pg listen", daemon=True)
+        self._wake = wake
+        self._listener = threading.Thread(target=self._listen, name="queuectl_pg listen", daemon=True)
         self._listener.start()
 
-    def _listen(self, wake: Callable[[], None]) -> None:
+    def _listen(self) -> None:
         """Wake the worker on each notification. A connection that dies (a server restart, a
         terminated backend, a cut cable found by the watch on a periodic SELECT 1) is opened again
         with backoff, and the worker is woken once: what was sent meanwhile is lost, not missed."""
@@ -924,7 +930,6 @@ class PostgresStore(BaseStore):
         listener = Connection(self.location_for_jobs, "queuectl listen")
         listener.watch()
         backoff = 0.1
-        self._wake = wake
         while not self._closing:
             try:
                 conn = listener.open()
@@ -935,7 +940,7 @@ class PostgresStore(BaseStore):
                 self._side = listener
                 backoff = 0.1
                 self._notified = True
-                wake()
+                self._wake()  # type: ignore[misc]
                 quiet_since = time.monotonic()
                 while not self._closing:
                     if select.select([conn], [], [], 1.0)[0]:
@@ -1022,10 +1027,10 @@ class PostgresStore(BaseStore):
         if time.monotonic() - self._last_round < 1.5:
             return self._stop_at
         with self._tx() as cur:
-            now = self._now(cur)
+            self._now(cur)
             cur.execute("SELECT at FROM queuectl.flags WHERE name = 'stop'")
             row = cur.fetchone()
-        return None if row is None else row[0] - (now - now_ts())
+        return None if row is None else row[0] - self._offset
 
     def clear_stop(self) -> None:
         with self._tx() as cur:
@@ -1096,7 +1101,7 @@ class PostgresStore(BaseStore):
                             (job_id, attempt, worker.host, worker.pid,
                              psycopg2.Binary(header.rstrip(b" \n") + b"\n")))
                 run, sent = cur.fetchone()[0], 0
-            position = max(start, start + sent)
+            position = start + sent
             if end - position > limit:
                 cur.execute("UPDATE queuectl.runs SET removed = removed + %s WHERE run = %s",
                             (end - limit - position, run))
@@ -1127,17 +1132,15 @@ class PostgresStore(BaseStore):
 
     def _stream_one(self, path: str, limit: int) -> None:
         """Send what one scratch file gained since the last beat, while its attempt is this worker's."""
+        run, sent = self._streams.get(path, (None, 0))
         try:
             with open(path, "rb") as handle:
                 header = handle.readline(queuectl.LOG_LINE_MAX)
-                record = scratch_attempt(header)
-                run, sent = self._streams.get(path, (None, 0))
-                size = os.fstat(handle.fileno()).st_size - len(header)
-                if record is None or size <= sent:
-                    return
-                handle.seek(len(header) + sent)
-                data = handle.read(min(size - sent, 1 << 20))
+            record = scratch_attempt(header)
+            data = bytes_from(path, len(header) + sent) if record else b""
         except OSError:
+            return
+        if not data:
             return
         with self._tx(lazy=True) as cur:
             if run is None:
@@ -1162,14 +1165,11 @@ class PostgresStore(BaseStore):
         limit = int(self.config()["log_max_bytes"])
         for path, (job_id, attempt, sent, run) in list(self._late.items()):
             try:
-                with open(path, "rb") as handle:
-                    size = os.fstat(handle.fileno()).st_size
-                    if size <= sent:
-                        continue
-                    handle.seek(sent)
-                    data = handle.read(min(size - sent, 1 << 20))
+                data = bytes_from(path, sent)
             except OSError:
                 self._late.pop(path, None)
+                continue
+            if not data:
                 continue
             with self._tx(lazy=True) as cur:
                 if run is None:
