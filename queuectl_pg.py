@@ -33,10 +33,28 @@ from queuectl import (ACTIVE_STATES, DEFAULT_CONFIG, FINISHED_STATES, HOST, STAT
                       redact, revived, scratch_attempt, settle_orphan, settle_outcome, stop_orphaned_command,
                       validate_config_value, worker_alive)
 
-try:
-    import psycopg2
-except ImportError:  # the store says so when it is used; importing this module stays harmless
-    psycopg2 = None
+
+
+def _import_driver() -> Any:
+    """psycopg2, or None. Its C module imports Python's ssl module only to learn whether Python
+    already set up OpenSSL's locking (OpenSSL before 1.1 needed that; Python 3.10 needs 1.1.1 or
+    later, and the driver's wheel brings OpenSSL 3, which sets itself up): that import is half of
+    the driver's import time, paid by every one-shot command. Without it the driver leaves
+    OpenSSL to libpq; a later `import ssl` works as usual."""
+    blocked = "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` fails at once
+    try:
+        import psycopg2
+    except ImportError:  # the store says so when it is used; importing this module stays harmless
+        return None
+    finally:
+        if blocked:
+            del sys.modules["ssl"]
+    return psycopg2
+
+
+psycopg2 = _import_driver()
 
 
 # -- the schema and its migrations ------------------------------------------------------------
@@ -106,13 +124,19 @@ KNOWN_VERSION = len(MIGRATIONS)
 JOBS_CHANNEL = "queuectl_jobs"  # NOTIFY: new due jobs (a hint: workers poll anyway)
 CONTROL_CHANNEL = "queuectl_control"  # NOTIFY: a cancel or a stop was asked for
 # Mark attempts started (still the worker's) and begin their runs, in one statement; the ids started.
-RECORD_STARTS = """
-WITH s (id, attempt, header) AS (SELECT * FROM unnest(%s::text[], %s::integer[], %s::bytea[])),
+STARTS = """
+WITH s (id, attempt, header) AS (SELECT * FROM unnest({}::text[], {}::integer[], {}::bytea[])),
      u AS (UPDATE queuectl.jobs j SET started = true FROM s WHERE j.id = s.id AND j.state = 'processing'
-           AND j.host = %s AND j.pid = %s AND j.attempts = s.attempt RETURNING j.id),
+           AND j.host = {} AND j.pid = {} AND j.attempts = s.attempt RETURNING j.id),
      r AS (INSERT INTO queuectl.runs (job_id, attempt, host, pid, header)
-           SELECT s.id, s.attempt, %s, %s, s.header FROM s WHERE s.id IN (SELECT id FROM u) RETURNING job_id)
+           SELECT s.id, s.attempt, {}, {}, s.header FROM s WHERE s.id IN (SELECT id FROM u) RETURNING job_id)
 SELECT job_id FROM r"""
+# The LISTEN connection records most starts: there the statement is prepared once (planning it cost
+# more than running it), as a session's prepared statement can be where no pooler shares the session.
+PREPARE_STARTS = ("PREPARE queuectl_starts (text[], integer[], bytea[], text, integer, text, integer) AS "
+                  + STARTS.format(*(f"${n}" for n in range(1, 8))))
+EXECUTE_STARTS = "EXECUTE queuectl_starts (%s, %s, %s, %s, %s, %s, %s)"
+RECORD_STARTS = STARTS.format(*["%s"] * 7)  # elsewhere (the main connection, through a pooler)
 ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s)"
 
 
@@ -871,7 +895,7 @@ class PostgresStore(BaseStore):
             try:
                 connection.busy_since = time.monotonic()
                 cur = connection.conn.cursor()
-                cur.execute(RECORD_STARTS, self._starts_params(waiting, worker))
+                cur.execute(EXECUTE_STARTS, self._starts_params(waiting, worker))
                 started = {job_id for (job_id,) in cur.fetchall()}
                 self._take_notifies(connection.conn)  # the driver may have read some meanwhile
                 return started
@@ -936,7 +960,7 @@ class PostgresStore(BaseStore):
                 conn.autocommit = True
                 with listener.lock:
                     conn.cursor().execute(f"LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}; "
-                                          "SET synchronous_commit = off")  # for the starts it records too
+                                          f"SET synchronous_commit = off; {PREPARE_STARTS}")  # for the starts
                 self._side = listener
                 backoff = 0.1
                 self._notified = True
@@ -944,8 +968,15 @@ class PostgresStore(BaseStore):
                 quiet_since = time.monotonic()
                 while not self._closing:
                     if select.select([conn], [], [], 1.0)[0]:
-                        with listener.lock:
+                        if not listener.lock.acquire(blocking=False):
+                            # A thread records starts on it: that reads the answer, and notifications
+                            # that came with it. Waiting for the lock here would cost every start.
+                            time.sleep(0.002)
+                            continue
+                        try:
                             conn.poll()
+                        finally:
+                            listener.lock.release()
                         self._take_notifies(conn)
                         quiet_since = time.monotonic()
                     elif time.monotonic() - quiet_since >= 5.0:  # is it still there?

@@ -698,6 +698,25 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("psycopg2", 
     assert "Enqueued job: a" in proc.stdout and "finished: a" in proc.stdout
 
 
+def test_the_driver_is_imported_without_pythons_ssl_module_which_still_imports_after(pg_queue: PgQueue) -> None:
+    """A one-shot command does not pay for `import ssl` (half the driver's import time), and
+    leaves nothing behind that would stop a later `import ssl` in the same process."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import queuectl
+assert queuectl.main(["enqueue", "--id", "a", "--command", "true"]) == 0
+print("psycopg2" in sys.modules, "ssl" in sys.modules)
+import ssl
+print(ssl.OPENSSL_VERSION.split()[0])
+"""
+    env = dict(os.environ, QUEUECTL_HOME=pg_queue.url)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["True False", "OpenSSL"]
+    assert [job["id"] for job in pg_queue.json("list")] == ["a"]
+
+
 def skewed(queue: PgQueue, seconds: float, name: str) -> subprocess.Popen:
     """A worker whose clock is `seconds` off (time.time shifted by a sitecustomize of its own),
     as on a host whose clock is wrong."""
