@@ -21,6 +21,7 @@ module of its own that open_store imports only for its URL.
 from __future__ import annotations
 
 import argparse
+import errno
 import heapq
 import itertools
 import json
@@ -31,7 +32,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of every start)
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ class WorkerFault(QueueError):
 
 # Fields a user may give, and fields queuectl keeps itself (accepted on input
 # so a full record from the original specification can be enqueued again).
-INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "shell")
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "shell", "cwd", "env")
 RECORD_FIELDS = ("state", "attempts", "created_at", "updated_at")
 INT_FIELDS = ("max_retries", "priority")
 
@@ -304,11 +305,9 @@ def _valid_command(label: str, command: Any) -> str:
         raise QueueError(f"{label}: command is required and must be a non-empty string.")
     if "\x00" in command:
         raise QueueError(f"{label}: command must not contain a NUL character.")
-    try:
-        command.encode("utf-8")
-    except UnicodeEncodeError:
+    if not utf8_text(command):
         raise QueueError(f"{label}: command holds bytes that are not UTF-8 text; "
-                         "put it in a script file and enqueue a command that runs it.") from None
+                         "put it in a script file and enqueue a command that runs it.")
     return command
 
 
@@ -320,6 +319,42 @@ def _valid_shell(label: str, shell: Any) -> str:
     if not isinstance(shell, str) or shell.strip().lower() not in SHELLS:
         raise QueueError(f"{label}: shell must be one of {', '.join(SHELLS)}, not {shell!r}.")
     return shell.strip().lower()
+
+
+def utf8_text(text: str) -> bool:
+    """False for a str that holds bytes that were not UTF-8 (a file name's, escaped by Python)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_cwd(label: str, cwd: Any) -> str:
+    if not isinstance(cwd, str) or not cwd.strip() or "\x00" in cwd:
+        raise QueueError(f"{label}: cwd must be a directory's path, not {cwd!r}.")
+    if not utf8_text(cwd):
+        raise QueueError(f"{label}: cwd {cwd!r} is not UTF-8 text; give a directory whose name is.")
+    return cwd  # normalize_job makes it absolute, against the directory enqueue runs in
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+WORKER_ENV = ("QUEUECTL_ATTEMPT",)  # the worker's to set: how recovery finds a command
+
+
+def _valid_env(label: str, env: Any) -> dict[str, str]:
+    if not isinstance(env, dict):
+        raise QueueError(f'{label}: env must be an object of names and strings, like {{"MODE": "fast"}}.')
+    for name, value in env.items():
+        if not ENV_NAME.match(name):
+            raise QueueError(f"{label}: env: {name!r} is not a variable name (letters, digits and _, "
+                             "not starting with a digit).")
+        if name.upper() in WORKER_ENV:
+            raise QueueError(f"{label}: env: {name} is set by the worker for each attempt and cannot be given.")
+        if not isinstance(value, str) or "\x00" in value or not utf8_text(value):
+            raise QueueError(f"{label}: env: the value of {name} must be UTF-8 text without NUL characters, "
+                             f"not {value!r}.")
+    return dict(env)
 
 
 def _valid_run_at(label: str, run_at: Any) -> float:
@@ -339,14 +374,19 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "shell": _valid_shell,
     "run_at": _valid_run_at,
     "delay": lambda label, value: parse_duration(value, f"{label}: delay"),
+    "cwd": _valid_cwd,
+    "env": _valid_env,
 }
 
 
-def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: float | None = None) -> dict[str, Any]:
+def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: float | None = None,
+                  here: str | None = None) -> dict[str, Any]:
     """Validate user input and return a new pending job record.
 
     Unknown fields are errors (a typo like ``comand`` must not vanish), and the
-    record fields of the original specification are accepted but reset.
+    record fields of the original specification are accepted but reset. `here` is the
+    directory enqueue runs in: the job's cwd unless it names one (a relative one is taken from
+    there).
     """
     if not isinstance(raw, dict):
         raise QueueError(f"{label}: a job must be a JSON object like "
@@ -380,9 +420,17 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
     }
     if run_at is not None and run_at > now:
         job["run_at"] = iso(run_at)
-    for name in ("timeout", "shell"):
+    for name in ("timeout", "shell", "env"):
         if fields.get(name) is not None:
             job[name] = fields[name]
+    cwd = fields.get("cwd")
+    if cwd is not None:
+        cwd = os.path.expanduser(cwd)
+        if not os.path.isabs(cwd) and here is None:
+            raise QueueError(f"{label}: cwd {cwd!r} is relative; give an absolute path.")
+        job["cwd"] = os.path.normpath(os.path.join(here or "", cwd))
+    elif here is not None:
+        job["cwd"] = here
     return job
 
 
@@ -608,6 +656,20 @@ def _windows_pid_alive(pid: int) -> bool:
         return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
     finally:
         kernel32.CloseHandle(handle)
+
+
+def command_environment(base: Mapping[str, str], *layers: Mapping[str, str],
+                        platform: str = sys.platform) -> dict[str, str]:
+    """`base` with each layer's variables set over it, in order. Windows takes names in any case
+    as one: a layer's `Path` replaces the base's `PATH` rather than standing beside it."""
+    env = dict(base)
+    for layer in layers:
+        for name, value in layer.items():
+            if platform == "win32":
+                for same in [key for key in env if key.upper() == name.upper()]:
+                    del env[same]
+            env[name] = value
+    return env
 
 
 def popen_options(platform: str = sys.platform) -> dict[str, Any]:
@@ -2218,7 +2280,6 @@ class FolderStore(BaseStore):
     def _ensure_folder(self, name: str) -> str:
         """A folder inside the data folder (logs/, workers/), owner-only. It never creates the
         data folder itself: a worker whose data folder vanished must not go on in a new one."""
-        import errno
 
         path = self._path(name)
         try:
@@ -3817,7 +3878,6 @@ class PosixFileLock:
         return os.open(self.target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
     def acquire(self, timeout: float = LOCK_TIMEOUT) -> None:
-        import errno
         import fcntl
 
         if not self._threads.acquire(timeout=timeout):
@@ -4207,15 +4267,24 @@ class Runner:
             return result
         # The mark lets recovery find the command even if this process dies before it knows its pid.
         # QUEUECTL_HOME: a job that enqueues a follow-up job reaches this queue, not its folder's.
+        # The job's own variables go over the worker's (QUEUECTL_HOME too), never over its mark.
         mark = attempt_mark(job["id"], job["attempts"], self.identity)
-        env = dict(os.environ, QUEUECTL_ATTEMPT=mark, QUEUECTL_HOME=self.store.location_for_jobs)
+        env = command_environment(os.environ, {"QUEUECTL_HOME": self.store.location_for_jobs}, job.get("env") or {},
+                                  {"QUEUECTL_ATTEMPT": mark})
         args, use_shell = shell_invocation(job["command"], job.get("shell") or shell)
+        cwd = job.get("cwd")  # none in jobs enqueued before jobs had one: the worker's directory
         try:
-            proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env,
+            if cwd is not None and not os.path.isdir(cwd):
+                raise FileNotFoundError(errno.ENOENT, "no such directory", cwd)
+            proc = subprocess.Popen(args, shell=use_shell, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                                     stdout=out, stderr=subprocess.STDOUT, **popen_options())
         except OSError as error:
-            program = "the command" if use_shell else f"the {job.get('shell') or shell} shell"
-            result.error = f"could not start {program}: {error.strerror}"
+            if cwd is not None and error.filename == cwd:
+                result.error = (f"could not start the command in {cwd} on host {self.identity.host}: "
+                                f"{'no such directory' if error.errno == errno.ENOENT else error.strerror}")
+            else:
+                program = "the command" if use_shell else f"the {job.get('shell') or shell} shell"
+                result.error = f"could not start {program}: {error.strerror}"
             self._keep_output(job, out, len(header), result)
             return result
         # Fill in the header's pid, without moving the offset the command writes at.
@@ -4397,7 +4466,6 @@ class Printer:
         self._write(self.errors or sys.stderr, text)
 
     def _write(self, stream: Any, text: str) -> None:
-        import errno
 
         with self._lock:
             try:
@@ -5031,6 +5099,17 @@ def cmd_enqueue(args: argparse.Namespace, store: BaseStore) -> int:
     return code
 
 
+def env_pairs(pairs: list[str]) -> dict[str, str]:
+    """--env NAME=VALUE options as a dict (the names are checked with the job)."""
+    env = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            raise QueueError(f"--env takes NAME=VALUE, not {pair!r}.")
+        env[name] = value
+    return env
+
+
 def _enqueue(args: argparse.Namespace, store: BaseStore, notes: list[str]) -> int:
     sources = [s for s in (args.job, args.json, args.file) if s is not None]
     flags = args.id is not None or args.command is not None
@@ -5055,13 +5134,23 @@ def _enqueue(args: argparse.Namespace, store: BaseStore, notes: list[str]) -> in
     if args.run_at is not None and args.delay is not None:
         raise QueueError("give run_at (--run-at) or delay (--delay), not both.")
     overrides = {"max_retries": args.max_retries, "priority": args.priority, "run_at": args.run_at,
-                 "delay": args.delay, "timeout": args.timeout, "shell": args.shell}
+                 "delay": args.delay, "timeout": args.timeout, "shell": args.shell, "cwd": args.cwd}
+    env = env_pairs(args.env or [])
     if args.id is not None and args.command is None:
         if len(items) != 1:
             raise QueueError("--id can only name a single job.")
         overrides["id"] = args.id
     if not items:
         raise QueueError("the input holds no jobs.")
+    try:
+        here: str | None = os.getcwd()
+        gone = False
+    except OSError:  # removed under this shell: only a job that names an absolute cwd can go
+        here, gone = None, True
+    if here is not None and not utf8_text(here):  # a job's fields are JSON text
+        notes.append("note: this directory's name is not UTF-8 text, so the jobs run in their worker's "
+                     "directory; give --cwd to choose one.")
+        here = None
     config = store.config()
     now = store.clock()  # the queue's time: a database server's, whatever this host's clock says
     jobs = []
@@ -5073,7 +5162,12 @@ def _enqueue(args: argparse.Namespace, store: BaseStore, notes: list[str]) -> in
                     raw[key] = value
                     if key in ("run_at", "delay"):
                         raw.pop("delay" if key == "run_at" else "run_at", None)
-        job = normalize_job(raw, config, label, now)
+            if env:  # --env adds to (and wins over) a JSON job's own env
+                raw["env"] = {**raw["env"], **env} if isinstance(raw.get("env"), dict) else env
+        job = normalize_job(raw, config, label, now, here)
+        if "cwd" not in job and gone:
+            raise QueueError(f"{label}: the current directory no longer exists, and a job runs in the "
+                             "directory it was enqueued from; cd to one that exists, or give --cwd.")
         too_long = command_too_long(job["command"], job.get("shell") or config["shell"])
         if too_long:
             raise QueueError(f"{label}: {too_long}")
@@ -5207,14 +5301,16 @@ def cmd_show(args: argparse.Namespace, store: BaseStore) -> int:
     if args.json:
         print_json(job)
         return 0
-    order = ["id", "state", "command", "attempts", "max_retries", "priority", "timeout", "run_at",
+    order = ["id", "state", "command", "cwd", "env", "attempts", "max_retries", "priority", "timeout", "run_at",
              "created_at", "updated_at", "first_started_at", "started_at", "finished_at", "duration",
              "cancel_requested_at", "worker", "pid", "host", "exit_code", "error"]
     keys = [k for k in order if k in job] + [k for k in job if k not in order and k != "output"]
     width = max(len(key) for key in keys)
     terminal = sys.stdout.isatty()
     for key in keys:
-        print(f"{key:<{width}}: {'-' if job[key] is None else escape_controls(str(job[key]), terminal)}")
+        value = job[key]
+        text = "-" if value is None else json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+        print(f"{key:<{width}}: {escape_controls(text, terminal)}")
     print(f"{'log':<{width}}: {store.log_location(job['id'])}")
     if job.get("output"):
         print("output (last part):")
@@ -6388,7 +6484,8 @@ async function showDetail() {
     const d = await api(`/api/jobs/${encodeURIComponent(selected)}`);
     const fields = Object.entries(d.job).filter(([k]) => k !== "output");
     box.replaceChildren(el("h2", {}, "Job " + d.job.id),
-      el("table", {}, ...fields.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v ?? "-")))),
+      el("table", {}, ...fields.map(([k, v]) => el("tr", {}, el("th", {}, k),
+        el("td", {}, v !== null && typeof v === "object" ? JSON.stringify(v) : v ?? "-")))),
       el("h2", {}, "Last error"), el("div", {}, d.job.error || "-"),
       el("h2", {}, "Output (end of " + d.log + ")"), el("pre", {}, d.log_tail || d.job.output || "(no output)"));
     box.hidden = false;
@@ -6470,6 +6567,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = add("enqueue", cmd_enqueue, "add one or more jobs",
                 "queuectl enqueue --id job1 --command \"sleep 2\"\n"
                 "queuectl enqueue '{\"id\":\"job1\",\"command\":\"sleep 2\"}'\n"
+                "queuectl enqueue --id test --command \"make test\" --cwd ~/proj --env MODE=fast\n"
                 "queuectl enqueue --file jobs.json        (an object, an array, or one object per line)")
         p.add_argument("job", nargs="?", help="the job as JSON (or - for stdin)")
         p.add_argument("--json", metavar="TEXT", help="the job(s) as JSON (or - for stdin)")
@@ -6483,6 +6581,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--timeout", metavar="SECONDS", help="kill the command after this long")
         p.add_argument("--shell", metavar="SHELL",
                        help=f"run it with {', '.join(SHELLS)} (default: config shell)")
+        p.add_argument("--cwd", metavar="DIR", help="run it in DIR (default: the directory you enqueue from)")
+        p.add_argument("--env", action="append", metavar="NAME=VALUE",
+                       help="add a variable to its environment (repeatable)")
 
     if wanted("worker"):
         wsub = group("worker", "start or stop workers", "queuectl worker start --count 4")

@@ -81,11 +81,12 @@ class Queue:
         env.pop("NO_COLOR", None)
         return env
 
-    def run(self, *args: str, input: str | bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run one queuectl command to completion; returns text stdout/stderr."""
+    def run(self, *args: str, input: str | bytes | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Run one queuectl command to completion (in the data folder, or `cwd`); returns text stdout/stderr."""
         data = input.encode() if isinstance(input, str) else input
         proc = subprocess.run([sys.executable, SCRIPT, *args], input=data, capture_output=True,
-                              env=self.env(), cwd=str(self.home), timeout=timeout)
+                              env=self.env(), cwd=str(cwd or self.home), timeout=timeout)
         proc.stdout = proc.stdout.decode("utf-8", "replace")
         proc.stderr = proc.stderr.decode("utf-8", "replace")
         return proc

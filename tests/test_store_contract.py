@@ -548,6 +548,16 @@ def test_enqueued_jobs_are_pending_and_get_returns_them(store: BaseStore) -> Non
     assert store.get("nope") is None
 
 
+def test_a_jobs_cwd_and_env_are_kept_through_its_claim_and_its_end(store: BaseStore) -> None:
+    env = {"MODE": "fast", "EMPTY": "", "TEXT": "a b \u00e9"}
+    store.enqueue([job("here", cwd="/srv/build", env=env)])
+    (claimed,) = claim(store)
+    assert (claimed["cwd"], claimed["env"]) == ("/srv/build", env)
+    settle(store, claimed)
+    done = store.get("here")
+    assert done is not None and (done["state"], done["cwd"], done["env"]) == ("completed", "/srv/build", env)
+
+
 def test_enqueue_is_all_or_nothing_and_refuses_an_id_that_exists_in_any_state(store: BaseStore) -> None:
     store.enqueue([job("done"), job("dead", max_retries=1), job("failing"), job("gone"), job("running"),
                    job("waiting")])
