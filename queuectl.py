@@ -5309,7 +5309,8 @@ def cmd_show(args: argparse.Namespace, store: BaseStore) -> int:
     terminal = sys.stdout.isatty()
     for key in keys:
         value = job[key]
-        text = "-" if value is None else json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+        text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+        text = "-" if value is None else text
         print(f"{key:<{width}}: {escape_controls(text, terminal)}")
     print(f"{'log':<{width}}: {store.log_location(job['id'])}")
     if job.get("output"):
