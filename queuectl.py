@@ -56,9 +56,10 @@ FAILED_FILE = "failed.json"
 CANCELLED_FILE = "cancelled.json"
 CONFIG_FILE = "config.json"
 STOP_FILE = "stop.flag"
+PAUSE_FILE = "pause.flag"
 HISTORY_INDEX_FILE = "history.idx"
 LOCK_FILE = "queuectl.lock"
-STATE_FILES = (QUEUE_FILE, PROCESSED_FILE, FAILED_FILE, CANCELLED_FILE, CONFIG_FILE, STOP_FILE)
+STATE_FILES = (QUEUE_FILE, PROCESSED_FILE, FAILED_FILE, CANCELLED_FILE, CONFIG_FILE, STOP_FILE, PAUSE_FILE)
 LOGS_DIR = "logs"
 LATE_DIR = "late"  # in logs/: what processes an attempt left running wrote after it ended
 WORKERS_DIR = "workers"
@@ -1506,6 +1507,19 @@ class BaseStore:
 
     def clear_stop(self) -> None:
         """The last worker has stopped: forget the request."""
+        raise NotImplementedError
+
+    def pause(self) -> float | None:
+        """From now on no worker round of any process or host claims a job, until resume (running
+        jobs go on). When an earlier pause began, or None if the queue was not paused."""
+        raise NotImplementedError
+
+    def resume(self) -> bool:
+        """Worker rounds claim again; False if the queue was not paused."""
+        raise NotImplementedError
+
+    def paused_since(self) -> float | None:
+        """When the pause began (this host's clock), or None: the queue is not paused."""
         raise NotImplementedError
 
     def begin_worker(self, worker: WorkerIdentity) -> None:
@@ -2988,7 +3002,7 @@ class FolderStore(BaseStore):
             if recover:
                 recovered, changed = self._recover(config, now, worker)
                 recorded.extend((job, "recovered") for job in recovered)
-            claimed = self._claim(want, worker, now)
+            claimed = [] if os.path.exists(self._path(PAUSE_FILE)) else self._claim(want, worker, now)
             if recorded or claimed or changed:
                 self._save_queue(durable=False)
             cancels = [job_id for job_id in self._processing if (job := self._jobs[job_id]).get("cancel_requested_at")
@@ -3741,14 +3755,18 @@ class FolderStore(BaseStore):
                      (json.dumps({"requested_at": iso(now_ts()), "epoch": now_ts()}) + "\n").encode())
 
     def stop_requested_at(self) -> float | None:
-        data = self._read(STOP_FILE)
+        return self._flag_time(STOP_FILE)
+
+    def _flag_time(self, name: str) -> float | None:
+        """When a flag file was set (its epoch; its mtime if edited by hand), None if it is not."""
+        data = self._read(name)
         if data is None:
             return None
         try:
             return float(json.loads(data)["epoch"])
         except (ValueError, KeyError, TypeError):
             try:
-                return os.stat(self._path(STOP_FILE)).st_mtime
+                return os.stat(self._path(name)).st_mtime
             except OSError:
                 return None
 
@@ -3757,6 +3775,25 @@ class FolderStore(BaseStore):
             os.unlink(self._path(STOP_FILE))
         except FileNotFoundError:
             pass
+
+    def pause(self) -> float | None:
+        # Under the lock: a round either claimed before the flag was there, or sees it.
+        with self._locked():
+            since = self.paused_since()
+            if since is None:
+                self._write(PAUSE_FILE, (json.dumps({"paused_at": iso(now_ts()), "epoch": now_ts()}) + "\n").encode())
+            return since
+
+    def resume(self) -> bool:
+        with self._locked():
+            try:
+                os.unlink(self._path(PAUSE_FILE))
+            except FileNotFoundError:
+                return False
+            return True
+
+    def paused_since(self) -> float | None:
+        return self._flag_time(PAUSE_FILE)
 
 
 class HistoryWatch:
@@ -4492,6 +4529,7 @@ def _to_null_device(stream: Any) -> None:
         pass
 
 
+PAUSED_BURST = "The queue is paused: this worker starts no new job (`queuectl resume` goes on)."
 # A worker claims jobs ahead of its threads only while jobs are this short, so
 # a second worker process is never kept waiting behind more than this much work.
 PREFETCH_WORK_S = 0.2
@@ -4532,6 +4570,7 @@ class WorkerPool:
         self.totals = {"completed": 0, "failed": 0, "dead": 0, "cancelled": 0}
         self.cancels_seen: set[str] = set()
         self.stop_cause: int | str | None = None  # the signal, or "worker stop": announced once
+        self.paused = False  # `queuectl pause`: claim nothing (as the last look at the store saw it)
         self.stop_said = self.kill_said = False
         self.fault: str | None = None  # why this worker cannot work now: it claims nothing meanwhile
         self.fault_said_at: float | None = None
@@ -4547,6 +4586,9 @@ class WorkerPool:
 
     def run(self) -> int:
         self.store.check()  # a damaged file fails before any job starts
+        if self.burst and self.store.paused_since() is not None:
+            self.say(PAUSED_BURST)
+            return 0
         self.store.on_change(self._wake)
         self.runner.guardian.start()
         self._heartbeat_once()
@@ -4603,11 +4645,12 @@ class WorkerPool:
                 if self._stop_flag_seen():
                     self.stop_cause = self.stop_cause or "worker stop"
                     self.stopping = True
+                self._look_for_pause()
                 self._check_home()
             self._announce_stop()
             if self.fault:
                 self._handle_fault(clock)
-            if (self.stopping or self.fault) and self.backlog:
+            if (self.stopping or self.fault or self.paused) and self.backlog:
                 self._release_backlog()
             if self.home_lost:
                 self._drop_results()
@@ -4618,7 +4661,7 @@ class WorkerPool:
                 held = busy + backlog
             target = self._target()
             ahead = target - self.count  # how many jobs this process claims beyond its threads
-            want = 0 if self.stopping or self.fault else target - held
+            want = 0 if self.stopping or self.fault or self.paused else target - held
             # Refill when the jobs claimed ahead run low (at once when none are).
             low = want > 0 and backlog <= ahead // 2
             due = self.store.next_due()
@@ -4671,6 +4714,9 @@ class WorkerPool:
                     with self.lock:
                         self.backlog[:0] = reversed(claimed)
                         self.work_ready.notify(len(claimed))
+            if self._all_idle() and self.burst and self.paused and not self.stopping:
+                self.say(PAUSED_BURST)
+                return
             if self._all_idle() and (self.stopping or (
                     self.burst and not claimed and not self._due_or_retrying())):
                 return
@@ -4789,7 +4835,7 @@ class WorkerPool:
 
     def _wait_for_work(self, poll: float, last_round: float) -> None:
         """Sleep until a thread reports, a job falls due, or the next poll."""
-        due = self.store.next_due()
+        due = None if self.paused else self.store.next_due()
         timeout = poll
         if due is not None and due > 0:
             timeout = max(0.01, min(poll, due - now_ts()))
@@ -4968,6 +5014,12 @@ class WorkerPool:
         except QueueError:
             pass
         return self._interval
+
+    def _look_for_pause(self) -> None:
+        try:
+            self.paused = self.store.paused_since() is not None
+        except QueueError:  # a store that cannot answer now: the next round says why
+            pass
 
     def _stop_flag_seen(self) -> bool:
         try:
@@ -5210,14 +5262,35 @@ def cmd_worker_stop(args: argparse.Namespace, store: BaseStore) -> int:
 # -- status, list, show ---------------------------------------------------
 
 
+def local_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def cmd_pause(args: argparse.Namespace, store: BaseStore) -> int:
+    since = store.pause()
+    if since is not None:
+        print(f"The queue was already paused (since {local_time(since)}).")
+    else:
+        print("Queue paused: workers start no new job until `queuectl resume` (running jobs finish).")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, store: BaseStore) -> int:
+    print("Queue resumed: workers start jobs again." if store.resume() else "The queue is not paused.")
+    return 0
+
+
 def status_data(store: BaseStore) -> dict[str, Any]:
     store.recover_orphans()
     counts = store.counts()
     workers = [w for w in store.workers() if w["alive"]]
+    paused = store.paused_since()
     return {
         "home": store.location,
         "counts": {state: counts[state] for state in STATES},
         "scheduled": counts["scheduled"],
+        "paused": paused is not None,
+        "paused_since": None if paused is None else iso(paused),
         "workers": [{k: w.get(k) for k in ("pid", "host", "threads", "started_at", "heartbeat_at")}
                     for w in workers],
     }
@@ -5243,6 +5316,9 @@ def cmd_status(args: argparse.Namespace, store: BaseStore) -> int:
     print(f"Dead Jobs (DLQ): {c['dead']}")
     print(f"Cancelled Jobs : {c['cancelled']}")
     print(f"Worker State   : {state}")
+    if data["paused"]:
+        print(f"Paused         : since {local_time(_epoch(data['paused_since']))}; no new job starts until "
+              "`queuectl resume`")
     print(f"{'Queue at' if '://' in data['home'] else 'Data folder':<15}: {data['home']}")
     return 0
 
@@ -5252,7 +5328,7 @@ def job_time_column(job: dict[str, Any]) -> str:
         job.get("started_at") if job["state"] == "processing" else job.get("run_at"))
     if not stamp:
         return "now" if job["state"] == "pending" else "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_epoch(stamp)))
+    return local_time(_epoch(stamp))
 
 
 def format_table(rows: list[list[str]], headers: list[str], width: int) -> str:
@@ -6303,6 +6379,7 @@ header h1 { font-size: 18px; margin: 0; }
 header .home { color: #aab; font-family: monospace; }
 header .live { margin-left: auto; color: #8c8; }
 header .live.stale { color: #e88; }
+header .paused { margin-left: 12px; padding: 0 8px; border-radius: 4px; background: #c80; color: #fff; }
 main { padding: 16px 20px; display: grid; gap: 16px; grid-template-columns: 1fr 1fr; }
 section { background: #fff; border-radius: 6px; padding: 12px 16px; box-shadow: 0 1px 2px #0002; }
 section.wide { grid-column: 1 / -1; }
@@ -6335,7 +6412,8 @@ svg text { font-size: 10px; fill: #667; }
 </style>
 </head>
 <body>
-<header><h1>queuectl</h1><span class="home">{{home}}</span><span class="live" id="live">live</span></header>
+<header><h1>queuectl</h1><span class="home">{{home}}</span><span class="live" id="live">live</span>
+<span class="paused" id="paused" hidden></span></header>
 <main>
 <section class="wide"><h2>Jobs</h2><div class="counts" id="counts"></div></section>
 <section><h2>Workers</h2><table id="workers"></table></section>
@@ -6398,6 +6476,10 @@ async function act(path) {
 function showCounts(status) {
   fill("counts", ...STATES.map(state => el("div", {class: "count " + state},
     el("b", {"data-state": state}, status.counts[state]), state === "dead" ? "dead (DLQ)" : state)));
+  const paused = document.getElementById("paused");
+  paused.hidden = !status.paused;
+  paused.textContent = status.paused ? "paused since " + new Date(status.paused_since).toLocaleString()
+    : "";
 }
 function showWorkers(workers) {
   fill("workers", el("tr", {}, ...["pid", "host", "threads", "last heartbeat", ""].map(h => el("th", {}, h))),
@@ -6597,6 +6679,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "queuectl worker stop --wait", wsub)
         p.add_argument("--wait", action="store_true", help="return once they have exited")
 
+    if wanted("pause"):
+        add("pause", cmd_pause, "workers of every process and host start no new job until resume",
+            "queuectl pause")
+    if wanted("resume"):
+        add("resume", cmd_resume, "workers start jobs again after a pause", "queuectl resume")
+
     if wanted("status"):
         p = add("status", cmd_status, "counts per state and the workers", "queuectl status --json")
         p.add_argument("--json", action="store_true", help="print JSON only")
@@ -6702,8 +6790,8 @@ def configure_console() -> None:
             pass
 
 
-COMMANDS = ("enqueue", "worker", "status", "list", "show", "logs", "cancel", "purge", "stats", "wait",
-            "dashboard", "dlq", "db", "config")
+COMMANDS = ("enqueue", "worker", "pause", "resume", "status", "list", "show", "logs", "cancel", "purge", "stats",
+            "wait", "dashboard", "dlq", "db", "config")
 
 
 def command_named(argv: list[str]) -> str | None:

@@ -121,6 +121,7 @@ CREATE TABLE queuectl.purged_cancels (id text NOT NULL, state text NOT NULL, at 
 """,
 ]
 KNOWN_VERSION = len(MIGRATIONS)
+CLAIMS_LOCK = "hashtext('queuectl.claims')"  # advisory: worker rounds share it, `pause` takes it alone
 JOBS_CHANNEL = "queuectl_jobs"  # NOTIFY: new due jobs (a hint: workers poll anyway)
 CONTROL_CHANNEL = "queuectl_control"  # NOTIFY: a cancel or a stop was asked for
 # Mark attempts started (still the worker's) and begin their runs, in one statement; the ids started.
@@ -355,6 +356,7 @@ class PostgresStore(BaseStore):
         self._last_round = 0.0
         self._notified = False  # a notification came since the last round
         self._stop_at: float | None = None  # the stop request as the last round read it
+        self._paused_at: float | None = None  # and the pause
         self._listener: threading.Thread | None = None
         self._closing = False
 
@@ -812,8 +814,9 @@ class PostgresStore(BaseStore):
             cur.execute("""UPDATE queuectl.jobs SET ready = true
                            WHERE state IN ('pending', 'failed') AND NOT ready AND run_at <= now()""")
             claimed = []
-            if want > 0:
+            if want > 0 and self._paused_at is None:  # (a pause that began since waits for this round)
                 cur.execute("""SELECT doc FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready
+                               AND NOT EXISTS (SELECT 1 FROM queuectl.flags WHERE name = 'pause')
                                ORDER BY priority DESC, place LIMIT %s FOR UPDATE SKIP LOCKED""", (want,))
                 claimed = [claimed_job(doc, worker, now) for (doc,) in cur.fetchall()]
                 self._write(cur, claimed, now, claimed=True)
@@ -851,17 +854,21 @@ class PostgresStore(BaseStore):
                     (ids, attempts, endings, worker.host, worker.pid, worker.host, worker.pid))
 
     def _look(self, cur: Any) -> tuple[float, dict[str, Any]]:
-        """A round's first statement: the server's time, the stop request, and the settings (read at
-        most once a second)."""
+        """A round's first statement: the claims lock (shared: `pause` waits for the rounds under
+        way, and later ones see its flag), the server's time, the stop request and the pause, and
+        the settings (read at most once a second)."""
         fresh = self._config is not None and time.monotonic() - self._config[0] < 1.0
-        cur.execute("""SELECT extract(epoch FROM now())::float8, (SELECT at FROM queuectl.flags WHERE name = 'stop')"""
+        cur.execute(f"""SELECT extract(epoch FROM now())::float8, (SELECT at FROM queuectl.flags WHERE name = 'stop'),
+                               (SELECT at FROM queuectl.flags WHERE name = 'pause'),
+                               pg_advisory_xact_lock_shared({CLAIMS_LOCK})"""
                     + ("" if fresh else ", (SELECT json_object_agg(key, value) FROM queuectl.config)"))
         row = cur.fetchone()
         now = row[0]
         self._offset, self._offset_at = now - now_ts(), time.monotonic()
         self._stop_at = None if row[1] is None else row[1] - self._offset
+        self._paused_at = None if row[2] is None else row[2] - self._offset
         if not fresh:
-            self._config = (time.monotonic(), self._settings(row[2] or {}))
+            self._config = (time.monotonic(), self._settings(row[4] or {}))
         return now, self._config[1]  # type: ignore[index]
 
     def attempt_started(self, job: dict[str, Any], worker: WorkerIdentity, header: bytes) -> bool:
@@ -1066,6 +1073,40 @@ class PostgresStore(BaseStore):
     def clear_stop(self) -> None:
         with self._tx() as cur:
             cur.execute("DELETE FROM queuectl.flags WHERE name = 'stop'")
+
+    def pause(self) -> float | None:
+        """Once the rounds under way have committed (their claims stand), no round claims."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            cur.execute(f"SELECT pg_advisory_xact_lock({CLAIMS_LOCK})")
+            cur.execute("""INSERT INTO queuectl.flags (name, at) VALUES ('pause', %s) ON CONFLICT (name) DO NOTHING
+                           RETURNING at""", (now,))
+            began = cur.fetchone()
+            if began is not None:
+                cur.execute("SELECT pg_notify(%s, 'pause')", (CONTROL_CHANNEL,))  # claimed ahead: give back
+            else:
+                cur.execute("SELECT at FROM queuectl.flags WHERE name = 'pause'")
+        self._paused_at = (began or cur.fetchone())[0] - self._offset
+        return None if began else self._paused_at
+
+    def resume(self) -> bool:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM queuectl.flags WHERE name = 'pause' RETURNING at")
+            self._paused_at = None
+            if cur.fetchone() is None:
+                return False
+            cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))  # idle workers claim at once
+            return True
+
+    def paused_since(self) -> float | None:
+        """A worker asks often: its recent round's reading answers."""
+        if time.monotonic() - self._last_round < 1.5:
+            return self._paused_at
+        with self._tx() as cur:
+            self._now(cur)
+            cur.execute("SELECT at FROM queuectl.flags WHERE name = 'pause'")
+            row = cur.fetchone()
+        return None if row is None else row[0] - self._offset
 
     # -- output: runs and their chunks
 

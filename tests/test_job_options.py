@@ -191,7 +191,7 @@ def test_pause_holds_every_worker_process_across_restarts_until_resume_and_runni
         assert worker.wait(timeout=30) == 0
     late = queue.start_worker("--burst")
     assert late.wait(timeout=30) == 0
-    assert "The queue is paused: no job was started (`queuectl resume` goes on)." in queue.logs[-1].read_text()
+    assert queuectl.PAUSED_BURST in queue.logs[-1].read_text()
     worker = queue.start_worker()
     time.sleep(0.5)  # its first rounds: still nothing may start
     assert [state_of(queue, f"held{n}") for n in range(4)] == ["pending"] * 4

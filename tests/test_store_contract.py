@@ -47,6 +47,7 @@ class MemoryStore(BaseStore):
         self._config = dict(queuectl.DEFAULT_CONFIG)
         self._beats: dict[tuple[str, int], dict[str, Any]] = {}
         self._stop_at: float | None = None
+        self._paused_at: float | None = None
         self._scratch_dir: str | None = None
         self._scratch: dict[tuple[str, int], set[str]] = {}  # each worker's scratch files
         self._version = self._seen = 0  # changes to the queue, and how many the last worker round saw
@@ -246,7 +247,8 @@ class MemoryStore(BaseStore):
                 recorded += [(job, "recovered") for job in self._recover(now, worker)]
             due = [job for job in self._active.values() if queuectl.is_due(job, now)]
             due.sort(key=lambda job: -job.get("priority", 0))  # stable: the oldest first within a priority
-            claimed = [queuectl.claimed_job(job, worker, now) for job in due[:max(0, want)]]
+            claimed = [] if self._paused_at is not None else [
+                queuectl.claimed_job(job, worker, now) for job in due[:max(0, want)]]
             self._active.update((job["id"], job) for job in claimed)
             cancels = [job["id"] for job in self._active.values() if job.get("cancel_requested_at")
                        and queuectl.holds_claim(job, worker, job["attempts"])]
@@ -298,6 +300,19 @@ class MemoryStore(BaseStore):
 
     def clear_stop(self) -> None:
         self._stop_at = None
+
+    def pause(self) -> float | None:
+        with self._lock:
+            since, self._paused_at = self._paused_at, self._paused_at or now_ts()
+            return since
+
+    def resume(self) -> bool:
+        with self._lock:
+            was, self._paused_at = self._paused_at, None
+            return was is not None
+
+    def paused_since(self) -> float | None:
+        return self._paused_at
 
     def clock(self) -> float:
         return now_ts()
@@ -831,6 +846,23 @@ def test_a_stop_request_is_seen_until_cleared(store: BaseStore) -> None:
     assert when is not None and abs(when - asked) < 5
     store.clear_stop()
     assert store.stop_requested_at() is None
+
+
+def test_a_paused_queue_is_claimed_from_by_no_worker_round_until_it_is_resumed(store: BaseStore) -> None:
+    store.enqueue([job("a"), job("b")])
+    (running,) = claim(store)
+    assert store.paused_since() is None and store.resume() is False
+    asked = now_ts()
+    assert store.pause() is None
+    since = store.paused_since()
+    assert since is not None and abs(since - asked) < 5
+    again = store.pause()
+    assert again is not None and abs(again - since) < 0.1, "a second pause says when the first began"
+    assert claim(store, 5) == [] and claim(store, 5, WorkerIdentity("elsewhere", 1)) == []
+    ((_, what),) = settle(store, running)  # a running job still finishes
+    assert what == "completed" and store.states_of(["b"]) == {"b": "pending"}
+    assert store.resume() is True and store.paused_since() is None
+    assert [claimed["id"] for claimed in claim(store, 5)] == ["b"]
 
 
 def test_config_starts_at_the_defaults_and_set_config_changes_one_setting(store: BaseStore) -> None:
