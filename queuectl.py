@@ -1080,10 +1080,22 @@ def claimed_job(job: dict[str, Any], worker: WorkerIdentity, now: float) -> dict
 
 
 def revived(job: dict[str, Any], now: float) -> dict[str, Any]:
-    """A dead job that `dlq retry` sends back: pending, with all its attempts again."""
-    job = {key: value for key, value in job.items() if key not in ("finished_at", "started_at", "exit_code")}
+    """A finished job that `dlq retry` or `requeue` sends back: pending, with all its attempts
+    again (its own fields kept; the last attempt's error and output too, until the next one)."""
+    gone = ("finished_at", "started_at", "exit_code", "cancel_requested_at")
+    job = {key: value for key, value in job.items() if key not in gone}
     job.update(state="pending", attempts=0, updated_at=iso(now))
     return job
+
+
+def requeue_refusal(job_id: str, job: dict[str, Any] | None) -> QueueError | None:
+    """Why `requeue` cannot send this job back (None: it can)."""
+    if job is None:
+        return NoSuchJob(f"no job with id {job_id!r}; nothing was requeued.")
+    if job["state"] not in FINISHED_STATES:
+        return QueueError(f"job {job_id!r} is {job['state']}: only a completed, dead or cancelled job can be "
+                          "requeued; nothing was requeued.")
+    return None
 
 
 def settle_outcome(job: dict[str, Any], outcome: Outcome, config: dict[str, Any], now: float,
@@ -1430,6 +1442,11 @@ class BaseStore:
 
     def dlq_retry(self, ids: list[str] | None) -> list[str]:
         """Dead jobs (all when None) back to pending with attempts 0; the ids moved."""
+        raise NotImplementedError
+
+    def requeue(self, ids: list[str]) -> list[str]:
+        """Send finished jobs (completed, dead, cancelled) back to pending with attempts 0, at the
+        back of the queue, their output kept: all or nothing (requeue_refusal)."""
         raise NotImplementedError
 
     def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
@@ -3201,6 +3218,27 @@ class FolderStore(BaseStore):
                 raise
             return [job["id"] for job in requeued]
 
+    def requeue(self, ids: list[str], platform: str = sys.platform) -> list[str]:
+        """The revived copies go to queue.json first, under the lock: from then on they are the
+        jobs (the newer copy wins). Then the old copies leave their history files, as a purge
+        takes them (their logs stay: a copy of each job remains)."""
+        ids = list(dict.fromkeys(ids))
+        with self._locked():
+            self._load_queue()
+            with self._history_view() as view:
+                found = view.find([job_id for job_id in ids if job_id not in self._jobs])
+            for job_id in ids:
+                refusal = requeue_refusal(job_id, self._jobs.get(job_id) or found.get(job_id))
+                if refusal:
+                    raise refusal
+            now = now_ts()
+            self._append_queue([revived(found[job_id], now) for job_id in ids])
+        for state in {found[job_id]["state"] for job_id in ids}:
+            for _ in range(5):  # another purge or retry may replace the file meanwhile: then again
+                if self._purge_file(HISTORY_FILE_OF[state], None, True, platform, only=set(ids)) is not None:
+                    break
+        return ids
+
     def cancel(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         """Cancel jobs. A pending or failed job goes to cancelled.json at once; a
         processing job is marked, and its worker kills the command and records
@@ -3307,9 +3345,11 @@ class FolderStore(BaseStore):
                                  "during the purge; nothing more was deleted. Try again.")
         return counts
 
-    def _purge_file(self, name: str, before: float | None, apply: bool, platform: str) -> int | None:
-        """Purge one history file: how many jobs went (or would go), None if another command
-        replaced the file while it was being copied (nothing was changed then)."""
+    def _purge_file(self, name: str, before: float | None, apply: bool, platform: str,
+                    only: set[str] | None = None) -> int | None:
+        """Purge one history file (of the jobs `only` names, when given): how many jobs went (or
+        would go), None if another command replaced the file while it was being copied (nothing
+        was changed then)."""
         with self._locked(write=False):
             active, view = self._snapshot()
         path = self._path(name)
@@ -3320,7 +3360,7 @@ class FolderStore(BaseStore):
                 if name not in view.files:
                     return 0
                 _, end, index, _ = view.files[name]
-                removed, stale = self._copy_kept(view, name, before, active, tmp if apply else None, gone_ids)
+                removed, stale = self._copy_kept(view, name, before, active, tmp if apply else None, gone_ids, only)
                 if not apply or not removed:
                     return removed
                 scanned = _scan_into(tmp, None, room=index.jobs)
@@ -3347,7 +3387,7 @@ class FolderStore(BaseStore):
                 _quietly(lambda leftover=leftover: os.unlink(leftover))
 
     def _copy_kept(self, view: HistoryView, name: str, before: float | None, active: ActiveCopies,
-                   tmp: str | None, gone_ids: str) -> tuple[int, dict[str, float]]:
+                   tmp: str | None, gone_ids: str, only: set[str] | None = None) -> tuple[int, dict[str, float]]:
         """Stream a history file as the view holds it: the jobs to keep go to `tmp` (when given),
         the ids of those that go to `gone_ids`. Returns how many go, and those of them that
         queue.json holds an older copy of (id -> the purged copy's updated_at)."""
@@ -3360,7 +3400,8 @@ class FolderStore(BaseStore):
             if out:
                 out.write(b"[\n")
             for batch in _batches(view.lines(name)):
-                doomed = [job for job, _ in batch if before is None or _finished_at(job) < before]
+                doomed = [job for job, _ in batch if (before is None or _finished_at(job) < before)
+                          and (only is None or job["id"] in only)]
                 removed += len(doomed)
                 if not out:
                     continue
@@ -5869,6 +5910,12 @@ def cmd_dlq_retry(args: argparse.Namespace, store: BaseStore) -> int:
     return 0
 
 
+def cmd_requeue(args: argparse.Namespace, store: BaseStore) -> int:
+    for job_id in store.requeue(args.ids):
+        print(f"Requeued job: {job_id}")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace, store: BaseStore) -> int:
     config = store.config()
     if args.json:
@@ -6756,6 +6803,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("ids", nargs="*", metavar="ID")
         p.add_argument("--all", action="store_true", help="every job in the DLQ")
 
+    if wanted("requeue"):
+        p = add("requeue", cmd_requeue, "send completed, dead or cancelled jobs back to pending (attempts reset)",
+                "queuectl requeue build1 test2")
+        p.add_argument("ids", nargs="+", metavar="ID")
+
     if wanted("db"):
         dsub = group("db", "the schema of a queue in a database",
                      "queuectl --home postgresql://db.example/jobs db status")
@@ -6791,7 +6843,7 @@ def configure_console() -> None:
 
 
 COMMANDS = ("enqueue", "worker", "pause", "resume", "status", "list", "show", "logs", "cancel", "purge", "stats",
-            "wait", "dashboard", "dlq", "db", "config")
+            "wait", "dashboard", "dlq", "requeue", "db", "config")
 
 
 def command_named(argv: list[str]) -> str | None:

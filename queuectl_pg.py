@@ -30,8 +30,8 @@ import queuectl
 from queuectl import (ACTIVE_STATES, DEFAULT_CONFIG, FINISHED_STATES, HOST, STATES, Attempt, BaseStore,
                       JobExists, NoSuchJob, Outcome, QueueError, StoreUnavailable, WorkerIdentity,
                       cancel_decision, claimed_job, config_key, dead_workers, holds_claim, iso, now_ts,
-                      redact, revived, scratch_attempt, settle_orphan, settle_outcome, stop_orphaned_command,
-                      validate_config_value, worker_alive)
+                      redact, requeue_refusal, revived, scratch_attempt, settle_orphan, settle_outcome,
+                      stop_orphaned_command, validate_config_value, worker_alive)
 
 
 
@@ -675,6 +675,19 @@ class PostgresStore(BaseStore):
             if dead:
                 cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
         return [job["id"] for job in dead]
+
+    def requeue(self, ids: list[str]) -> list[str]:
+        ids = list(dict.fromkeys(ids))
+        with self._tx() as cur:
+            now = self._now(cur)
+            locked = self._lock(cur, ids)
+            for job_id in ids:
+                refusal = requeue_refusal(job_id, locked.get(job_id, (None,))[0])
+                if refusal:
+                    raise refusal
+            self._write(cur, [revived(locked[job_id][0], now) for job_id in ids], now, new_place=True)
+            cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        return ids
 
     def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
         """Counted per state; deleted (with their output) in batches of 10,000, a transaction each,

@@ -203,3 +203,40 @@ def test_pause_holds_every_worker_process_across_restarts_until_resume_and_runni
     assert queue.ok("resume") == "The queue is not paused.\n"
     worker.terminate()
     assert worker.wait(timeout=30) == 0
+
+
+# -- requeue ------------------------------------------------------------------------------------
+
+
+def test_requeue_runs_each_finished_state_again_after_its_old_attempts(queue: StoreQueue) -> None:
+    queue.set(max_retries=1)
+    enqueue(queue, "done", "echo run $QUEUECTL_ATTEMPT | cut -d@ -f1")
+    enqueue(queue, "dead", 'echo try; [ -e "$MARK" ] || exit 4', "--env", f"MARK={queue.home / 'fixed'}")
+    enqueue(queue, "gone", "echo cancelled?", "--delay", "1h")
+    enqueue(queue, "waiting", "true", "--delay", "1h")
+    queue.ok("cancel", "gone")
+    burst(queue)
+    assert {job["id"]: job["state"] for job in queue.json("list")} == {
+        "done": "completed", "dead": "dead", "gone": "cancelled", "waiting": "pending"}
+
+    refused = queue.run("requeue", "done", "waiting")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == ("error: job 'waiting' is pending: only a completed, dead or cancelled job can be "
+                              "requeued; nothing was requeued.\n")
+    assert queue.run("requeue", "nosuch").returncode != 0
+    assert queue.json("show", "done")["state"] == "completed"
+
+    (queue.home / "fixed").touch()
+    assert queue.ok("requeue", "done", "dead", "gone") == "Requeued job: done\nRequeued job: dead\nRequeued job: gone\n"
+    status = queue.json("status")["counts"]
+    assert (status["pending"], status["completed"], status["dead"], status["cancelled"]) == (4, 0, 0, 0)
+    assert {job["id"]: job["attempts"] for job in queue.json("list", "--state", "pending")} == {
+        "done": 0, "dead": 0, "gone": 0, "waiting": 0}
+    burst(queue)
+    assert {job["id"]: (job["state"], job["attempts"]) for job in queue.json("list") if job["id"] != "waiting"} == {
+        "done": ("completed", 1), "dead": ("completed", 1), "gone": ("completed", 1)}
+    done_log = queue.ok("logs", "done").splitlines()
+    assert done_log[1::2] == ["run done#1", "run done#1"], "the old attempt stays, the new one follows"
+    dead_log = queue.ok("logs", "dead").splitlines()
+    assert dead_log[0].endswith(": exit code 4") and dead_log[2].endswith(": exit code 0")
+    assert queue.json("show", "gone")["output"] == "cancelled?\n"

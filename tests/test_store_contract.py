@@ -175,6 +175,21 @@ class MemoryStore(BaseStore):
             self._version += 1
             return wanted
 
+    def requeue(self, ids: list[str]) -> list[str]:
+        with self._lock:
+            ids = list(dict.fromkeys(ids))
+            for job_id in ids:
+                refusal = queuectl.requeue_refusal(job_id, self._find(job_id))
+                if refusal:
+                    raise refusal
+            now = now_ts()
+            for job_id in ids:
+                job = self._find(job_id)
+                del self._finished[job["state"]][job_id]
+                self._active[job_id] = queuectl.revived(job, now)
+            self._version += 1
+            return ids
+
     def purge(self, states: Iterable[str], before: float | None, apply: bool) -> dict[str, int]:
         counts = {}
         with self._lock:
@@ -761,6 +776,43 @@ def test_dlq_retry_sends_dead_jobs_back_with_their_attempts_reset(store: BaseSto
     assert "finished_at" not in back and "exit_code" not in back
     assert sorted(store.dlq_retry(None)) == ["d1", "d3"]
     assert store.counts()["dead"] == 0 and len(claim(store, 5)) == 3
+
+
+def test_requeue_sends_completed_dead_and_cancelled_jobs_back_with_their_fields_and_output(store: BaseStore) -> None:
+    store.enqueue([job("done", "echo done", priority=3, env={"A": "1"}), job("dead", max_retries=1), job("gone"),
+                   job("waiting")])
+    worker = WorkerIdentity()
+    (claimed,) = claim(store, 1, worker)
+    scratch, header = start_attempt(store, claimed, worker, b"first run\n")
+    store.keep_output("done", claimed["attempts"], worker, header, scratch, len(header), scratch.tell(), "exit code 0")
+    settle(store, claimed, worker=worker)
+    assert run_next(store, 1) == "dead"
+    store.cancel(["gone"])
+    assert store.states_of(["done", "dead", "gone"]) == {"done": "completed", "dead": "dead", "gone": "cancelled"}
+
+    assert store.requeue(["done", "dead", "gone", "done"]) == ["done", "dead", "gone"]
+    back = {job_id: store.get(job_id) for job_id in ("done", "dead", "gone")}
+    for job_id, again in back.items():
+        assert again is not None and (again["state"], again["attempts"]) == ("pending", 0), job_id
+        assert not {"finished_at", "exit_code", "cancel_requested_at"} & set(again), again
+    assert (back["done"]["command"], back["done"]["priority"], back["done"]["env"]) == ("echo done", 3, {"A": "1"})
+    assert [output for _, output in outputs(store, "done")] == [b"first run\n"], "the old attempt's output stays"
+    counts = store.counts()
+    assert (counts["completed"], counts["dead"], counts["cancelled"], counts["pending"]) == (0, 0, 0, 4)
+    assert [claimed["id"] for claimed in claim(store, 5)] == ["done", "waiting", "dead", "gone"]  # priority first
+
+
+def test_requeue_refuses_an_active_or_unknown_job_and_then_changes_nothing(store: BaseStore) -> None:
+    store.enqueue([job("done"), job("waiting")])
+    assert run_next(store) == "completed"
+    for ids, message in ((["done", "waiting"], "job 'waiting' is pending: only a completed, dead or cancelled"),
+                         (["done", "nosuch"], "no job with id 'nosuch'")):
+        with pytest.raises(QueueError) as refused:
+            store.requeue(ids)
+        assert message in str(refused.value) and "nothing was requeued" in str(refused.value)
+        assert store.states_of(["done", "waiting"]) == {"done": "completed", "waiting": "pending"}
+    with pytest.raises(NoSuchJob):
+        store.requeue(["nosuch"])
 
 
 def test_dlq_retry_refuses_a_job_that_is_not_dead(store: BaseStore) -> None:
