@@ -157,7 +157,8 @@ class WorkerFault(QueueError):
 
 # Fields a user may give, and fields queuectl keeps itself (accepted on input
 # so a full record from the original specification can be enqueued again).
-INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "shell", "cwd", "env")
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "shell", "cwd", "env",
+                "after")
 RECORD_FIELDS = ("state", "attempts", "created_at", "updated_at")
 INT_FIELDS = ("max_retries", "priority")
 
@@ -358,6 +359,20 @@ def _valid_env(label: str, env: Any) -> dict[str, str]:
     return dict(env)
 
 
+def _valid_after(label: str, after: Any) -> list[str]:
+    """The ids of the jobs this one waits for: a list, or one string of ids separated by commas."""
+    items = after.split(",") if isinstance(after, str) else after
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise QueueError(f'{label}: after must list job ids, like ["build", "test"] or "build,test".')
+    ids = list(dict.fromkeys(item.strip() for item in items if item.strip()))
+    for job_id in ids:
+        if not ID_PATTERN.match(job_id):
+            raise QueueError(f"{label}: after: {job_id!r} is not a job id.")
+    if not ids:
+        raise QueueError(f"{label}: after names no job.")
+    return ids
+
+
 def _valid_run_at(label: str, run_at: Any) -> float:
     if not isinstance(run_at, str):
         raise QueueError(f"{label}: run_at must be an ISO-8601 string.")
@@ -377,6 +392,7 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "delay": lambda label, value: parse_duration(value, f"{label}: delay"),
     "cwd": _valid_cwd,
     "env": _valid_env,
+    "after": _valid_after,
 }
 
 
@@ -421,9 +437,11 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
     }
     if run_at is not None and run_at > now:
         job["run_at"] = iso(run_at)
-    for name in ("timeout", "shell", "env"):
+    for name in ("timeout", "shell", "env", "after"):
         if fields.get(name) is not None:
             job[name] = fields[name]
+    if job["id"] in job.get("after", ()):
+        raise QueueError(f"{label}: job {job['id']!r} cannot wait for itself.")
     cwd = fields.get("cwd")
     if cwd is not None:
         cwd = os.path.expanduser(cwd)
@@ -1018,7 +1036,69 @@ def holds_claim(job: dict[str, Any] | None, worker: WorkerIdentity, attempt: int
 def is_due(job: dict[str, Any], now: float) -> bool:
     """May a waiting job (pending or failed) be claimed now? Claims take the due jobs with the
     highest priority first, then the oldest (in the order they were enqueued or revived)."""
-    return job["state"] != "processing" and (not job.get("run_at") or _epoch(job["run_at"]) <= now)
+    return (job["state"] != "processing" and not job.get("waiting_for")
+            and (not job.get("run_at") or _epoch(job["run_at"]) <= now))
+
+
+def entering_jobs(jobs: list[dict[str, Any]], states_of: Callable[[list[str]], dict[str, str]],
+                  now: float) -> list[dict[str, Any]]:
+    """New jobs as they enter the queue, those that name others in `after` waiting for the ones
+    that have not completed, or cancelled at once (they never run) if one of them is dead or
+    cancelled (the new ones first, so a chain among them cancels down the chain). `states_of`:
+    the store's states of jobs it holds. A job named nowhere, and new jobs that wait for each
+    other, are refused with QueueError."""
+    new = {job["id"]: job for job in jobs}
+    named = {dep for job in jobs for dep in job.get("after", ())}
+    if not named:
+        return jobs
+    states = states_of([dep for dep in named if dep not in new]) if named - set(new) else {}
+    for job in jobs:
+        for dep in job.get("after", ()):
+            if dep not in new and dep not in states:
+                raise QueueError(f"job {job['id']!r} waits for {dep!r}, which is not in the queue; "
+                                 "nothing was enqueued.")
+    done: dict[str, dict[str, Any]] = {}
+    visiting: set[str] = set()
+
+    def enter(job_id: str) -> None:  # its new dependencies first
+        if job_id in done:
+            return
+        if job_id in visiting:
+            raise QueueError(f"jobs {sorted(visiting)} wait for each other; nothing was enqueued.")
+        visiting.add(job_id)
+        for dep in new[job_id].get("after", ()):
+            if dep in new:
+                enter(dep)
+                states[dep] = done[dep]["state"]
+        done[job_id] = waiting_job(new[job_id], states, now)
+        visiting.discard(job_id)
+
+    for job in jobs:
+        enter(job["id"])
+    return [done[job["id"]] for job in jobs]
+
+
+def waiting_job(job: dict[str, Any], states: dict[str, str], now: float) -> dict[str, Any]:
+    """A job as it enters the queue (new or revived): waiting for those of its `after` jobs that
+    have not completed (one that is gone counts as completed); cancelled at once if one of them
+    is dead or cancelled."""
+    job = {key: value for key, value in job.items() if key != "waiting_for"}
+    for dep in job.get("after", ()):
+        if states.get(dep) in ("dead", "cancelled"):
+            return cancelled_job(job, now, f"cancelled: it waits for {dep}, which is {states[dep]}")
+    waiting = [dep for dep in job.get("after", ()) if states.get(dep, "completed") != "completed"]
+    return dict(job, waiting_for=waiting) if waiting else job
+
+
+def dependency_ended(job: dict[str, Any], dep: str, state: str, now: float) -> dict[str, Any]:
+    """A waiting job once a job it waits for has ended: that one is crossed off when it completed
+    (the job is claimable when none is left); dead or cancelled, the job is cancelled too."""
+    if state in ("dead", "cancelled"):
+        return cancelled_job(job, now, f"cancelled: it waits for {dep}, which is {state}")
+    waiting = [other for other in job.get("waiting_for", ()) if other != dep]
+    job = {key: value for key, value in job.items() if key != "waiting_for"}
+    job["updated_at"] = iso(now)
+    return dict(job, waiting_for=waiting) if waiting else job
 
 
 def released(job: dict[str, Any]) -> dict[str, Any]:
@@ -1043,7 +1123,7 @@ def requeued(job: dict[str, Any], now: float, counted: bool) -> dict[str, Any]:
 
 def cancelled_job(job: dict[str, Any], now: float, error: str | None) -> dict[str, Any]:
     """The job as recorded in cancelled.json: it is never run, or run again."""
-    job = {key: value for key, value in job.items() if key not in ("pid", "host", "run_at")}
+    job = {key: value for key, value in job.items() if key not in ("pid", "host", "run_at", "waiting_for")}
     job.update(state="cancelled", error=error or "cancelled", finished_at=iso(now), updated_at=iso(now))
     return job
 
@@ -1086,6 +1166,25 @@ def revived(job: dict[str, Any], now: float) -> dict[str, Any]:
     job = {key: value for key, value in job.items() if key not in gone}
     job.update(state="pending", attempts=0, updated_at=iso(now))
     return job
+
+
+def requeued_jobs(jobs: list[dict[str, Any]], states_of: Callable[[list[str]], dict[str, str]],
+                  now: float) -> list[dict[str, Any]]:
+    """Finished jobs that `requeue` sends back (revived), each waiting for those of its `after`
+    jobs that have not completed, the ones requeued with it included. One that waits for a dead or
+    cancelled job is refused (QueueError): that one must be requeued first, or with it."""
+    back = {job["id"] for job in jobs}
+    named = {dep for job in jobs for dep in job.get("after", ())} - back
+    states = dict(states_of(sorted(named)) if named else {}, **{job_id: "pending" for job_id in back})
+    result = []
+    for job in jobs:
+        again = waiting_job(revived(job, now), states, now)
+        if again["state"] == "cancelled":
+            dep = next(dep for dep in job["after"] if states.get(dep) in ("dead", "cancelled"))
+            raise QueueError(f"job {job['id']!r} waits for {dep!r}, which is {states[dep]}: requeue that one "
+                             "first, or with it; nothing was requeued.")
+        result.append(again)
+    return result
 
 
 def requeue_refusal(job_id: str, job: dict[str, Any] | None) -> QueueError | None:
@@ -1411,7 +1510,8 @@ class BaseStore:
         raise NotImplementedError
 
     def counts(self) -> dict[str, int]:
-        """Jobs per state, and "scheduled": pending jobs whose run_at is still to come."""
+        """Jobs per state, "scheduled": pending jobs whose run_at is still to come, and "waiting":
+        pending jobs that wait for others (`after`)."""
         raise NotImplementedError
 
     def finished_count(self, state: str) -> int:
@@ -2281,6 +2381,7 @@ class FolderStore(BaseStore):
         self._scheduled: list[tuple[float, str]] = []
         self._processing: set[str] = set()
         self._failed: set[str] = set()
+        self._waiters: dict[str, set[str]] = {}  # id -> the ids of active jobs that wait for it
         self._config: dict[str, Any] | None = None
         self._config_signature: tuple[int, int, int] | None = None
         self.notes: list[str] = []
@@ -2704,11 +2805,15 @@ class FolderStore(BaseStore):
         self._next_seq = len(jobs)
         self._ready, self._scheduled = [], []
         self._processing, self._failed = set(), set()
+        self._waiters = {}
         now = now_ts()
         for seq, (job_id, job) in enumerate(jobs.items()):
             state = job["state"]
             if state == "processing":
                 self._processing.add(job_id)
+                continue
+            if job.get("waiting_for"):
+                self._track(job)
                 continue
             if state == "failed":
                 self._failed.add(job_id)
@@ -2731,7 +2836,7 @@ class FolderStore(BaseStore):
 
     def _file_for_claim(self, job: dict[str, Any]) -> None:
         """File a claimable job under 'due now' or 'due later'."""
-        if job["state"] == "processing":
+        if job["state"] == "processing" or job.get("waiting_for"):
             return
         run_at = job.get("run_at")
         due = _epoch(run_at) if run_at else 0.0
@@ -2746,10 +2851,13 @@ class FolderStore(BaseStore):
         self._track(job)
 
     def _track(self, job: dict[str, Any]) -> None:
-        """Keep the ids of processing and failed jobs at hand (no scans)."""
+        """Keep the ids of processing and failed jobs at hand (no scans), and of the jobs that wait
+        for each job (an entry may be out of date: the job's waiting_for decides)."""
         job_id, state = job["id"], job["state"]
         (self._processing.add if state == "processing" else self._processing.discard)(job_id)
         (self._failed.add if state == "failed" else self._failed.discard)(job_id)
+        for dep in job.get("waiting_for", ()):
+            self._waiters.setdefault(dep, set()).add(job_id)
 
     def _remove(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -2845,7 +2953,11 @@ class FolderStore(BaseStore):
                 job_id, state = next(iter(taken.items()))
                 raise JobExists(f"job {job_id!r} already exists ({state}, in "
                                  f"{HISTORY_FILE_OF[state]}); nothing was enqueued.")
-            self._append_queue(jobs)
+            jobs = entering_jobs(jobs, self._states_held, now_ts())
+            cancelled = [job for job in jobs if job["state"] == "cancelled"]  # behind a dead or cancelled job
+            if cancelled:
+                self._append(CANCELLED_FILE, [dump_line(job) for job in cancelled])
+            self._append_queue([job for job in jobs if job["state"] != "cancelled"])
 
     def jobs(self, state: str | None = None, limit: int | None = None,
              where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
@@ -2899,7 +3011,7 @@ class FolderStore(BaseStore):
         """Jobs per state (and how many pending ones wait for a later run_at)."""
         with self._locked(write=False):
             counts = dict.fromkeys(STATES, 0)
-            counts["scheduled"] = 0
+            counts["scheduled"] = counts["waiting"] = 0
             now = now_ts()
             text = self._queue_text()
             if text is not None:
@@ -2908,11 +3020,13 @@ class FolderStore(BaseStore):
                 scheduled = (_RUN_AT_IN_LINE.search(line) for line in _lines_with(text, '"run_at":"')
                              if '"state":"pending"' in line)
                 counts["scheduled"] = sum(1 for m in scheduled if m and _epoch(m.group(1)) > now)
+                counts["waiting"] = text.count('"waiting_for":')
             else:
                 for job in self._active(parse_all=True):
                     counts[job["state"]] += 1
                     if job["state"] == "pending" and job.get("run_at") and _epoch(job["run_at"]) > now:
                         counts["scheduled"] += 1
+                    counts["waiting"] += bool(job.get("waiting_for"))
             for state in HISTORY_FILE_OF:
                 counts[state] = self.finished_count(state)
             if counts["dead"]:
@@ -3071,10 +3185,30 @@ class FolderStore(BaseStore):
 
     def _append_finished(self, name: str, jobs: list[dict[str, Any]]) -> None:
         """Move finished jobs to a history file. Destination first: a crash between
-        the two writes leaves a job in both files, and the history copy wins."""
+        the two writes leaves a job in both files, and the history copy wins. The jobs
+        that waited for them go on (dependency_ended), in the same save of queue.json."""
         self._append(name, [dump_line(job) for job in jobs])
         for job in jobs:
             self._remove(job["id"])
+        self._end_waits(jobs)
+
+    def _end_waits(self, ended: list[dict[str, Any]]) -> None:
+        """The jobs waiting for these finished ones: crossed off, claimable, or cancelled too."""
+        now = now_ts()
+        cancelled = []
+        for job in ended:
+            for waiter_id in sorted(self._waiters.pop(job["id"], ())):
+                waiter = self._jobs.get(waiter_id)
+                if waiter is None or job["id"] not in waiter.get("waiting_for", ()):
+                    continue
+                waiter = dependency_ended(waiter, job["id"], job["state"], now)
+                if waiter["state"] == "cancelled":
+                    cancelled.append(waiter)
+                else:
+                    self._keep_active(waiter)
+                    self._file_for_claim(waiter)  # claimable once it waits for nothing
+        if cancelled:
+            self._append_finished(CANCELLED_FILE, cancelled)  # and those that wait for them
 
     def _claim(self, want: int, worker: WorkerIdentity, now: float) -> list[dict[str, Any]]:
         """Highest priority first, then the oldest, among the jobs that are due."""
@@ -3155,6 +3289,7 @@ class FolderStore(BaseStore):
             history = finished.get(job["id"])
             if history and newer_copy(history, job):
                 self._remove(job["id"])  # it had finished; the crash came between two writes
+                self._end_waits([history])
                 continue
             # Kill the command the dead worker left running, if this host can and
             # the death is recent (an old pid may belong to someone else by now).
@@ -3231,8 +3366,7 @@ class FolderStore(BaseStore):
                 refusal = requeue_refusal(job_id, self._jobs.get(job_id) or found.get(job_id))
                 if refusal:
                     raise refusal
-            now = now_ts()
-            self._append_queue([revived(found[job_id], now) for job_id in ids])
+            self._append_queue(requeued_jobs([found[job_id] for job_id in ids], self._states_held, now_ts()))
         for state in {found[job_id]["state"] for job_id in ids}:
             for _ in range(5):  # another purge or retry may replace the file meanwhile: then again
                 if self._purge_file(HISTORY_FILE_OF[state], None, True, platform, only=set(ids)) is not None:
@@ -3284,14 +3418,22 @@ class FolderStore(BaseStore):
     def states_of(self, ids: Iterable[str]) -> dict[str, str]:
         """The current state of each of these jobs (an unknown id is left out)."""
         with self._locked(write=False):
-            ids = [job_id for job_id in ids if ID_PATTERN.match(job_id)]
-            active = {job["id"]: job for job in self._active(ids=ids)}
-            states = {job_id: job["state"] for job_id, job in active.items()}
-            rest = [job_id for job_id in ids if job_id not in active]
-            states.update(self._ids_in_history(rest))
-            for job_id in set(active) & set(self._ids_in_history(list(active))):
-                states[job_id] = self.get(job_id)["state"]  # a crash left two copies: the latest wins
-            return states
+            return self._states_held(ids)
+
+    def _states_held(self, ids: Iterable[str]) -> dict[str, str]:
+        """states_of, with the lock held."""
+        ids = [job_id for job_id in ids if ID_PATTERN.match(job_id)]
+        active = {job["id"]: job for job in self._active(ids=ids)}
+        states = {job_id: job["state"] for job_id, job in active.items()}
+        rest = [job_id for job_id in ids if job_id not in active]
+        states.update(self._ids_in_history(rest))
+        two = set(active) & set(self._ids_in_history(list(active)))
+        if two:  # a crash left two copies: the latest wins
+            with self._history_view() as view:
+                found = view.find(list(two))
+            for job_id in two:
+                states[job_id] = newest_copy([active[job_id], found[job_id]])["state"]
+        return states
 
     def _watch_history(self) -> None:
         """Start watching what is appended to the history files from now on (with the
@@ -5227,7 +5369,8 @@ def _enqueue(args: argparse.Namespace, store: BaseStore, notes: list[str]) -> in
     if args.run_at is not None and args.delay is not None:
         raise QueueError("give run_at (--run-at) or delay (--delay), not both.")
     overrides = {"max_retries": args.max_retries, "priority": args.priority, "run_at": args.run_at,
-                 "delay": args.delay, "timeout": args.timeout, "shell": args.shell, "cwd": args.cwd}
+                 "delay": args.delay, "timeout": args.timeout, "shell": args.shell, "cwd": args.cwd,
+                 "after": ",".join(args.after) if args.after else None}
     env = env_pairs(args.env or [])
     if args.id is not None and args.command is None:
         if len(items) != 1:
@@ -5330,6 +5473,7 @@ def status_data(store: BaseStore) -> dict[str, Any]:
         "home": store.location,
         "counts": {state: counts[state] for state in STATES},
         "scheduled": counts["scheduled"],
+        "waiting": counts["waiting"],
         "paused": paused is not None,
         "paused_since": None if paused is None else iso(paused),
         "workers": [{k: w.get(k) for k in ("pid", "host", "threads", "started_at", "heartbeat_at")}
@@ -5345,7 +5489,9 @@ def cmd_status(args: argparse.Namespace, store: BaseStore) -> int:
     c = data["counts"]
     workers = data["workers"]
     threads = sum(int(w.get("threads") or 0) for w in workers)
-    scheduled = f"   ({data['scheduled']} scheduled)" if data["scheduled"] else ""
+    notes = [f"{data['scheduled']} scheduled"] if data["scheduled"] else []
+    notes += [f"{data['waiting']} waiting for other jobs"] if data["waiting"] else []
+    scheduled = f"   ({', '.join(notes)})" if notes else ""
     waiting = "   (waiting to retry)" if c["failed"] else ""
     state = (f"Running ({len(workers)} process{'es' if len(workers) != 1 else ''}, "
              f"{threads} thread{'s' if threads != 1 else ''})"
@@ -5365,6 +5511,8 @@ def cmd_status(args: argparse.Namespace, store: BaseStore) -> int:
 
 
 def job_time_column(job: dict[str, Any]) -> str:
+    if job.get("waiting_for"):
+        return "after " + ",".join(job["waiting_for"])
     stamp = job.get("finished_at") if job["state"] in FINISHED_STATES else (
         job.get("started_at") if job["state"] == "processing" else job.get("run_at"))
     if not stamp:
@@ -5418,7 +5566,8 @@ def cmd_show(args: argparse.Namespace, store: BaseStore) -> int:
     if args.json:
         print_json(job)
         return 0
-    order = ["id", "state", "command", "cwd", "env", "attempts", "max_retries", "priority", "timeout", "run_at",
+    order = ["id", "state", "command", "cwd", "env", "after", "waiting_for", "attempts", "max_retries", "priority",
+             "timeout", "run_at",
              "created_at", "updated_at", "first_started_at", "started_at", "finished_at", "duration",
              "cancel_requested_at", "worker", "pid", "host", "exit_code", "error"]
     keys = [k for k in order if k in job] + [k for k in job if k not in order and k != "output"]
@@ -6698,6 +6847,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "queuectl enqueue --id job1 --command \"sleep 2\"\n"
                 "queuectl enqueue '{\"id\":\"job1\",\"command\":\"sleep 2\"}'\n"
                 "queuectl enqueue --id test --command \"make test\" --cwd ~/proj --env MODE=fast\n"
+                "queuectl enqueue --id deploy --command \"./deploy.sh\" --after build,test\n"
                 "queuectl enqueue --file jobs.json        (an object, an array, or one object per line)")
         p.add_argument("job", nargs="?", help="the job as JSON (or - for stdin)")
         p.add_argument("--json", metavar="TEXT", help="the job(s) as JSON (or - for stdin)")
@@ -6714,6 +6864,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--cwd", metavar="DIR", help="run it in DIR (default: the directory you enqueue from)")
         p.add_argument("--env", action="append", metavar="NAME=VALUE",
                        help="add a variable to its environment (repeatable)")
+        p.add_argument("--after", action="append", metavar="ID",
+                       help="run only once this job has completed (repeatable, or ids separated by commas)")
 
     if wanted("worker"):
         wsub = group("worker", "start or stop workers", "queuectl worker start --count 4")

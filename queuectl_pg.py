@@ -29,8 +29,9 @@ from typing import Any
 import queuectl
 from queuectl import (ACTIVE_STATES, DEFAULT_CONFIG, FINISHED_STATES, HOST, STATES, Attempt, BaseStore,
                       JobExists, NoSuchJob, Outcome, QueueError, StoreUnavailable, WorkerIdentity,
-                      cancel_decision, claimed_job, config_key, dead_workers, holds_claim, iso, now_ts,
-                      redact, requeue_refusal, revived, scratch_attempt, settle_orphan, settle_outcome,
+                      cancel_decision, claimed_job, config_key, dead_workers, dependency_ended, entering_jobs,
+                      holds_claim, iso, now_ts,
+                      redact, requeue_refusal, requeued_jobs, revived, scratch_attempt, settle_orphan, settle_outcome,
                       stop_orphaned_command, validate_config_value, worker_alive)
 
 
@@ -119,6 +120,11 @@ CREATE TABLE queuectl.chunks (
     PRIMARY KEY (run, at));
 CREATE TABLE queuectl.purged_cancels (id text NOT NULL, state text NOT NULL, at timestamptz NOT NULL DEFAULT now());
 """,
+    # 2: jobs that wait for others (`after`): the ids each still waits for; such a job is not ready.
+    """
+ALTER TABLE queuectl.jobs ADD COLUMN waiting_for text[];
+CREATE INDEX jobs_waiting ON queuectl.jobs USING gin (waiting_for) WHERE waiting_for IS NOT NULL;
+""",
 ]
 KNOWN_VERSION = len(MIGRATIONS)
 CLAIMS_LOCK = "hashtext('queuectl.claims')"  # advisory: worker rounds share it, `pause` takes it alone
@@ -138,7 +144,7 @@ PREPARE_STARTS = ("PREPARE queuectl_starts (text[], integer[], bytea[], text, in
                   + STARTS.format(*(f"${n}" for n in range(1, 8))))
 EXECUTE_STARTS = "EXECUTE queuectl_starts (%s, %s, %s, %s, %s, %s, %s)"
 RECORD_STARTS = STARTS.format(*["%s"] * 7)  # elsewhere (the main connection, through a pooler)
-ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s)"
+ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s, %s::text[])"
 
 
 def install_schema(url: str) -> None:
@@ -472,12 +478,13 @@ class PostgresStore(BaseStore):
         """The columns of a job's row. `doc` is json, not jsonb: it keeps a \\u0000 that a command's
         output tail may hold, which jsonb refuses."""
         run_at = stamp(job.get("run_at"))
-        ready = job["state"] in ("pending", "failed") and (run_at is None or run_at <= now)
+        waiting = job.get("waiting_for") or None
+        ready = job["state"] in ("pending", "failed") and (run_at is None or run_at <= now) and not waiting
         return (job["id"], job["state"], int(job.get("priority", 0)), run_at, ready,
                 job.get("host") if job["state"] == "processing" else None,
                 job.get("pid") if job["state"] == "processing" else None,
                 stamp(job.get("finished_at")) if job["state"] in FINISHED_STATES else None,
-                job["attempts"], "cancel_requested_at" in job, json.dumps(job))
+                job["attempts"], "cancel_requested_at" in job, json.dumps(job), waiting)
 
     def _write(self, cur: Any, jobs: list[dict[str, Any]], now: float, claimed: bool = False,
                new_place: bool = False) -> None:
@@ -492,10 +499,36 @@ class PostgresStore(BaseStore):
         cur.execute(f"""
             UPDATE queuectl.jobs j SET state = v.state, priority = v.priority, run_at = to_timestamp(v.run_at),
                 ready = v.ready, host = v.host, pid = v.pid, finished_at = to_timestamp(v.finished_at),
-                attempts = v.attempts, cancel_requested = v.cancel_requested, doc = v.doc::json{also}
+                attempts = v.attempts, cancel_requested = v.cancel_requested, doc = v.doc::json,
+                waiting_for = v.waiting_for{also}
             FROM (VALUES {values(cur, rows)}) AS v (id, state, priority, run_at, ready, host, pid, finished_at,
-                                                    attempts, cancel_requested, doc)
+                                                    attempts, cancel_requested, doc, waiting_for)
             WHERE j.id = v.id""")
+        ended = [job for job in jobs if job["state"] in FINISHED_STATES]
+        if ended:
+            self._end_waits(cur, ended, now)
+
+    def _end_waits(self, cur: Any, ended: list[dict[str, Any]], now: float) -> None:
+        """The jobs waiting for these finished ones: crossed off, claimable, or cancelled too (and
+        then those waiting for them, as they are written)."""
+        states = {job["id"]: job["state"] for job in ended}
+        cur.execute("SELECT doc FROM queuectl.jobs WHERE waiting_for && %s::text[] ORDER BY id FOR UPDATE",
+                    (list(states),))
+        waiters = []
+        for (waiter,) in cur.fetchall():
+            for dep in [dep for dep in waiter.get("waiting_for", ()) if dep in states]:
+                if waiter["state"] != "cancelled":
+                    waiter = dependency_ended(waiter, dep, states[dep], now)
+            waiters.append(waiter)
+        if any(not waiter.get("waiting_for") and waiter["state"] != "cancelled" for waiter in waiters):
+            cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))  # claimable now
+        self._write(cur, waiters, now)
+
+    def _states_in(self, cur: Any, ids: list[str]) -> dict[str, str]:
+        """The states of these jobs, their rows share-locked: a job that waits for one of them is
+        enqueued before it ends (and so is found by _end_waits), or after (and sees how it ended)."""
+        cur.execute("SELECT id, state FROM queuectl.jobs WHERE id = ANY(%s) ORDER BY id FOR SHARE", (list(ids),))
+        return dict(cur.fetchall())
 
     def _lock(self, cur: Any, ids: Iterable[str], skip_locked: bool = False) -> dict[str, tuple[dict[str, Any], bool]]:
         """The jobs with these ids, locked for this transaction: {id: (job, its attempt started)}."""
@@ -516,18 +549,19 @@ class PostgresStore(BaseStore):
         due = False
         with self._tx() as cur:
             now = self._now(cur)
+            jobs = entering_jobs(jobs, lambda ids: self._states_in(cur, ids), now)
             for start in range(0, len(jobs), 10_000):
                 batch = jobs[start:start + 10_000]
                 rows = [self._row(job, now) for job in batch]
                 due = due or any(row[4] for row in rows)
                 cur.execute(f"""
                     INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
-                                               cancel_requested, doc, place)
+                                               cancel_requested, doc, waiting_for, place)
                     SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
-                           to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json,
+                           to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json, v.waiting_for,
                            nextval('queuectl.places')
                     FROM (VALUES {values(cur, rows)}) AS v (id, state, priority, run_at, ready, host, pid,
-                                                            finished_at, attempts, cancel_requested, doc)
+                                                            finished_at, attempts, cancel_requested, doc, waiting_for)
                     ON CONFLICT (id) DO NOTHING RETURNING id""")
                 inserted = cur.fetchall()
                 if len(inserted) != len(batch):
@@ -593,13 +627,15 @@ class PostgresStore(BaseStore):
 
     def counts(self) -> dict[str, int]:
         with self._tx() as cur:
-            cur.execute("""SELECT state, count(*), count(*) FILTER (WHERE state = 'pending' AND run_at > now())
+            cur.execute("""SELECT state, count(*), count(*) FILTER (WHERE state = 'pending' AND run_at > now()),
+                                  count(*) FILTER (WHERE waiting_for IS NOT NULL)
                            FROM queuectl.jobs GROUP BY state""")
             counts = dict.fromkeys(STATES, 0)
-            counts["scheduled"] = 0
-            for state, count, scheduled in cur.fetchall():
+            counts["scheduled"] = counts["waiting"] = 0
+            for state, count, scheduled, waiting in cur.fetchall():
                 counts[state] = count
                 counts["scheduled"] += scheduled
+                counts["waiting"] += waiting
         return counts
 
     def finished_count(self, state: str) -> int:
@@ -685,7 +721,8 @@ class PostgresStore(BaseStore):
                 refusal = requeue_refusal(job_id, locked.get(job_id, (None,))[0])
                 if refusal:
                     raise refusal
-            self._write(cur, [revived(locked[job_id][0], now) for job_id in ids], now, new_place=True)
+            back = requeued_jobs([locked[job_id][0] for job_id in ids], lambda deps: self._states_in(cur, deps), now)
+            self._write(cur, back, now, new_place=True)
             cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
         return ids
 
@@ -825,7 +862,8 @@ class PostgresStore(BaseStore):
             if recover:
                 recorded += [(job, "recovered") for job, _ in self._recover(cur, config, now, worker)]
             cur.execute("""UPDATE queuectl.jobs SET ready = true
-                           WHERE state IN ('pending', 'failed') AND NOT ready AND run_at <= now()""")
+                           WHERE state IN ('pending', 'failed') AND NOT ready AND run_at <= now()
+                           AND waiting_for IS NULL""")
             claimed = []
             if want > 0 and self._paused_at is None:  # (a pause that began since waits for this round)
                 cur.execute("""SELECT doc FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready

@@ -240,3 +240,35 @@ def test_requeue_runs_each_finished_state_again_after_its_old_attempts(queue: St
     dead_log = queue.ok("logs", "dead").splitlines()
     assert dead_log[0].endswith(": exit code 4") and dead_log[2].endswith(": exit code 0")
     assert queue.json("show", "gone")["output"] == "cancelled?\n"
+
+
+# -- after ----------------------------------------------------------------------------------------
+
+
+def test_a_chain_runs_in_order_on_four_threads_and_a_dead_link_cancels_the_rest(queue: StoreQueue,
+                                                                               tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    step = f'echo "$QUEUECTL_ATTEMPT" | cut -d"#" -f1 >> {q(trace)}'
+    jobs = tmp_path / "jobs.json"  # the chain in one bulk, its links in reverse order
+    jobs.write_text(json.dumps([{"id": "c", "command": f"sleep 0.2; {step}", "after": ["b"]},
+                                {"id": "b", "command": f"sleep 0.2; {step}", "after": ["a"]},
+                                {"id": "a", "command": f"sleep 0.2; {step}"}]))
+    queue.ok("enqueue", "--file", str(jobs))
+    enqueue(queue, "x", f"{step}; exit 3", "--max-retries", "1")
+    enqueue(queue, "y", step, "--after", "x")
+    enqueue(queue, "z", step, "--after", "y,c")
+    status = queue.json("status")
+    assert (status["counts"]["pending"], status["waiting"]) == (6, 4)
+    assert "(4 waiting for other jobs)" in queue.ok("status")
+    assert queue.ok("list", "--state", "pending").splitlines()[1].split()[:5] == ["c", "pending", "0", "0", "after"]
+
+    burst(queue, "--count", "4")
+
+    order = trace.read_text().split()
+    assert order.index("a") < order.index("b") < order.index("c") and sorted(order) == ["a", "b", "c", "x"]
+    states = {job["id"]: (job["state"], job["attempts"]) for job in queue.json("list")}
+    assert states == {"a": ("completed", 1), "b": ("completed", 1), "c": ("completed", 1), "x": ("dead", 1),
+                      "y": ("cancelled", 0), "z": ("cancelled", 0)}
+    assert queue.json("show", "z")["error"] == "cancelled: it waits for y, which is cancelled"
+    refused = queue.run("enqueue", "--id", "w", "--command", "true", "--after", "nosuch")
+    assert refused.returncode == 1 and "waits for 'nosuch', which is not in the queue" in refused.stderr

@@ -72,10 +72,12 @@ def test_two_migrations_at_once_apply_the_schema_once(empty_url: str) -> None:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(map(str, results)) == ["0", "1"], results  # one applied it; the other waited, then had nothing to do
+    # Each version once: whoever waited for a version's lock found it applied, and went on to the next.
+    assert all(isinstance(count, int) for count in results) and sum(results) == queuectl_pg.KNOWN_VERSION, results
     import pgtools
 
-    assert pgtools.admin("SELECT version FROM queuectl.schema_version", url=empty_url) == [(1,)]
+    assert pgtools.admin("SELECT version FROM queuectl.schema_version ORDER BY 1", url=empty_url) == [
+        (version,) for version in range(1, queuectl_pg.KNOWN_VERSION + 1)]
 
 
 def test_an_older_schema_asks_for_db_migrate_and_a_newer_one_is_refused(pg_url: str, tmp_path: Path,
@@ -117,3 +119,36 @@ def test_without_the_driver_a_postgresql_queue_is_one_sentence_naming_the_extra(
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == ('error: a queue in PostgreSQL needs the psycopg2 driver: '
                            'pip install "queuectl[postgres]"\n')
+
+
+def test_a_version_1_queue_with_jobs_in_it_is_upgraded_by_db_migrate_and_its_jobs_run(empty_url: str,
+                                                                                     tmp_path: Path) -> None:
+    """Version 2 added what `after` needs (waiting_for). A queue made by the first release of the
+    PostgreSQL store keeps its jobs through the upgrade."""
+    import json
+
+    import pgtools
+
+    pgtools.admin(queuectl_pg.MIGRATIONS[0], url=empty_url)
+    pgtools.admin("INSERT INTO queuectl.schema_version (version) VALUES (1)", url=empty_url)
+    old = {"id": "old", "command": "echo old", "state": "pending", "attempts": 0, "max_retries": 3, "priority": 0,
+           "created_at": "2026-12-01T00:00:00.000Z", "updated_at": "2026-12-01T00:00:00.000Z"}
+    pgtools.admin("""INSERT INTO queuectl.jobs (id, place, state, priority, ready, attempts, doc)
+                     VALUES ('old', nextval('queuectl.places'), 'pending', 0, true, 0, %s)""", (json.dumps(old),),
+                  url=empty_url)
+
+    refused = run(empty_url, tmp_path, "status")
+    assert refused.returncode == 1 and refused.stderr.strip().endswith(
+        f"has schema version 1; this queuectl needs {queuectl_pg.KNOWN_VERSION}: run `queuectl db migrate`.")
+    dry = run(empty_url, tmp_path, "db", "migrate", "--dry-run")
+    assert dry.returncode == 0 and "ALTER TABLE queuectl.jobs ADD COLUMN waiting_for" in dry.stdout
+    assert "CREATE TABLE queuectl.jobs" not in dry.stdout
+    applied = run(empty_url, tmp_path, "db", "migrate")
+    assert applied.returncode == 0 and "Applied schema version(s) 2" in applied.stdout, applied.stdout
+
+    queue = Queue(tmp_path, location=empty_url)
+    queue.ok("enqueue", "--id", "next", "--command", "echo next", "--after", "old")
+    worker = queue.start_worker("--burst", log=tmp_path / "worker.out")
+    assert worker.wait(timeout=60) == 0
+    assert {job["id"]: job["state"] for job in queue.json("list")} == {"old": "completed", "next": "completed"}
+    assert queue.json("show", "old")["output"] == "old\n"

@@ -75,6 +75,8 @@ class MemoryStore(BaseStore):
         self._finished[job["state"]][job["id"]] = job
         if job["id"] in self._watched:
             self._endings[job["id"]] = job["state"]
+        for waiter in [waiter for waiter in self._active.values() if job["id"] in waiter.get("waiting_for", ())]:
+            self._put(queuectl.dependency_ended(waiter, job["id"], job["state"], now_ts()))
 
     # -- the queue
     def enqueue(self, jobs: list[dict[str, Any]]) -> None:
@@ -85,7 +87,8 @@ class MemoryStore(BaseStore):
             for job in jobs:
                 if (found := self._find(job["id"])) is not None:
                     raise JobExists(f"job {job['id']!r} already exists ({found['state']}); nothing was enqueued.")
-            self._active.update((job["id"], dict(job)) for job in jobs)
+            for job in queuectl.entering_jobs(jobs, self.states_of, now_ts()):
+                self._put(dict(job))
             self._version += 1
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -112,10 +115,11 @@ class MemoryStore(BaseStore):
         now = now_ts()
         with self._lock:
             counts = dict.fromkeys(queuectl.STATES, 0)
-            counts["scheduled"] = 0
+            counts["scheduled"] = counts["waiting"] = 0
             for job in self._active.values():
                 counts[job["state"]] += 1
-                counts["scheduled"] += job["state"] == "pending" and not queuectl.is_due(job, now)
+                counts["scheduled"] += job["state"] == "pending" and queuectl._epoch(job.get("run_at")) > now
+                counts["waiting"] += bool(job.get("waiting_for"))
             counts.update((state, len(jobs)) for state, jobs in self._finished.items())
             return counts
 
@@ -182,11 +186,10 @@ class MemoryStore(BaseStore):
                 refusal = queuectl.requeue_refusal(job_id, self._find(job_id))
                 if refusal:
                     raise refusal
-            now = now_ts()
-            for job_id in ids:
-                job = self._find(job_id)
-                del self._finished[job["state"]][job_id]
-                self._active[job_id] = queuectl.revived(job, now)
+            back = queuectl.requeued_jobs([self._find(job_id) for job_id in ids], self.states_of, now_ts())
+            for job in back:
+                del self._finished[self._find(job["id"])["state"]][job["id"]]
+                self._active[job["id"]] = job
             self._version += 1
             return ids
 
@@ -276,7 +279,7 @@ class MemoryStore(BaseStore):
     def next_due(self) -> float | None:
         with self._lock:
             times = [queuectl._epoch(job["run_at"]) if job.get("run_at") else 0.0
-                     for job in self._active.values() if job["state"] != "processing"]
+                     for job in self._active.values() if job["state"] != "processing" and not job.get("waiting_for")]
         if not times:
             return None
         return 0.0 if min(times) <= now_ts() else min(times)
@@ -588,6 +591,57 @@ def test_a_jobs_cwd_and_env_are_kept_through_its_claim_and_its_end(store: BaseSt
     assert done is not None and (done["state"], done["cwd"], done["env"]) == ("completed", "/srv/build", env)
 
 
+def claimable(store: BaseStore) -> list[str]:
+    """The ids a round would claim now (claimed, then handed back uncounted)."""
+    claimed = claim(store, 100)
+    store.worker_round([ran(job, kind="released") for job in claimed], 0, WorkerIdentity())
+    return [job["id"] for job in claimed]
+
+
+def test_a_chain_of_jobs_that_wait_for_each_other_runs_one_after_the_other(store: BaseStore) -> None:
+    store.enqueue([job("c", after=["b"]), job("b", after="a"), job("a"), job("free")])  # any order in one bulk
+    assert store.counts()["waiting"] == 2 and store.counts()["pending"] == 4
+    assert store.get("c")["waiting_for"] == ["b"]
+    assert claimable(store) == ["a", "free"]
+    a, free = claim(store, 2)
+    store.worker_round([ran(a), ran(free, kind="released")], 0, WorkerIdentity())
+    assert "waiting_for" not in store.get("b") and store.get("c")["waiting_for"] == ["b"]
+    assert sorted(claimable(store)) == ["b", "free"]
+    store.enqueue([job("d", after=["a", "c"])])  # a completed already: it waits for c only
+    assert store.get("d")["waiting_for"] == ["c"]
+    assert store.counts()["waiting"] == 2
+
+
+def test_a_dead_or_cancelled_job_cancels_the_jobs_that_wait_for_it_down_the_chain(store: BaseStore) -> None:
+    store.enqueue([job("a", max_retries=1), job("b", after=["a"]), job("c", after=["b"]), job("p"),
+                   job("q", after=["p"]), job("other")])
+    assert run_next(store, 1) == "dead"
+    for job_id, blocker in (("b", "a, which is dead"), ("c", "b, which is cancelled")):
+        found = store.get(job_id)
+        assert found["state"] == "cancelled" and found["attempts"] == 0 and "waiting_for" not in found
+        assert found["error"] == f"cancelled: it waits for {blocker}"
+    store.cancel(["p"])
+    assert store.get("q")["error"] == "cancelled: it waits for p, which is cancelled"
+    store.enqueue([job("late", after=["a"])])  # waits for a dead job: cancelled at once, never runs
+    assert store.get("late")["state"] == "cancelled"
+    assert store.counts()["waiting"] == 0 and claimable(store) == ["other"]
+    with pytest.raises(QueueError, match="waits for 'a', which is dead: requeue that one first, or with it"):
+        store.requeue(["b"])
+    assert store.requeue(["a", "b"]) == ["a", "b"]  # a dependency's requeue revives no job by itself
+    assert store.get("b")["waiting_for"] == ["a"] and store.get("c")["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("jobs, message", [
+    ([job("x", after=["nosuch"])], "job 'x' waits for 'nosuch', which is not in the queue"),
+    ([job("x", after=["y"]), job("y", after=["x"])], "wait for each other"),
+])
+def test_a_job_that_waits_for_an_unknown_job_or_a_cycle_is_refused_and_nothing_is_enqueued(
+        store: BaseStore, jobs: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(QueueError, match=message):
+        store.enqueue([job("fine"), *jobs])
+    assert store.counts()["pending"] == 0
+
+
 def test_enqueue_is_all_or_nothing_and_refuses_an_id_that_exists_in_any_state(store: BaseStore) -> None:
     store.enqueue([job("done"), job("dead", max_retries=1), job("failing"), job("gone"), job("running"),
                    job("waiting")])
@@ -624,7 +678,7 @@ def test_counts_states_of_and_finished_since_say_where_each_job_is(store: BaseSt
     store.enqueue([job("c"), job("d", max_retries=1), job("p"), job("later", delay="1h")])
     assert [run_next(store), run_next(store, 1)] == ["completed", "dead"]
     assert store.counts() == {"pending": 2, "processing": 0, "failed": 0, "completed": 1, "dead": 1,
-                              "cancelled": 0, "scheduled": 1}
+                              "cancelled": 0, "scheduled": 1, "waiting": 0}
     assert store.finished_count("completed") == 1 and store.finished_count("cancelled") == 0
     assert store.states_of(["c", "d", "p", "nope"]) == {"c": "completed", "d": "dead", "p": "pending"}
     assert sorted(j["id"] for j in store.finished_since(before)) == ["c", "d"]
