@@ -453,6 +453,41 @@ def normalize_job(raw: Any, config: dict[str, Any], label: str = "job", now: flo
     return job
 
 
+# What queuectl itself writes into a job (export writes every field; import takes these back).
+OUTCOME_FIELDS = ("started_at", "finished_at", "first_started_at", "exit_code", "error", "output", "duration",
+                  "worker", "warning", "pid", "host", "cancel_requested_at", "waiting_for")
+
+
+def restored_job(raw: Any, label: str) -> dict[str, Any]:
+    """A job as `export` wrote it, checked field by field (import brings it back)."""
+    if not isinstance(raw, dict):
+        raise QueueError(f"{label}: each line must be a job object as queuectl export writes it.")
+    unknown = [key for key in raw if key not in INPUT_FIELDS + RECORD_FIELDS + OUTCOME_FIELDS or key == "delay"]
+    if unknown:
+        raise QueueError(f"{label}: unknown field {', '.join(map(repr, unknown))}.")
+    if raw.get("state") not in STATES:
+        raise QueueError(f"{label}: state must be one of {', '.join(STATES)}, not {raw.get('state')!r}.")
+    job = dict(raw)
+    label = f"{label} ({raw.get('id')!r})" if isinstance(raw.get("id"), str) else label
+    for name, check in FIELD_CHECKS.items():
+        if name in ("id", "command") or (raw.get(name) is not None and name not in ("run_at", "delay")):
+            job[name] = check(label, raw.get(name))
+    for name in ("run_at", "created_at", "updated_at", "started_at", "finished_at", "first_started_at"):
+        if raw.get(name) is not None:
+            _valid_run_at(f"{label}: {name}", raw[name])
+    for name in ("created_at", "updated_at"):
+        if not isinstance(raw.get(name), str):
+            raise QueueError(f"{label}: {name} is missing.")
+    attempts = raw.get("attempts")
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise QueueError(f"{label}: attempts must be a whole number, 0 or more, not {attempts!r}.")
+    if job["state"] in FINISHED_STATES and not isinstance(raw.get("finished_at"), str):
+        raise QueueError(f"{label}: a {job['state']} job needs its finished_at.")
+    if raw.get("waiting_for") is not None:
+        job["waiting_for"] = _valid_after(f"{label}: waiting_for", raw["waiting_for"])
+    return job
+
+
 def decode_input(data: bytes, source: str) -> str:
     """Bytes from a file or stdin: UTF-16 with a BOM (PowerShell 5.1), else UTF-8."""
     try:
@@ -1492,6 +1527,11 @@ class BaseStore:
     # -- the queue
     def enqueue(self, jobs: list[dict[str, Any]]) -> None:
         """Add jobs, all or nothing; an id that exists anywhere raises JobExists."""
+        raise NotImplementedError
+
+    def restore(self, jobs: list[dict[str, Any]]) -> None:
+        """Add jobs as they are, in any state but processing (import): all or nothing; an id that
+        exists is refused (JobExists)."""
         raise NotImplementedError
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -2943,21 +2983,35 @@ class FolderStore(BaseStore):
                 raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
             seen.add(job["id"])
         with self._locked():
-            active = {job["id"]: job["state"] for job in self._active(ids=seen)}
-            for job in jobs:
-                if job["id"] in active:
-                    raise JobExists(f"job {job['id']!r} already exists ({active[job['id']]}, in "
-                                     f"{QUEUE_FILE}); nothing was enqueued.")
-            taken = self._ids_in_history(list(seen))
-            if taken:
-                job_id, state = next(iter(taken.items()))
-                raise JobExists(f"job {job_id!r} already exists ({state}, in "
-                                 f"{HISTORY_FILE_OF[state]}); nothing was enqueued.")
+            self._refuse_taken(seen, "enqueued")
             jobs = entering_jobs(jobs, self._states_held, now_ts())
             cancelled = [job for job in jobs if job["state"] == "cancelled"]  # behind a dead or cancelled job
             if cancelled:
                 self._append(CANCELLED_FILE, [dump_line(job) for job in cancelled])
             self._append_queue([job for job in jobs if job["state"] != "cancelled"])
+
+    def _refuse_taken(self, ids: set[str], what: str) -> None:
+        """JobExists if one of these ids is a job already (call with the lock held)."""
+        active = {job["id"]: job["state"] for job in self._active(ids=ids)}
+        if active:
+            job_id, state = next(iter(active.items()))
+            raise JobExists(f"job {job_id!r} already exists ({state}, in {QUEUE_FILE}); nothing was {what}.")
+        taken = self._ids_in_history(list(ids))
+        if taken:
+            job_id, state = next(iter(taken.items()))
+            raise JobExists(f"job {job_id!r} already exists ({state}, in "
+                             f"{HISTORY_FILE_OF[state]}); nothing was {what}.")
+
+    def restore(self, jobs: list[dict[str, Any]]) -> None:
+        """Finished jobs are appended to their history files (in the order they finished), then
+        the others to queue.json."""
+        with self._locked():
+            self._refuse_taken({job["id"] for job in jobs}, "imported")
+            for state, name in HISTORY_FILE_OF.items():
+                finished = sorted((job for job in jobs if job["state"] == state), key=_finished_at)
+                if finished:
+                    self._append(name, [dump_line(job) for job in finished])
+            self._append_queue([job for job in jobs if job["state"] not in FINISHED_STATES])
 
     def jobs(self, state: str | None = None, limit: int | None = None,
              where: Callable[[dict[str, Any]], bool] | None = None, newest_first: bool = False,
@@ -6065,6 +6119,121 @@ def cmd_requeue(args: argparse.Namespace, store: BaseStore) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, store: BaseStore) -> int:
+    """Every job (or those in --state), one JSON object a line: finished jobs first, in the order
+    they finished, then the active ones in queue order. To --file: all of it, or no file."""
+    states = set(args.state or STATES)
+
+    def exported() -> Iterator[str]:
+        for job in store.finished_since(None):
+            if job["state"] in states:
+                yield json.dumps(job, ensure_ascii=False) + "\n"
+        for job in store.active_jobs():
+            if job["state"] in states:
+                yield json.dumps(job, ensure_ascii=False) + "\n"
+
+    if args.file is None:
+        for line in exported():
+            sys.stdout.write(line)
+        return 0
+    tmp = f"{args.file}.{os.getpid()}.tmp"
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            for line in exported():
+                handle.write(line)
+                count += 1
+        os.replace(tmp, args.file)
+    except OSError as error:
+        raise QueueError(f"cannot write {error.filename or args.file}: {error.strerror}.") from None
+    finally:
+        _quietly(lambda: os.unlink(tmp))
+    print(f"Exported {count} job(s) to {args.file}.")
+    return 0
+
+
+def export_lines(path: str, source: str) -> Iterator[tuple[str, Any]]:
+    """(label, object) for each line of an export file, read as it goes (UTF-8, or UTF-16 with a
+    BOM, as PowerShell 5.1's `>` writes)."""
+    try:
+        with open(path, "rb") as probe:
+            start = probe.read(2)
+        encoding = "utf-16" if start in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+        with open(path, encoding=encoding, newline=None) as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        yield f"{source} line {number}", json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise QueueError(f"{source} line {number}: not JSON ({error.msg}); "
+                                         "nothing was imported.") from None
+    except UnicodeDecodeError:
+        raise QueueError(f"{source} is not UTF-8 or UTF-16 text; nothing was imported.") from None
+    except OSError as error:
+        raise QueueError(f"cannot read {source}: {error.strerror}.") from None
+
+
+def cmd_import(args: argparse.Namespace, store: BaseStore) -> int:
+    """Jobs as export wrote them, back with their states: checked to the last line before the
+    first is written (standard input is kept in a temporary file for that), then written in
+    batches of 10,000. A job caught running comes back pending, that attempt not counted."""
+    import shutil
+    import tempfile
+
+    spool = None
+    if args.source == "-":
+        spool = tempfile.NamedTemporaryFile(prefix="queuectl-import-", delete=False)
+        with spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+    path, source = (spool.name, "standard input") if spool else (args.source, args.source)
+    try:
+        states: dict[str, str] = {}
+        named: set[str] = set()
+        for label, raw in export_lines(path, source):
+            try:
+                job = restored_job(raw, label)
+            except QueueError as error:
+                raise QueueError(f"{error} Nothing was imported.") from None
+            if job["id"] in states:
+                raise QueueError(f"{label}: job {job['id']!r} appears twice; nothing was imported.")
+            states[job["id"]] = "pending" if job["state"] == "processing" else job["state"]
+            named.update(job.get("after", ()))
+        if not states:
+            raise QueueError(f"{source} holds no jobs; nothing was imported.")
+        taken = store.states_of(list(states))
+        if taken:
+            job_id, state = next(iter(taken.items()))
+            raise JobExists(f"job {job_id!r} already exists ({state}); nothing was imported.")
+        outside = sorted(named - set(states))
+        found = store.states_of(outside) if outside else {}
+        for dep in outside:
+            if dep not in found:
+                raise QueueError(f"a job waits for {dep!r}, which is neither in the queue nor in {source}; "
+                                 "nothing was imported.")
+        states.update(found)
+        now = store.clock()
+        batch: list[dict[str, Any]] = []
+        count = 0
+        for label, raw in export_lines(path, source):
+            job = restored_job(raw, label)
+            if job["state"] == "processing":
+                job = requeued(job, now, counted=False)
+            if job["state"] in ("pending", "failed") and job.get("after"):
+                job = waiting_job(job, states, now)
+            batch.append(job)
+            if len(batch) == 10_000:
+                store.restore(batch)
+                count, batch = count + len(batch), []
+        if batch:
+            store.restore(batch)
+            count += len(batch)
+    finally:
+        if spool:
+            _quietly(lambda: os.unlink(spool.name))
+    print(f"Imported {count} job(s).")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace, store: BaseStore) -> int:
     config = store.config()
     if args.json:
@@ -6960,6 +7129,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "queuectl requeue build1 test2")
         p.add_argument("ids", nargs="+", metavar="ID")
 
+    if wanted("export"):
+        p = add("export", cmd_export, "print every job (all states, every field), one JSON object a line",
+                "queuectl export > jobs.jsonl\nqueuectl export --state dead --file dead.jsonl\n"
+                "queuectl --home ./jobs export | queuectl --home postgresql://db/jobs import -")
+        p.add_argument("--state", type=normalize_state, action="append",
+                       help="only jobs in this state (repeatable)")
+        p.add_argument("--file", metavar="PATH", help="write to PATH instead of standard output")
+
+    if wanted("import"):
+        p = add("import", cmd_import, "add the jobs an export wrote, with their states (all or nothing)",
+                "queuectl import jobs.jsonl\n"
+                "queuectl --home ./jobs export | queuectl --home postgresql://db/jobs import -")
+        p.add_argument("source", metavar="FILE", help="an export file, or - for standard input")
+
     if wanted("db"):
         dsub = group("db", "the schema of a queue in a database",
                      "queuectl --home postgresql://db.example/jobs db status")
@@ -6995,7 +7178,7 @@ def configure_console() -> None:
 
 
 COMMANDS = ("enqueue", "worker", "pause", "resume", "status", "list", "show", "logs", "cancel", "purge", "stats",
-            "wait", "dashboard", "dlq", "requeue", "db", "config")
+            "wait", "dashboard", "dlq", "requeue", "export", "import", "db", "config")
 
 
 def command_named(argv: list[str]) -> str | None:

@@ -546,34 +546,41 @@ class PostgresStore(BaseStore):
             if job["id"] in seen:
                 raise QueueError(f"job id {job['id']!r} appears twice in the input; nothing was enqueued.")
             seen.add(job["id"])
-        due = False
         with self._tx() as cur:
             now = self._now(cur)
-            jobs = entering_jobs(jobs, lambda ids: self._states_in(cur, ids), now)
-            for start in range(0, len(jobs), 10_000):
-                batch = jobs[start:start + 10_000]
-                rows = [self._row(job, now) for job in batch]
-                due = due or any(row[4] for row in rows)
-                cur.execute(f"""
-                    INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
-                                               cancel_requested, doc, waiting_for, place)
-                    SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
-                           to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json, v.waiting_for,
-                           nextval('queuectl.places')
-                    FROM (VALUES {values(cur, rows)}) AS v (id, state, priority, run_at, ready, host, pid,
-                                                            finished_at, attempts, cancel_requested, doc, waiting_for)
-                    ON CONFLICT (id) DO NOTHING RETURNING id""")
-                inserted = cur.fetchall()
-                if len(inserted) != len(batch):
-                    added = {row[0] for row in inserted}
-                    taken = next(job["id"] for job in batch if job["id"] not in added)
-                    cur.execute("SELECT state FROM queuectl.jobs WHERE id = %s", (taken,))
-                    found = cur.fetchone()
-                    cur.connection.rollback()
-                    raise JobExists(f"job {taken!r} already exists ({found[0] if found else 'just enqueued'}); "
-                                    "nothing was enqueued.")
-            if due:  # a worker may start one now (delayed jobs wait for the stager)
-                cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+            self._insert(cur, entering_jobs(jobs, lambda ids: self._states_in(cur, ids), now), now, "enqueued")
+
+    def restore(self, jobs: list[dict[str, Any]]) -> None:
+        with self._tx() as cur:
+            self._insert(cur, jobs, self._now(cur), "imported")
+
+    def _insert(self, cur: Any, jobs: list[dict[str, Any]], now: float, what: str) -> None:
+        """New rows, in batches of 10,000; an id that exists is refused with the state it is in."""
+        due = False
+        for start in range(0, len(jobs), 10_000):
+            batch = jobs[start:start + 10_000]
+            rows = [self._row(job, now) for job in batch]
+            due = due or any(row[4] for row in rows)
+            cur.execute(f"""
+                INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
+                                           cancel_requested, doc, waiting_for, place)
+                SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
+                       to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json, v.waiting_for,
+                       nextval('queuectl.places')
+                FROM (VALUES {values(cur, rows)}) AS v (id, state, priority, run_at, ready, host, pid,
+                                                        finished_at, attempts, cancel_requested, doc, waiting_for)
+                ON CONFLICT (id) DO NOTHING RETURNING id""")
+            inserted = cur.fetchall()
+            if len(inserted) != len(batch):
+                added = {row[0] for row in inserted}
+                taken = next(job["id"] for job in batch if job["id"] not in added)
+                cur.execute("SELECT state FROM queuectl.jobs WHERE id = %s", (taken,))
+                found = cur.fetchone()
+                cur.connection.rollback()
+                raise JobExists(f"job {taken!r} already exists ({found[0] if found else 'just ' + what}); "
+                                f"nothing was {what}.")
+        if due:  # a worker may start one now (delayed jobs wait for the stager)
+            cur.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._tx() as cur:

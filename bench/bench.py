@@ -858,6 +858,51 @@ class Bench:
                              t, "<=", 5.0, "ms", f"{t:.2f} ms", "-", f"{t:.2f} ms", "<= 5 ms",
                              {"delayed": delayed, "rounds": 50}))
 
+    def round_time(self, key: str, location: str, jobs: list[dict[str, Any]]) -> float:
+        """The median time of 50 worker rounds that each claim one job, in a queue that holds `jobs`
+        and 50 due ones (enqueued with enqueue --file); seconds."""
+        jobs = jobs + [{"id": self.unique("due"), "command": "true"} for _ in range(50)]
+        path = os.path.join(self.ws.root, f"{key}.jobs")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(jobs, handle)
+        run(queuectl(location, "enqueue", "--file", path), "enqueue --file (setup)")
+        probe = (f"import sys, time, statistics; sys.path.insert(0, {os.path.dirname(SCRIPT)!r})\n"
+                 "import queuectl\n"
+                 f"store = queuectl.open_store({location!r}); worker = queuectl.WorkerIdentity()\n"
+                 "store.worker_round([], 0, worker)  # a worker's first round reads the whole queue\n"
+                 "times = []\n"
+                 "for _ in range(50):\n"
+                 "    began = time.perf_counter(); _, claimed, _ = store.worker_round([], 1, worker)\n"
+                 "    times.append(time.perf_counter() - began); assert len(claimed) == 1\n"
+                 "print(statistics.median(times))\n")
+        _, result = run([PYTHON, "-c", probe], "the claim probe", capture=True)
+        return float(result.stdout)
+
+    def waiting_jobs(self) -> list[dict[str, Any]]:
+        """N jobs that wait (`after`) for a job due in 30 days."""
+        gate = self.unique("gate")
+        return [{"id": gate, "command": "true", "delay": "30d"}] + [
+            {"id": self.unique("waits"), "command": "true", "after": [gate]} for _ in range(self.sizes["large"])]
+
+    def claim_waiting_folder(self) -> None:
+        """In a folder every round rewrites queue.json, so N waiting jobs are compared with N
+        jobs due later: waiting ones must cost the claim no more."""
+        key, n = "claim_waiting", self.sizes["large"]
+        self.say(f"{key}: a round that claims one job, {fmt_n(n)} jobs waiting vs {fmt_n(n)} due later, folder")
+        waiting = self.round_time(key, self.ws.new_home("waiting"), self.waiting_jobs())
+        later = self.round_time(key, self.ws.new_home("later"), [
+            {"id": self.unique("later"), "command": "true", "delay": "30d"} for _ in range(n + 1)])
+        self.rows.append(Row(key, f"a worker round claiming 1 job, {fmt_n(n)} jobs waiting (after) vs due later",
+                             waiting / later, "<=", 1.2, "x", f"{waiting * 1000:.2f} ms", f"{later * 1000:.2f} ms",
+                             f"{waiting / later:.2f}x", "<= 1.2x", {"waiting_s": waiting, "later_s": later}))
+
+    def claim_waiting_postgres(self) -> None:
+        key, n = "pg_claim_waiting", self.sizes["large"]
+        self.say(f"{key}: a round that claims one job, with {fmt_n(n)} jobs waiting for another, PostgreSQL")
+        t = self.round_time(key, self.pg.new(), self.waiting_jobs()) * 1000
+        self.rows.append(Row(key, f"a worker round claiming 1 job, {fmt_n(n)} jobs waiting (after), PostgreSQL",
+                             t, "<=", 5.0, "ms", f"{t:.2f} ms", "-", f"{t:.2f} ms", "<= 5 ms", {"waiting": n}))
+
     def run_postgres(self) -> None:
         self.pg_drain("pg_drain_one", f"drain {fmt_n(self.sizes['large'])} jobs, PostgreSQL, 1 worker x 4 threads",
                       1, 4, 0.6)
@@ -868,6 +913,7 @@ class Bench:
         self.pg_pickup()
         self.pg_reads()
         self.pg_claim_delayed()
+        self.claim_waiting_postgres()
 
     def run_all(self) -> None:
         if self.pg is not None and self.only_postgres:
@@ -881,6 +927,7 @@ class Bench:
         self.scenario_read_commands()
         self.scenario_memory()
         self.scenario_history()
+        self.claim_waiting_folder()
         if self.pg is not None:
             self.run_postgres()
 

@@ -272,3 +272,102 @@ def test_a_chain_runs_in_order_on_four_threads_and_a_dead_link_cancels_the_rest(
     assert queue.json("show", "z")["error"] == "cancelled: it waits for y, which is cancelled"
     refused = queue.run("enqueue", "--id", "w", "--command", "true", "--after", "nosuch")
     assert refused.returncode == 1 and "waits for 'nosuch', which is not in the queue" in refused.stderr
+
+
+# -- export and import ---------------------------------------------------------------------------
+
+
+def test_a_folder_exported_and_imported_into_a_fresh_store_lists_the_same_jobs(queue: StoreQueue,
+                                                                              tmp_path: Path) -> None:
+    """The move the README describes: `queuectl --home ./jobs export | queuectl --home URL import -`
+    (here into a folder, then into PostgreSQL), every state and field kept; a job caught running
+    comes back pending, that attempt not counted."""
+    from conftest import Queue
+
+    source = Queue(tmp_path / "source")
+    source.home.mkdir()
+    started, release = tmp_path / "started", tmp_path / "release"
+    source.ok("enqueue", "--id", "done", "--command", "echo done", "--env", "A=1", "--priority", "2")
+    source.ok("enqueue", "--id", "dead", "--command", "exit 3", "--max-retries", "1")
+    source.ok("enqueue", "--id", "gone", "--command", "true", "--delay", "1h")
+    source.ok("cancel", "gone")
+    source.ok("enqueue", "--id", "later", "--command", "true", "--delay", "2h")
+    source.ok("enqueue", "--id", "next", "--command", "true", "--after", "later")
+    worker = source.start_worker("--burst", log=tmp_path / "source-worker.out")
+    assert worker.wait(timeout=60) == 0
+    source.ok("enqueue", "--id", "busy", "--command",
+              f"touch {q(started)}; while [ ! -e {q(release)} ]; do sleep 0.05; done")
+    running = source.start_worker(log=tmp_path / "running.out")
+    wait_for_file(started)
+    exported = source.ok("export")
+    release.touch()
+    running.terminate()
+    assert running.wait(timeout=30) == 0
+
+    assert len(exported.splitlines()) == 6 and all(json.loads(line)["id"] for line in exported.splitlines())
+    assert queue.ok("import", "-", input=exported) == "Imported 6 job(s).\n"
+
+    before = {job["id"]: job for job in (json.loads(line) for line in exported.splitlines())}
+    after = {job["id"]: job for job in queue.json("list")}
+    busy = before.pop("busy")
+    moved = after.pop("busy")
+    assert after == before
+    assert (busy["state"], busy["attempts"]) == ("processing", 1)
+    assert (moved["state"], moved["attempts"]) == ("pending", 0) and "pid" not in moved and "host" not in moved
+    assert after["next"]["waiting_for"] == ["later"]
+    again = queue.run("import", "-", input=exported)
+    assert again.returncode == 1 and "already exists" in again.stderr and "nothing was imported" in again.stderr
+    assert len(queue.json("list")) == 6
+
+
+def test_export_takes_states_and_writes_a_file_whole(queue: StoreQueue, tmp_path: Path) -> None:
+    queue.set(max_retries=1)
+    enqueue(queue, "ok", "true")
+    enqueue(queue, "bad", "exit 1")
+    enqueue(queue, "waiting", "true", "--delay", "1h")
+    burst(queue)
+    path = tmp_path / "dead.jsonl"
+    assert queue.ok("export", "--state", "dead", "--state", "pending", "--file", str(path)) == \
+        f"Exported 2 job(s) to {path}.\n"
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["bad", "waiting"]
+    assert [json.loads(line)["id"] for line in queue.ok("export", "--state", "completed").splitlines()] == ["ok"]
+    missing = queue.run("export", "--file", str(tmp_path / "no" / "such" / "dir.jsonl"))
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1 and "cannot write" in missing.stderr
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"id": "a", "command": "true", "state": "pending", "attempts": 0, "created_at": "2026-01-01T00:00:00Z", '
+      '"updated_at": "2026-01-01T00:00:00Z", "colour": "red"}'], "unknown field 'colour'"),
+    (['{"id": "a", "command": "true", "state": "done"}'], "state must be one of"),
+    (['{"id": "a", "command": "true", "state": "completed", "attempts": 1, "created_at": "2026-01-01T00:00:00Z", '
+      '"updated_at": "2026-01-01T00:00:00Z"}'], "a completed job needs its finished_at"),
+    (['{"id": "a", "command": "true", "state": "pending", "attempts": 0, "created_at": "2026-01-01T00:00:00Z", '
+      '"updated_at": "2026-01-01T00:00:00Z", "after": ["zz"]}'], "waits for 'zz', which is neither in the queue"),
+    (["not json"], "line 2: not JSON"),
+])
+def test_import_checks_every_line_before_it_writes_any(tmp_path: Path, lines: list[str], message: str) -> None:
+    from conftest import Queue
+
+    folder = Queue(tmp_path / "data")
+    folder.home.mkdir()
+    good = ('{"id": "fine", "command": "true", "state": "pending", "attempts": 0, '
+            '"created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}')
+    source = tmp_path / "jobs.jsonl"
+    source.write_text("\n".join([good, *lines]) + "\n")
+    refused = folder.run("import", str(source))
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert message in refused.stderr and "othing was imported" in refused.stderr
+    assert folder.json("list") == []
+
+
+def test_import_reads_what_powershell_5_writes_utf16_with_a_bom(tmp_path: Path) -> None:
+    from conftest import Queue
+
+    folder = Queue(tmp_path / "data")
+    folder.home.mkdir()
+    record = {"id": "cafe", "command": "echo \u00e9", "state": "pending", "attempts": 0,
+              "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes((json.dumps(record, ensure_ascii=False) + "\r\n").encode("utf-16"))
+    assert folder.ok("import", str(source)) == "Imported 1 job(s).\n"
+    assert folder.json("show", "cafe")["command"] == "echo \u00e9"

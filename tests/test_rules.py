@@ -200,3 +200,59 @@ def test_cancel_decision(job: dict | None, finished: dict | None, what: str, was
         assert again["cancel_requested_at"] == queuectl.iso(NOW), "a second cancel keeps the first request's time"
     if becomes == "cancelled":
         assert result["error"] == f"cancelled while {was}" and result["finished_at"] == queuectl.iso(NOW)
+
+
+def pending(job_id: str, **extra) -> dict:
+    return {"id": job_id, "command": "true", "state": "pending", "attempts": 0, "max_retries": 3, "priority": 0,
+            "created_at": "2027-01-15T08:00:00.000Z", "updated_at": "2027-01-15T08:00:00.000Z", **extra}
+
+
+# (what the job waits for: after, the states the store has of them) -> (state, waiting_for, error)
+ENTERING = [
+    ("nothing named", None, {}, ("pending", None, None)),
+    ("one pending", ["a"], {"a": "pending"}, ("pending", ["a"], None)),
+    ("one completed, one running", ["a", "b"], {"a": "completed", "b": "processing"}, ("pending", ["b"], None)),
+    ("all completed: claimable at once", ["a", "b"], {"a": "completed", "b": "completed"}, ("pending", None, None)),
+    ("one dead: cancelled at once", ["a", "b"], {"a": "pending", "b": "dead"},
+     ("cancelled", None, "cancelled: it waits for b, which is dead")),
+    ("one cancelled", ["a"], {"a": "cancelled"}, ("cancelled", None, "cancelled: it waits for a, which is cancelled")),
+    ("one failed, its retry ahead", ["a"], {"a": "failed"}, ("pending", ["a"], None)),
+]
+
+
+@pytest.mark.parametrize("after, states, expected", [row[1:] for row in ENTERING], ids=[row[0] for row in ENTERING])
+def test_waiting_job(after: list[str] | None, states: dict, expected: tuple) -> None:
+    job = queuectl.waiting_job(pending("j", **({"after": after} if after else {})), states, NOW)
+    assert (job["state"], job.get("waiting_for"), job.get("error")) == expected
+
+
+def test_dependency_ended_crosses_off_a_completed_job_and_cancels_behind_a_dead_one() -> None:
+    job = pending("j", after=["a", "b"], waiting_for=["a", "b"])
+    once = queuectl.dependency_ended(job, "a", "completed", NOW)
+    assert once["waiting_for"] == ["b"] and once["state"] == "pending"
+    assert "waiting_for" not in queuectl.dependency_ended(once, "b", "completed", NOW), "claimable now"
+    assert queuectl.is_due(queuectl.dependency_ended(once, "b", "completed", NOW), NOW)
+    assert not queuectl.is_due(once, NOW)
+    dead = queuectl.dependency_ended(job, "b", "dead", NOW)
+    assert (dead["state"], dead["attempts"]) == ("cancelled", 0)
+    assert dead["error"] == "cancelled: it waits for b, which is dead"
+    assert "waiting_for" not in dead
+
+
+def test_entering_jobs_orders_a_bulk_by_what_waits_for_what_and_refuses_cycles_and_unknown_ids() -> None:
+    def states_of(ids: list[str]) -> dict[str, str]:
+        return {job_id: {"old": "completed", "gone": "dead"}[job_id] for job_id in ids if job_id in ("old", "gone")}
+
+    bulk = [pending("c", after=["b"]), pending("b", after=["a", "old"]), pending("a"), pending("x", after=["gone"]),
+            pending("y", after=["x"])]
+    entered = {job["id"]: job for job in queuectl.entering_jobs(bulk, states_of, NOW)}
+    assert [job["id"] for job in queuectl.entering_jobs(bulk, states_of, NOW)] == ["c", "b", "a", "x", "y"]
+    assert (entered["c"]["waiting_for"], entered["b"]["waiting_for"], entered["a"].get("waiting_for")) == (
+        ["b"], ["a"], None)
+    assert (entered["x"]["state"], entered["y"]["state"]) == ("cancelled", "cancelled"), "down the chain"
+    assert entered["y"]["error"] == "cancelled: it waits for x, which is cancelled"
+    with pytest.raises(queuectl.QueueError, match="wait for each other"):
+        queuectl.entering_jobs([pending("p", after=["q"]), pending("q", after=["r"]), pending("r", after=["p"])],
+                               states_of, NOW)
+    with pytest.raises(queuectl.QueueError, match="job 'p' waits for 'nosuch', which is not in the queue"):
+        queuectl.entering_jobs([pending("p", after=["nosuch"])], states_of, NOW)

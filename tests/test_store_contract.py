@@ -91,6 +91,15 @@ class MemoryStore(BaseStore):
                 self._put(dict(job))
             self._version += 1
 
+    def restore(self, jobs: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for job in jobs:
+                if (found := self._find(job["id"])) is not None:
+                    raise JobExists(f"job {job['id']!r} already exists ({found['state']}); nothing was imported.")
+            for job in jobs:
+                self._put(dict(job))
+            self._version += 1
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             job = self._find(job_id)
@@ -640,6 +649,22 @@ def test_a_job_that_waits_for_an_unknown_job_or_a_cycle_is_refused_and_nothing_i
     with pytest.raises(QueueError, match=message):
         store.enqueue([job("fine"), *jobs])
     assert store.counts()["pending"] == 0
+
+
+def test_restore_adds_jobs_in_every_finished_and_active_state_all_or_nothing(store: BaseStore) -> None:
+    def record(job_id: str, state: str, **extra: Any) -> dict[str, Any]:
+        finished = {"finished_at": "2026-01-02T00:00:00.000Z"} if state in FINISHED_STATES else {}
+        return {**job(job_id), "state": state, "attempts": 1 if state != "pending" else 0, **finished, **extra}
+
+    jobs = [record("c", "completed", exit_code=0, output="hi\n"), record("d", "dead", error="exit code 1"),
+            record("x", "cancelled"), record("f", "failed", run_at="2026-01-01T00:00:00.000Z"), record("p", "pending")]
+    store.restore(jobs)
+    assert store.states_of([job["id"] for job in jobs]) == {job["id"]: job["state"] for job in jobs}
+    assert store.get("c")["output"] == "hi\n" and store.finished_count("completed") == 1
+    assert sorted(claimed["id"] for claimed in claim(store, 5)) == ["f", "p"]
+    with pytest.raises(JobExists):
+        store.restore([record("new", "pending"), record("c", "completed")])
+    assert store.get("new") is None
 
 
 def test_enqueue_is_all_or_nothing_and_refuses_an_id_that_exists_in_any_state(store: BaseStore) -> None:
