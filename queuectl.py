@@ -458,11 +458,15 @@ OUTCOME_FIELDS = ("started_at", "finished_at", "first_started_at", "exit_code", 
                   "worker", "warning", "pid", "host", "cancel_requested_at", "waiting_for")
 
 
+RESTORED_FIELDS = frozenset(INPUT_FIELDS + RECORD_FIELDS + OUTCOME_FIELDS) - {"delay"}
+STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z\Z")  # as iso() writes them
+
+
 def restored_job(raw: Any, label: str) -> dict[str, Any]:
     """A job as `export` wrote it, checked field by field (import brings it back)."""
     if not isinstance(raw, dict):
         raise QueueError(f"{label}: each line must be a job object as queuectl export writes it.")
-    unknown = [key for key in raw if key not in INPUT_FIELDS + RECORD_FIELDS + OUTCOME_FIELDS or key == "delay"]
+    unknown = [key for key in raw if key not in RESTORED_FIELDS]
     if unknown:
         raise QueueError(f"{label}: unknown field {', '.join(map(repr, unknown))}.")
     if raw.get("state") not in STATES:
@@ -473,8 +477,12 @@ def restored_job(raw: Any, label: str) -> dict[str, Any]:
         if name in ("id", "command") or (raw.get(name) is not None and name not in ("run_at", "delay")):
             job[name] = check(label, raw.get(name))
     for name in ("run_at", "created_at", "updated_at", "started_at", "finished_at", "first_started_at"):
-        if raw.get(name) is not None:
-            _valid_run_at(f"{label}: {name}", raw[name])
+        value = raw.get(name)
+        if value is not None and not (isinstance(value, str) and STORED_TIME.match(value)):
+            try:  # not as queuectl writes times: any ISO-8601 time will do
+                _valid_run_at(label, value)
+            except QueueError:
+                raise QueueError(f"{label}: {name} {value!r} is not an ISO-8601 time.") from None
     for name in ("created_at", "updated_at"):
         if not isinstance(raw.get(name), str):
             raise QueueError(f"{label}: {name} is missing.")
@@ -6155,11 +6163,14 @@ def cmd_export(args: argparse.Namespace, store: BaseStore) -> int:
 def export_lines(path: str, source: str) -> Iterator[tuple[str, Any]]:
     """(label, object) for each line of an export file, read as it goes (UTF-8, or UTF-16 with a
     BOM, as PowerShell 5.1's `>` writes)."""
+    import io
+
     try:
-        with open(path, "rb") as probe:
-            start = probe.read(2)
-        encoding = "utf-16" if start in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
-        with open(path, encoding=encoding, newline=None) as handle:
+        raw = sys.stdin.buffer if path == "-" else open(path, "rb")
+        with raw:
+            start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+            encoding = "utf-16" if start in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+            handle = io.TextIOWrapper(raw, encoding=encoding, newline=None)
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
@@ -6174,22 +6185,16 @@ def export_lines(path: str, source: str) -> Iterator[tuple[str, Any]]:
 
 
 def cmd_import(args: argparse.Namespace, store: BaseStore) -> int:
-    """Jobs as export wrote them, back with their states: checked to the last line before the
-    first is written (standard input is kept in a temporary file for that), then written in
-    batches of 10,000. A job caught running comes back pending, that attempt not counted."""
-    import shutil
+    """Jobs as export wrote them, back with their states: every line is checked, and kept checked
+    in a temporary file, before the first job is written; then they are written 10,000 at a time.
+    A job caught running comes back pending, that attempt not counted."""
     import tempfile
 
-    spool = None
-    if args.source == "-":
-        spool = tempfile.NamedTemporaryFile(prefix="queuectl-import-", delete=False)
-        with spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool)
-    path, source = (spool.name, "standard input") if spool else (args.source, args.source)
-    try:
+    source = "standard input" if args.source == "-" else args.source
+    with tempfile.TemporaryFile(prefix="queuectl-import-") as checked:
         states: dict[str, str] = {}
         named: set[str] = set()
-        for label, raw in export_lines(path, source):
+        for label, raw in export_lines(args.source, source):
             try:
                 job = restored_job(raw, label)
             except QueueError as error:
@@ -6198,6 +6203,7 @@ def cmd_import(args: argparse.Namespace, store: BaseStore) -> int:
                 raise QueueError(f"{label}: job {job['id']!r} appears twice; nothing was imported.")
             states[job["id"]] = "pending" if job["state"] == "processing" else job["state"]
             named.update(job.get("after", ()))
+            checked.write(json.dumps(job).encode() + b"\n")
         if not states:
             raise QueueError(f"{source} holds no jobs; nothing was imported.")
         taken = store.states_of(list(states))
@@ -6212,10 +6218,11 @@ def cmd_import(args: argparse.Namespace, store: BaseStore) -> int:
                                  "nothing was imported.")
         states.update(found)
         now = store.clock()
+        checked.seek(0)
         batch: list[dict[str, Any]] = []
         count = 0
-        for label, raw in export_lines(path, source):
-            job = restored_job(raw, label)
+        for line in checked:
+            job = json.loads(line)
             if job["state"] == "processing":
                 job = requeued(job, now, counted=False)
             if job["state"] in ("pending", "failed") and job.get("after"):
@@ -6227,9 +6234,6 @@ def cmd_import(args: argparse.Namespace, store: BaseStore) -> int:
         if batch:
             store.restore(batch)
             count += len(batch)
-    finally:
-        if spool:
-            _quietly(lambda: os.unlink(spool.name))
     print(f"Imported {count} job(s).")
     return 0
 

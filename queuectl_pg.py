@@ -561,15 +561,23 @@ class PostgresStore(BaseStore):
             batch = jobs[start:start + 10_000]
             rows = [self._row(job, now) for job in batch]
             due = due or any(row[4] for row in rows)
-            cur.execute(f"""
+            columns = [list(column) for column in zip(*rows)]
+            # One array a column (quoted by the driver in C, not a row at a time): the ids in
+            # waiting_for, as array literals with each id quoted (an id may spell NULL).
+            columns[11] = [None if ids is None else "{" + ",".join(f'"{i}"' for i in ids) + "}" for ids in columns[11]]
+            cur.execute("""
                 INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
                                            cancel_requested, doc, waiting_for, place)
                 SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
-                       to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json, v.waiting_for,
-                       nextval('queuectl.places')
-                FROM (VALUES {values(cur, rows)}) AS v (id, state, priority, run_at, ready, host, pid,
-                                                        finished_at, attempts, cancel_requested, doc, waiting_for)
-                ON CONFLICT (id) DO NOTHING RETURNING id""")
+                       to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json,
+                       v.waiting_for::text[], nextval('queuectl.places')
+                FROM (SELECT * FROM unnest(%s::text[], %s::text[], %s::integer[], %s::float8[], %s::boolean[],
+                                           %s::text[], %s::integer[], %s::float8[], %s::integer[], %s::boolean[],
+                                           %s::text[], %s::text[])
+                      WITH ORDINALITY AS u (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
+                                            cancel_requested, doc, waiting_for, n)
+                      ORDER BY n) AS v
+                ON CONFLICT (id) DO NOTHING RETURNING id""", columns)
             inserted = cur.fetchall()
             if len(inserted) != len(batch):
                 added = {row[0] for row in inserted}
