@@ -417,6 +417,7 @@ class Bench:
         self.counted: dict[str, list[dict[str, int]]] = {}
         self._loaded: str | None = None
         self._history: bytes | None = None
+        self._export: str | None = None  # an export file of the history, made once
         self._seq = 0
         self.pg: Databases | None = None  # with --postgres
         self.only_postgres = False
@@ -896,6 +897,30 @@ class Bench:
                              waiting / later, "<=", 1.2, "x", f"{waiting * 1000:.2f} ms", f"{later * 1000:.2f} ms",
                              f"{waiting / later:.2f}x", "<= 1.2x", {"waiting_s": waiting, "later_s": later}))
 
+    def export_file(self) -> str:
+        """An export of a folder holding the history (10 x N finished jobs), timed once; its path."""
+        if self._export is None:
+            key, n = "export", self.sizes["history"]
+            self.say(f"{key}: export of {fmt_n(n)} finished jobs, and their import")
+            home = self.ws.new_home("export")
+            os.makedirs(home)
+            with open(os.path.join(home, "processed.json"), "wb") as handle:
+                handle.write(self.history())
+            path = os.path.join(self.ws.root, "export.jsonl")
+            t, _ = run(queuectl(home, "export", "--file", path), "export")
+            self.rows.append(Row(key, f"export --file of {fmt_n(n)} finished jobs", t, "<=", 5.0, "s", fmt_s(t), "-",
+                                 fmt_s(t), "<= 5 s", {"jobs": n}))
+            self._export = path
+        return self._export
+
+    def import_into(self, key: str, location: str, where: str) -> None:
+        path, n = self.export_file(), self.sizes["history"]
+        t, result = run(queuectl(location, "import", path), "import", capture=True)
+        if result.stdout.decode().strip() != f"Imported {n} job(s).":
+            raise BenchError(f"import into {where} said {result.stdout!r}")
+        self.rows.append(Row(key, f"import of {fmt_n(n)} finished jobs, {where}", t, "<=", 5.0, "s", fmt_s(t), "-",
+                             fmt_s(t), "<= 5 s", {"jobs": n}))
+
     def claim_waiting_postgres(self) -> None:
         key, n = "pg_claim_waiting", self.sizes["large"]
         self.say(f"{key}: a round that claims one job, with {fmt_n(n)} jobs waiting for another, PostgreSQL")
@@ -914,6 +939,7 @@ class Bench:
         self.pg_reads()
         self.pg_claim_delayed()
         self.claim_waiting_postgres()
+        self.import_into("pg_import", self.pg.new(), "PostgreSQL")
 
     def run_all(self) -> None:
         if self.pg is not None and self.only_postgres:
@@ -928,6 +954,7 @@ class Bench:
         self.scenario_memory()
         self.scenario_history()
         self.claim_waiting_folder()
+        self.import_into("import", self.ws.new_home("import"), "folder")
         if self.pg is not None:
             self.run_postgres()
 

@@ -13,7 +13,7 @@ BENCH = str(ROOT / "bench" / "bench.py")
 
 SCENARIOS = {
     "drain_small", "drain_large", "worker_overhead", "enqueue_one_empty", "enqueue_one_script", "enqueue_one_loaded",
-    "enqueue_file", "status_loaded", "list_loaded", "worker_peak_memory",
+    "enqueue_file", "status_loaded", "list_loaded", "worker_peak_memory", "claim_waiting", "export", "import",
 }
 HISTORY = {"show_first", "show_middle", "show_last", "logs_middle", "cancel_finished", "list_20",
            "list_20_completed", "list_20_dead", "list_20_cancelled", "list_20_pending"}
