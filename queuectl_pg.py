@@ -1126,13 +1126,15 @@ class PostgresStore(BaseStore):
             cur.execute("SELECT pg_notify(%s, 'stop')", (CONTROL_CHANNEL,))
 
     def stop_requested_at(self) -> float | None:
-        """On this host's clock, like the worker's start it is compared with. A worker asks ten
-        times a second: its rounds (at least one a second) read it, and are answered from that."""
-        if time.monotonic() - self._last_round < 1.5:
-            return self._stop_at
+        """On this host's clock, like the worker's start it is compared with."""
+        return self._stop_at if time.monotonic() - self._last_round < 1.5 else self._flag("stop")
+
+    def _flag(self, name: str) -> float | None:
+        """When a flag was set, on this host's clock, or None. A worker asks ten times a second:
+        its rounds (at least one a second) read the flags, and answer it from that instead."""
         with self._tx() as cur:
             self._now(cur)
-            cur.execute("SELECT at FROM queuectl.flags WHERE name = 'stop'")
+            cur.execute("SELECT at FROM queuectl.flags WHERE name = %s", (name,))
             row = cur.fetchone()
         return None if row is None else row[0] - self._offset
 
@@ -1165,14 +1167,7 @@ class PostgresStore(BaseStore):
             return True
 
     def paused_since(self) -> float | None:
-        """A worker asks often: its recent round's reading answers."""
-        if time.monotonic() - self._last_round < 1.5:
-            return self._paused_at
-        with self._tx() as cur:
-            self._now(cur)
-            cur.execute("SELECT at FROM queuectl.flags WHERE name = 'pause'")
-            row = cur.fetchone()
-        return None if row is None else row[0] - self._offset
+        return self._paused_at if time.monotonic() - self._last_round < 1.5 else self._flag("pause")
 
     # -- output: runs and their chunks
 

@@ -840,21 +840,8 @@ class Bench:
         claim index holds due jobs only, so they must not slow it down (median of 50 rounds)."""
         key, delayed = "pg_claim_delayed", 10 * self.sizes["large"]
         self.say(f"{key}: a round that claims one job, with {fmt_n(delayed)} jobs due later")
-        url = self.pg.new()
-        later = [self.unique("later") for _ in range(delayed)]
-        due = [self.unique("due") for _ in range(50)]
-        run(queuectl(url, "enqueue", "--file", self.ws.job_file("pg-delayed.jobs", later, "30d", due)),
-            "enqueue --file (setup)")
-        probe = (f"import sys, time, statistics; sys.path.insert(0, {os.path.dirname(SCRIPT)!r})\n"
-                 "import queuectl, queuectl_pg\n"
-                 f"store = queuectl_pg.PostgresStore({url!r}); worker = queuectl.WorkerIdentity()\n"
-                 "times = []\n"
-                 "for _ in range(50):\n"
-                 "    began = time.perf_counter(); _, claimed, _ = store.worker_round([], 1, worker)\n"
-                 "    times.append(time.perf_counter() - began); assert len(claimed) == 1\n"
-                 "print(statistics.median(times))\n")
-        _, result = run([PYTHON, "-c", probe], "the claim probe", capture=True)
-        t = float(result.stdout) * 1000
+        later = [{"id": self.unique("later"), "command": "true", "delay": "30d"} for _ in range(delayed)]
+        t = self.round_time(key, self.pg.new(), later) * 1000
         self.rows.append(Row(key, f"a worker round claiming 1 job, {fmt_n(delayed)} jobs due later, PostgreSQL",
                              t, "<=", 5.0, "ms", f"{t:.2f} ms", "-", f"{t:.2f} ms", "<= 5 ms",
                              {"delayed": delayed, "rounds": 50}))
