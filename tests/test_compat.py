@@ -55,3 +55,12 @@ def test_an_earlier_releases_folder_keeps_working(old: Queue, tmp_path: Path) ->
     assert old.ok("purge", "--state", "completed", "--yes").startswith("Purged 5 job(s)")
     assert not (old.home / "logs" / "late" / "leaver-7.1.114.late.log").exists(), "purge removes late output too"
     assert json.loads((old.home / "processed.json").read_text()) == []
+
+
+def test_an_earlier_releases_folder_exports_and_imports_into_a_new_queue_as_it_was(old: Queue, tmp_path: Path) -> None:
+    exported = old.ok("export")
+    fresh = Queue(tmp_path / "fresh")
+    fresh.home.mkdir()
+    assert fresh.ok("import", "-", input=exported) == "Imported 7 job(s).\n"
+    assert fresh.json("list") == old.json("list")
+    assert fresh.json("status")["counts"] == old.json("status")["counts"]

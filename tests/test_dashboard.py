@@ -195,6 +195,13 @@ def test_status_workers_stats_timeline_match_the_cli(queue: Queue, dashboards: A
                                 "cancelled": 1}
     assert status["scheduled"] == 1 and status["workers"] == []
 
+    assert status["paused"] is False
+    queue.ok("pause")
+    paused = dash.get_json("/api/status")
+    assert paused["paused"] is True and paused["paused_since"] == queue.json("status")["paused_since"]
+    assert 'id="paused"' in dash.get("/").body.decode() and "status.paused" in dash.get("/").body.decode()
+    queue.ok("resume")
+
     stats = dash.get_json("/api/stats")
     assert stats == queue.json("stats")
     assert stats["finished"] == {"completed": 2, "dead": 1, "cancelled": 1}
