@@ -996,7 +996,8 @@ class PostgresStore(BaseStore):
         """When the next claimable job is due, on this host's clock (the server's `now`, corrected)."""
         cur.execute("""SELECT EXISTS (SELECT 1 FROM queuectl.jobs WHERE state IN ('pending', 'failed') AND ready),
                               extract(epoch FROM (SELECT min(run_at) FROM queuectl.jobs
-                                                  WHERE state IN ('pending', 'failed') AND NOT ready))::float8""")
+                                                  WHERE state IN ('pending', 'failed') AND NOT ready
+                                                  AND waiting_for IS NULL))::float8""")
         ready, due = cur.fetchone()
         if ready or (due is not None and due <= now):
             return 0.0

@@ -621,6 +621,18 @@ def test_a_chain_of_jobs_that_wait_for_each_other_runs_one_after_the_other(store
     assert store.counts()["waiting"] == 2
 
 
+def test_a_waiting_job_is_not_due_whatever_its_run_at_says(store: BaseStore) -> None:
+    """An idle worker must not take a waiting job for one that is due (it would poll without
+    pause): it falls due once what it waits for has completed."""
+    store.enqueue([job("first", delay="1h")])
+    store.restore([{**job("then"), "after": ["first"], "waiting_for": ["first"],  # as an import brings it
+                    "run_at": "2020-01-01T00:00:00.000Z"}])
+    claim(store, 0)
+    due = store.next_due()
+    assert due is not None and due > now_ts() + 3000
+    assert claimable(store) == []
+
+
 def test_a_dead_or_cancelled_job_cancels_the_jobs_that_wait_for_it_down_the_chain(store: BaseStore) -> None:
     store.enqueue([job("a", max_retries=1), job("b", after=["a"]), job("c", after=["b"]), job("p"),
                    job("q", after=["p"]), job("other")])
