@@ -371,3 +371,26 @@ def test_import_reads_what_powershell_5_writes_utf16_with_a_bom(tmp_path: Path) 
     source.write_bytes((json.dumps(record, ensure_ascii=False) + "\r\n").encode("utf-16"))
     assert folder.ok("import", str(source)) == "Imported 1 job(s).\n"
     assert folder.json("show", "cafe")["command"] == "echo \u00e9"
+
+
+def test_a_crash_between_a_jobs_history_write_and_the_queue_save_still_releases_what_waits_for_it(
+        tmp_path: Path) -> None:
+    """Uses the folder store's private _append to write what a worker killed between its two
+    writes leaves: the job completed in processed.json, still processing (its claim) in queue.json,
+    and the job that waits for it still waiting. Recovery settles the job and releases the other."""
+    from test_store_contract import claim, dead_worker, job
+
+    store = queuectl.FolderStore(str(tmp_path / "data"))
+    store.enqueue([job("a"), job("b", after=["a"])])
+    worker = dead_worker()
+    (claimed,) = claim(store, 1, worker)
+    finished = dict(queuectl.released(claimed), state="completed", exit_code=0, finished_at=queuectl.iso(time.time()),
+                    updated_at=queuectl.iso(time.time() + 1))
+    store._append(queuectl.PROCESSED_FILE, [queuectl.dump_line(finished)])
+    assert store.get("b")["waiting_for"] == ["a"]
+
+    after_crash = queuectl.FolderStore(str(tmp_path / "data"))
+    after_crash.recover_orphans()
+    assert after_crash.states_of(["a", "b"]) == {"a": "completed", "b": "pending"}
+    assert "waiting_for" not in after_crash.get("b")
+    assert [found["id"] for found in claim(after_crash, 5)] == ["b"]
