@@ -140,6 +140,13 @@ class Dashboard:
         return answer.body.decode("utf-8")
 
     def close(self) -> None:
+        """Stop it as Ctrl+C does (so `--open` removes its page file), then make sure it is gone."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         kill_group(self.proc)
         self.proc.stdout.close()
 
