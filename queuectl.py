@@ -1101,23 +1101,23 @@ def entering_jobs(jobs: list[dict[str, Any]], states_of: Callable[[list[str]], d
                 raise QueueError(f"job {job['id']!r} waits for {dep!r}, which is not in the queue; "
                                  "nothing was enqueued.")
     done: dict[str, dict[str, Any]] = {}
-    visiting: set[str] = set()
-
-    def enter(job_id: str) -> None:  # its new dependencies first
-        if job_id in done:
-            return
-        if job_id in visiting:
-            raise QueueError(f"jobs {sorted(visiting)} wait for each other; nothing was enqueued.")
-        visiting.add(job_id)
-        for dep in new[job_id].get("after", ()):
-            if dep in new:
-                enter(dep)
-                states[dep] = done[dep]["state"]
-        done[job_id] = waiting_job(new[job_id], states, now)
-        visiting.discard(job_id)
-
-    for job in jobs:
-        enter(job["id"])
+    for job in jobs:  # each after the new jobs it waits for (a depth-first walk, without recursion)
+        path = [job["id"]]
+        while path:
+            current = path[-1]
+            if current in done:
+                path.pop()
+                continue
+            ahead = [dep for dep in new[current].get("after", ()) if dep in new and dep not in done]
+            if not ahead:
+                states.update((dep, done[dep]["state"]) for dep in new[current].get("after", ()) if dep in new)
+                done[current] = waiting_job(new[current], states, now)
+                path.pop()
+            elif ahead[0] in path:
+                raise QueueError(f"jobs {sorted(path[path.index(ahead[0]):])} wait for each other; "
+                                 "nothing was enqueued.")
+            else:
+                path.append(ahead[0])
     return [done[job["id"]] for job in jobs]
 
 
@@ -6133,10 +6133,7 @@ def cmd_export(args: argparse.Namespace, store: BaseStore) -> int:
     states = set(args.state or STATES)
 
     def exported() -> Iterator[str]:
-        for job in store.finished_since(None):
-            if job["state"] in states:
-                yield json.dumps(job, ensure_ascii=False) + "\n"
-        for job in store.active_jobs():
+        for job in itertools.chain(store.finished_since(None), store.active_jobs()):
             if job["state"] in states:
                 yield json.dumps(job, ensure_ascii=False) + "\n"
 

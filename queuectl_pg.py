@@ -30,10 +30,8 @@ import queuectl
 from queuectl import (ACTIVE_STATES, DEFAULT_CONFIG, FINISHED_STATES, HOST, STATES, Attempt, BaseStore,
                       JobExists, NoSuchJob, Outcome, QueueError, StoreUnavailable, WorkerIdentity,
                       cancel_decision, claimed_job, config_key, dead_workers, dependency_ended, entering_jobs,
-                      holds_claim, iso, now_ts,
-                      redact, requeue_refusal, requeued_jobs, revived, scratch_attempt, settle_orphan, settle_outcome,
-                      stop_orphaned_command, validate_config_value, worker_alive)
-
+                      holds_claim, iso, now_ts, redact, requeue_refusal, requeued_jobs, revived, scratch_attempt,
+                      settle_orphan, settle_outcome, stop_orphaned_command, validate_config_value, worker_alive)
 
 
 def _import_driver() -> Any:
@@ -144,7 +142,11 @@ PREPARE_STARTS = ("PREPARE queuectl_starts (text[], integer[], bytea[], text, in
                   + STARTS.format(*(f"${n}" for n in range(1, 8))))
 EXECUTE_STARTS = "EXECUTE queuectl_starts (%s, %s, %s, %s, %s, %s, %s)"
 RECORD_STARTS = STARTS.format(*["%s"] * 7)  # elsewhere (the main connection, through a pooler)
-ROW_TEMPLATE = "(%s, %s, %s, %s::float8, %s, %s, %s::integer, %s::float8, %s::integer, %s, %s, %s::text[])"
+# Jobs' rows sent as one array a column (quoted by the driver in C, not a row at a time), numbered.
+JOB_ROWS = """unnest(%s::text[], %s::text[], %s::integer[], %s::float8[], %s::boolean[], %s::text[], %s::integer[],
+                     %s::float8[], %s::integer[], %s::boolean[], %s::text[], %s::text[])
+              WITH ORDINALITY AS v (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
+                                    cancel_requested, doc, waiting_for, n)"""
 
 
 def install_schema(url: str) -> None:
@@ -286,10 +288,13 @@ class Transaction:
             connection.lock.release()
 
 
-def values(cur: Any, rows: list[tuple[Any, ...]]) -> str:
-    """Rows of jobs as the text of a VALUES list, each value quoted by the driver (what
-    psycopg2.extras.execute_values does, without its 6 ms import on every command)."""
-    return b",".join(cur.mogrify(ROW_TEMPLATE, row) for row in rows).decode()
+def columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of jobs (PostgresStore._row) as the parameters of JOB_ROWS: one list a column. An array
+    of arrays must be rectangular, so the ids in waiting_for go as array literals, each id quoted
+    (an id may spell NULL)."""
+    lists = [list(column) for column in zip(*rows)]
+    lists[11] = [None if ids is None else "{" + ",".join(f'"{i}"' for i in ids) + "}" for ids in lists[11]]
+    return lists
 
 
 def bytes_from(path: str, offset: int) -> bytes:
@@ -500,10 +505,8 @@ class PostgresStore(BaseStore):
             UPDATE queuectl.jobs j SET state = v.state, priority = v.priority, run_at = to_timestamp(v.run_at),
                 ready = v.ready, host = v.host, pid = v.pid, finished_at = to_timestamp(v.finished_at),
                 attempts = v.attempts, cancel_requested = v.cancel_requested, doc = v.doc::json,
-                waiting_for = v.waiting_for{also}
-            FROM (VALUES {values(cur, rows)}) AS v (id, state, priority, run_at, ready, host, pid, finished_at,
-                                                    attempts, cancel_requested, doc, waiting_for)
-            WHERE j.id = v.id""")
+                waiting_for = v.waiting_for::text[]{also}
+            FROM {JOB_ROWS} WHERE j.id = v.id""", columns(rows))
         ended = [job for job in jobs if job["state"] in FINISHED_STATES]
         if ended:
             self._end_waits(cur, ended, now)
@@ -561,23 +564,14 @@ class PostgresStore(BaseStore):
             batch = jobs[start:start + 10_000]
             rows = [self._row(job, now) for job in batch]
             due = due or any(row[4] for row in rows)
-            columns = [list(column) for column in zip(*rows)]
-            # One array a column (quoted by the driver in C, not a row at a time): the ids in
-            # waiting_for, as array literals with each id quoted (an id may spell NULL).
-            columns[11] = [None if ids is None else "{" + ",".join(f'"{i}"' for i in ids) + "}" for ids in columns[11]]
-            cur.execute("""
+            cur.execute(f"""
                 INSERT INTO queuectl.jobs (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
                                            cancel_requested, doc, waiting_for, place)
                 SELECT v.id, v.state, v.priority, to_timestamp(v.run_at), v.ready, v.host, v.pid,
                        to_timestamp(v.finished_at), v.attempts, v.cancel_requested, v.doc::json,
                        v.waiting_for::text[], nextval('queuectl.places')
-                FROM (SELECT * FROM unnest(%s::text[], %s::text[], %s::integer[], %s::float8[], %s::boolean[],
-                                           %s::text[], %s::integer[], %s::float8[], %s::integer[], %s::boolean[],
-                                           %s::text[], %s::text[])
-                      WITH ORDINALITY AS u (id, state, priority, run_at, ready, host, pid, finished_at, attempts,
-                                            cancel_requested, doc, waiting_for, n)
-                      ORDER BY n) AS v
-                ON CONFLICT (id) DO NOTHING RETURNING id""", columns)
+                FROM (SELECT * FROM {JOB_ROWS} ORDER BY n) AS v
+                ON CONFLICT (id) DO NOTHING RETURNING id""", columns(rows))
             inserted = cur.fetchall()
             if len(inserted) != len(batch):
                 added = {row[0] for row in inserted}
@@ -1153,9 +1147,11 @@ class PostgresStore(BaseStore):
             began = cur.fetchone()
             if began is not None:
                 cur.execute("SELECT pg_notify(%s, 'pause')", (CONTROL_CHANNEL,))  # claimed ahead: give back
+                at = began[0]
             else:
                 cur.execute("SELECT at FROM queuectl.flags WHERE name = 'pause'")
-        self._paused_at = (began or cur.fetchone())[0] - self._offset
+                at = cur.fetchone()[0]
+        self._paused_at = at - self._offset
         return None if began else self._paused_at
 
     def resume(self) -> bool:

@@ -256,3 +256,10 @@ def test_entering_jobs_orders_a_bulk_by_what_waits_for_what_and_refuses_cycles_a
                                states_of, NOW)
     with pytest.raises(queuectl.QueueError, match="job 'p' waits for 'nosuch', which is not in the queue"):
         queuectl.entering_jobs([pending("p", after=["nosuch"])], states_of, NOW)
+
+
+def test_entering_jobs_takes_a_long_chain_in_one_bulk() -> None:
+    """5,000 jobs each waiting for the next, listed first to last: no recursion limit is met."""
+    chain = [pending(f"j{n}", **({"after": [f"j{n + 1}"]} if n < 4999 else {})) for n in range(5000)]
+    entered = queuectl.entering_jobs(chain, lambda ids: {}, NOW)
+    assert [job.get("waiting_for") for job in entered[:2]] == [["j1"], ["j2"]] and "waiting_for" not in entered[-1]
