@@ -734,7 +734,9 @@ def test_a_silent_or_half_sent_connection_is_closed_after_the_idle_timeout(queue
 
 @linux_only
 def test_idle_connections_take_at_most_128_threads_and_then_go(queue: Queue, dashboards: Any) -> None:
-    dash = dashboards(env={"QUEUECTL_DASHBOARD_IDLE_TIMEOUT": "1"})
+    # An idle timeout well past the time 300 connections take to open (under load, up to a second):
+    # with 1 s, the first handlers could time out and take more before the queue was measured.
+    dash = dashboards(env={"QUEUECTL_DASHBOARD_IDLE_TIMEOUT": "2"})
     tasks = Path(f"/proc/{dash.proc.pid}/task")
     held = [socket.create_connection(("127.0.0.1", dash.port), timeout=15) for _ in range(300)]
     try:
